@@ -1,0 +1,1 @@
+"""cli: the application (the single-file image, its config, the fim-* commands and `fim`)."""

@@ -1,0 +1,173 @@
+"""The one Filesystem interface every fimfs layer implements.
+
+Path based, like fusepy: paths are absolute ``str`` ("/" is the root) decoded from
+bytes with ``os.fsdecode`` (surrogateescape), so any byte name round-trips.
+Failures are ``OSError`` with a real errno. Read-only layers implement the read
+methods; the writable methods default to ``EROFS`` so a read-only layer refuses
+writes the way a read-only mount does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def fs_error(code: int, path: str = "") -> OSError:
+    """An OSError with errno ``code`` and its standard message."""
+    return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What ``stat`` reports for one inode. Times are in nanoseconds since the epoch."""
+
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int = 0
+    ino: int = 0
+    blocks: int = 0  # 512-byte units actually allocated
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    """What ``statvfs`` reports."""
+
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    namemax: int = 255
+
+
+def split_path(path: str) -> list[str]:
+    """Components of an absolute path; "/" gives []. Empty components are refused."""
+    if not path.startswith("/"):
+        raise fs_error(errno.EINVAL, path)
+    parts = path[1:].split("/") if path != "/" else []
+    if parts and parts[-1] == "":
+        parts.pop()  # a trailing slash is ignored, as the kernel does
+    if any(p in ("", ".", "..") for p in parts):
+        raise fs_error(errno.ENOENT, path)
+    return parts
+
+
+class Filesystem:
+    """Base class: read methods to override, writable methods that refuse with EROFS."""
+
+    # -- read side ---------------------------------------------------------
+    def getattr(self, path: str) -> Attr:
+        raise fs_error(errno.ENOSYS, path)
+
+    def readdir(self, path: str) -> Iterable[str]:
+        """Names in the directory, without "." and ".."."""
+        raise fs_error(errno.ENOSYS, path)
+
+    def readlink(self, path: str) -> str:
+        raise fs_error(errno.ENOSYS, path)
+
+    def open(self, path: str, flags: int) -> int:
+        """Open a regular file; returns a handle for read/write/release."""
+        raise fs_error(errno.ENOSYS, path)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        raise fs_error(errno.ENOSYS, path)
+
+    def release(self, path: str, fh: int) -> None:
+        return None
+
+    def statfs(self) -> StatFs:
+        raise fs_error(errno.ENOSYS)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        self.getattr(path)
+        raise fs_error(errno.ENODATA, path)
+
+    def listxattr(self, path: str) -> list[str]:
+        self.getattr(path)
+        return []
+
+    # -- write side (read-only by default) -----------------------------------
+    def create(self, path: str, mode: int, flags: int) -> int:
+        raise fs_error(errno.EROFS, path)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        raise fs_error(errno.EROFS, path)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def flush(self, path: str, fh: int) -> None:
+        return None
+
+    def fsync(self, path: str, datasync: bool, fh: int) -> None:
+        return None
+
+    def mkdir(self, path: str, mode: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def mknod(self, path: str, mode: int, rdev: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def unlink(self, path: str) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def rmdir(self, path: str) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def rename(self, old: str, new: str) -> None:
+        raise fs_error(errno.EROFS, old)
+
+    def symlink(self, target: str, path: str) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def link(self, existing: str, path: str) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    def removexattr(self, path: str, name: str) -> None:
+        raise fs_error(errno.EROFS, path)
+
+    @property
+    def writable(self) -> bool:
+        """True when the write methods are implemented (decides the mount's ro/rw)."""
+        return False
+
+    def close(self) -> None:
+        """Release resources (open files, caches)."""
+        return None
