@@ -1,0 +1,126 @@
+"""Section compression codecs (format doc 2.4): framing, size checks, compress/decompress.
+
+Every decoder checks the size the framing announces against a caller-given limit
+before it allocates, and the real output size against the announced one, so a
+corrupt or hostile section can neither exhaust memory nor pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import lzma
+
+import brotli
+import lz4.block
+import zstandard
+
+from ..errors import ImageError, UnsupportedError
+
+NONE, LZMA, ZSTD, LZ4, LZ4HC, BROTLI, FLAC, RICEPP = range(8)
+NAMES = {NONE: "none", LZMA: "lzma", ZSTD: "zstd", LZ4: "lz4", LZ4HC: "lz4hc",
+         BROTLI: "brotli", FLAC: "flac", RICEPP: "ricepp"}
+BY_NAME = {v: k for k, v in NAMES.items()}
+DECODABLE = frozenset({NONE, LZMA, ZSTD, LZ4, LZ4HC, BROTLI})
+
+
+def name(comp: int) -> str:
+    return NAMES.get(comp, f"unknown({comp})")
+
+
+def _uleb128(data: bytes) -> tuple[int, int]:
+    value = shift = 0
+    for i, b in enumerate(data[:10]):
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i + 1
+    raise ImageError("brotli: bad size prefix")
+
+
+def uleb128(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _announced(comp: int, payload: bytes, limit: int) -> int:
+    if comp == ZSTD:
+        size = zstandard.frame_content_size(payload)
+        if size < 0:
+            raise ImageError("zstd: content size unknown")
+    elif comp in (LZ4, LZ4HC):
+        if len(payload) < 4:
+            raise ImageError("lz4: truncated block")
+        size = int.from_bytes(payload[:4], "little")
+    elif comp == BROTLI:
+        size = _uleb128(payload)[0]
+    else:
+        return -1
+    if size > limit:
+        raise ImageError(f"{name(comp)}: uncompressed size {size} exceeds limit {limit}")
+    return size
+
+
+def decompress(comp: int, payload: bytes, limit: int) -> bytes:
+    """Decompress a section payload of at most ``limit`` uncompressed bytes."""
+    if comp == NONE:
+        return bytes(payload)
+    if comp not in DECODABLE:
+        raise UnsupportedError(f"unsupported compression: {name(comp)}")
+    size = _announced(comp, payload, limit)
+    try:
+        if comp == ZSTD:
+            out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        elif comp in (LZ4, LZ4HC):
+            out = lz4.block.decompress(payload)
+        elif comp == BROTLI:
+            out = _brotli(payload, size)
+        else:
+            d = lzma.LZMADecompressor()
+            out = d.decompress(payload, max_length=limit + 1)
+            if len(out) > limit:
+                raise ImageError(f"lzma: uncompressed size exceeds limit {limit}")
+            if not d.eof:
+                raise ImageError("lzma: truncated stream")
+            size = len(out)
+    except ImageError:
+        raise
+    except (zstandard.ZstdError, lzma.LZMAError, brotli.error, ValueError, RuntimeError,
+            MemoryError) as e:
+        raise ImageError(f"{name(comp)}: corrupt data ({e})") from None
+    if len(out) != size:
+        raise ImageError(f"{name(comp)}: size mismatch ({len(out)} != {size})")
+    return out
+
+
+def _brotli(payload: bytes, size: int) -> bytes:
+    n = _uleb128(payload)[1]
+    d = brotli.Decompressor()
+    out = d.process(bytes(payload[n:]), output_buffer_limit=size + 1)
+    if len(out) > size or not d.is_finished():
+        # mkdwarfs may use the large-window extension, which this module cannot decode
+        raise UnsupportedError("brotli: stream not decodable (large window?)")
+    return out
+
+
+def compress(comp: int, data: bytes, level: int | None = None) -> bytes:
+    """Compress ``data`` with the framing DwarFS expects (content size included)."""
+    if comp == NONE:
+        return bytes(data)
+    if comp == ZSTD:
+        return zstandard.ZstdCompressor(level=level if level is not None else 19,
+                                        write_content_size=True).compress(data)
+    if comp == LZ4:
+        return lz4.block.compress(data)
+    if comp == LZ4HC:
+        return lz4.block.compress(data, mode="high_compression",
+                                  compression=level if level is not None else 9)
+    if comp == LZMA:
+        preset = level if level is not None else 9
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=preset)
+    if comp == BROTLI:
+        quality = level if level is not None else 11
+        return uleb128(len(data)) + brotli.compress(data, quality=quality, lgwin=22)
+    raise UnsupportedError(f"cannot compress with {name(comp)}")
