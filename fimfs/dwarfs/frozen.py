@@ -109,6 +109,12 @@ class Table:
             raise AttributeError(name) from None
 
 
+class StringList(list):
+    """A decoded list of strings that remembers where its bytes lie in the payload."""
+
+    span: tuple[int, int] = (0, 0)  # (start of the first string, end of the last one)
+
+
 def _is_plain_struct(t: object) -> bool:
     return isinstance(t, Struct) and all(
         not f.optional and isinstance(f.type, tuple) and f.type[0] == "int" for f in t.fields)
@@ -246,7 +252,20 @@ class Decoder:
                 v = self.value(typ[2], *(self._child(ilay, 2, s, b) or (None, 0, 0)))
                 out.setdefault(k, v)
             return out
+        if elem == ("string",):
+            return self._strings(lid, ilay, base, count)
         return [self.value(elem, lid, *self._item(base, i, ilay)) for i in range(count)]
+
+    def _strings(self, lid: int | None, ilay: Layout, base: int, count: int) -> StringList:
+        out = StringList()
+        starts = []
+        for i in range(count):
+            s, b = self._item(base, i, ilay)
+            out.append(self._string(ilay, s, b) if lid is not None else b"")
+            if lid is not None:
+                starts.append(s + self._int_child(ilay, 1, s, b))
+        out.span = (starts[0], starts[-1] + len(out[-1])) if starts else (0, 0)
+        return out
 
     @staticmethod
     def _item(base: int, i: int, ilay: Layout) -> tuple[int, int]:

@@ -1,0 +1,437 @@
+"""DwarfsImage: a DwarFS image as a read-only, thread-safe Filesystem.
+
+Opening validates everything small (checksums of schema and metadata, every
+consistency rule); file data is decompressed block by block on demand into an LRU
+cache bounded in bytes, and a sequential reader gets the next block prefetched in
+a background thread (the codecs release the GIL, so that overlaps for real).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import struct
+import threading
+from bisect import bisect_right
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate
+
+from cachetools import LRUCache
+
+from ..errors import ImageError
+from ..vfs import Attr, Filesystem, StatFs, fs_error, split_path
+from . import codecs, idl, sections, thrift
+from .frozen import Decoder, parse_schema
+from .metadata import Metadata, type_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 256 << 20
+_METADATA_LIMIT = 1 << 30
+_SCHEMA_LIMIT = 16 << 20
+# Python-level failures that a malformed image could still provoke deep inside a
+# decoder; they are reported as ImageError, never leaked to the caller.
+_CORRUPTION = (IndexError, KeyError, ValueError, struct.error, OverflowError, TypeError,
+               MemoryError, RecursionError, ZeroDivisionError)
+
+
+class _ClassOrInstance:
+    """``DwarfsImage.open(image_path, ...)`` opens an image; ``img.open(path, flags)`` is the
+    Filesystem method that opens a file in it. One name, dispatched on how it is reached."""
+
+    def __init__(self, on_class: str, on_instance: str) -> None:
+        self.on_class, self.on_instance = on_class, on_instance
+
+    def __get__(self, obj: object, cls: type):  # noqa: ANN204
+        return getattr(cls, self.on_class) if obj is None else getattr(obj, self.on_instance)
+
+
+@dataclass(slots=True)
+class _Handle:
+    """An open regular file: its chunks with their start offsets in the file."""
+
+    starts: list[int]
+    chunks: list[tuple[int, int, int]]  # (block or -1 for a hole, offset in block, length)
+    size: int
+    next_offset: int = 0  # where the previous read ended (sequential-read detection)
+
+
+class DwarfsImage(Filesystem):
+    """A DwarFS image (any format 2.x the native tools write), read-only."""
+
+    def __init__(self, f: sections.ImageFile, layout: sections.Layout, meta: Metadata,
+                 blocks: list[sections.Section], cache_bytes: int, path: str) -> None:
+        self.path = path
+        self._f = f
+        self.layout = layout
+        self.meta = meta
+        self._blocks = blocks
+        self._cache: LRUCache = LRUCache(maxsize=max(cache_bytes, 1), getsizeof=len)
+        self._lock = threading.Lock()
+        self._loading: dict[int, Future] = {}
+        self._bad: dict[int, str] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-prefetch")
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    def _open_image(cls, path: str | os.PathLike, offset: int | None = None,
+                    size: int | None = None,
+                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
+        """Open the image at ``offset`` in ``path`` (None: auto-detect), of ``size`` bytes
+        (None: up to the end of the file)."""
+        f = sections.ImageFile(path)
+        try:
+            layout = sections.read_layout(f, offset, size)
+            meta, blocks = _load_metadata(f, layout)
+        except ImageError:
+            f.close()
+            raise
+        except _CORRUPTION as e:
+            f.close()
+            raise ImageError(f"corrupt image ({type(e).__name__}: {e})") from None
+        return cls(f, layout, meta, blocks, cache_bytes, os.fsdecode(path))
+
+    def close(self) -> None:
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        self._f.close()
+        self._cache.clear()
+
+    def __enter__(self) -> DwarfsImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.meta.warnings)
+
+    # -- lookups ----------------------------------------------------------------------
+    def _entry(self, path: str) -> int:
+        parts = [os.fsencode(p) for p in split_path(path)]
+        try:
+            return self.meta.lookup(parts)
+        except KeyError:
+            raise fs_error(errno.ENOENT, path) from None
+        except NotADirectoryError:
+            raise fs_error(errno.ENOTDIR, path) from None
+
+    def attr_of(self, entry: int) -> Attr:
+        """The stat attributes of a directory entry."""
+        m = self.meta
+        inode = m.ent_inode[entry]
+        rec = m.record(entry)
+        mode = m.modes[m.inodes.mode_index[rec]]
+        uid, gid = m.owner(rec)
+        atime, mtime, ctime = m.times_ns(rec)
+        rdev = 0
+        size = alloc = 0
+        fmt = stat.S_IFMT(mode)
+        if fmt == stat.S_IFREG:
+            k = m.chunk_index(inode)
+            size = m.file_size(k)
+            alloc = size if m.hole_block is None else m.allocated_size(k)
+        elif fmt == stat.S_IFDIR:
+            size = len(m.children(inode))
+        elif fmt == stat.S_IFLNK:
+            size = alloc = len(m.symlink_target(inode))
+        elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = m.devices[inode - m.device_inode_offset]
+        return Attr(mode=mode, nlink=m.nlink(inode, rec), uid=uid, gid=gid, size=size,
+                    atime_ns=atime, mtime_ns=mtime, ctime_ns=ctime, rdev=rdev, ino=inode,
+                    blocks=(alloc + 511) // 512)
+
+    def getattr(self, path: str) -> Attr:
+        return self.attr_of(self._entry(path))
+
+    def readdir(self, path: str) -> list[str]:
+        e = self._entry(path)
+        m = self.meta
+        ino = m.ent_inode[e]
+        if ino >= m.dir_count:
+            raise fs_error(errno.ENOTDIR, path)
+        return [os.fsdecode(m.name(c)) for c in m.children(ino)]
+
+    def readlink(self, path: str) -> str:
+        return os.fsdecode(self.readlink_bytes(self._entry(path), path))
+
+    def readlink_bytes(self, entry: int, path: str = "", raw: bool = False) -> bytes:
+        """A symlink's target; separators converted to '/' unless ``raw``."""
+        m = self.meta
+        ino = m.ent_inode[entry]
+        if not m.symlink_inode_offset <= ino < m.file_inode_offset:
+            raise fs_error(errno.EINVAL, path)
+        target = m.symlink_target(ino)
+        return target if raw or m.separator == b"/" else target.replace(m.separator, b"/")
+
+    def statfs(self) -> StatFs:
+        m = self.meta
+        return StatFs(bsize=1, frsize=1, blocks=m.m["total_fs_size"], bfree=0, bavail=0,
+                      files=m.num_inodes, ffree=0, namemax=255)
+
+    # -- file data ----------------------------------------------------------------------
+    def _open_file(self, path: str, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise fs_error(errno.EROFS, path)
+        h = self._handle(self._entry(path), path)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = h
+        return fh
+
+    def _handle(self, entry: int, path: str) -> _Handle:
+        m = self.meta
+        ino = m.ent_inode[entry]
+        if not m.file_inode_offset <= ino < m.device_inode_offset:
+            kind = errno.EISDIR if ino < m.dir_count else errno.EINVAL
+            raise fs_error(kind, path)
+        chunks = list(m.file_chunks(m.chunk_index(ino)))
+        starts = [0, *accumulate(n for _, _, n in chunks)]
+        return _Handle(starts, chunks, starts[-1])
+
+    open = _ClassOrInstance("_open_image", "_open_file")
+
+    def release(self, path: str, fh: int) -> None:
+        with self._lock:
+            self._handles.pop(fh, None)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            h = self._handle(self._entry(path), path)
+        return self._read(h, size, offset, path)
+
+    def read_entry(self, entry: int, size: int, offset: int) -> bytes:
+        """Read from the regular file of a directory entry without a handle."""
+        return self._read(self._handle(entry, ""), size, offset, "")
+
+    def _read(self, h: _Handle, size: int, offset: int, path: str) -> bytes:
+        end = min(offset + size, h.size)
+        if offset >= end:
+            return b""
+        sequential = offset == h.next_offset
+        h.next_offset = end
+        i = bisect_right(h.starts, offset) - 1
+        parts = []
+        pos = offset
+        while pos < end:
+            block, boff, length = h.chunks[i]
+            start = h.starts[i]
+            lo, hi = pos - start, min(end - start, length)
+            if block < 0:
+                parts.append(bytes(hi - lo))
+            else:
+                data = self.block(block, path)
+                if boff + hi > len(data):
+                    log.error("%s: chunk beyond the end of block %d", path, block)
+                    raise fs_error(errno.EIO, path)
+                parts.append(data[boff + lo:boff + hi])
+            pos = start + hi
+            i += 1
+        if sequential:
+            self._prefetch_after(h, i - 1)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _prefetch_after(self, h: _Handle, i: int) -> None:
+        current = h.chunks[i][0]
+        for block, _, _ in h.chunks[i + 1:i + 64]:
+            if block >= 0 and block != current:
+                if block not in self._cache and block not in self._loading:
+                    try:
+                        self._prefetcher.submit(self._prefetch, block)
+                    except RuntimeError:  # shut down while a read was in flight
+                        pass
+                return
+
+    def _prefetch(self, block: int) -> None:
+        try:
+            self.block(block, "")
+        except OSError:
+            pass  # the foreground read of that block reports it
+
+    def block(self, n: int, path: str = "") -> bytes:
+        """Decompressed block ``n`` (cached). Raises EIO if it cannot be decoded."""
+        with self._lock:
+            data = self._cache.get(n)
+            if data is not None:
+                return data
+            if n in self._bad:
+                raise fs_error(errno.EIO, path)
+            fut = self._loading.get(n)
+            owner = fut is None
+            if owner:
+                fut = self._loading[n] = Future()
+        if not owner:
+            try:
+                return fut.result()
+            except OSError:
+                raise fs_error(errno.EIO, path) from None
+        try:
+            data = self._load_block(n)
+        except (ImageError, OSError) as e:
+            msg = str(e)
+            log.error("%s: block %d unreadable: %s", path or self.path, n, msg)
+            with self._lock:
+                self._bad[n] = msg
+                del self._loading[n]
+            err = fs_error(errno.EIO, path)
+            fut.set_exception(err)
+            raise err from None
+        with self._lock:
+            self._cache[n] = data
+            del self._loading[n]
+        fut.set_result(data)
+        return data
+
+    def _load_block(self, n: int) -> bytes:
+        if n >= len(self._blocks):
+            raise ImageError(f"block {n} does not exist")
+        s = sections.resolve(self._f, self._blocks[n])
+        payload = sections.read_payload(self._f, s)
+        if not sections.verify_xxh3(self._f, s, payload):
+            raise ImageError("attempt to access damaged block (checksum mismatch)")
+        return codecs.decompress(s.compression, payload, self.meta.block_size)
+
+    # -- inspection ------------------------------------------------------------------
+    def walk(self):  # noqa: ANN201 - generator of (path, entry)
+        """Every entry in depth-first order as ``(path, entry)``; the root is "/"."""
+        m = self.meta
+        stack = [("/", 0)]
+        while stack:
+            path, e = stack.pop()
+            yield path, e
+            ino = m.ent_inode[e]
+            if ino < m.dir_count:
+                prefix = path if path.endswith("/") else path + "/"
+                kids = [(prefix + os.fsdecode(m.name(c)), c) for c in m.children(ino)]
+                stack.extend(reversed(kids))
+
+    def history(self) -> list[dict]:
+        """Entries of the HISTORY sections (informational; undecodable ones are skipped)."""
+        out = []
+        for s in self.layout.sections:
+            if s.type != sections.HISTORY:
+                continue
+            try:
+                raw = codecs.decompress(s.compression, sections.read_payload(self._f, s),
+                                        _SCHEMA_LIMIT)
+                out.extend(_plain(e) for e in thrift.decode(raw, idl.HISTORY).get("entries", []))
+            except (ImageError, *_CORRUPTION) as e:
+                log.warning("%s: ignoring corrupt history section: %s", self.path, e)
+        return out
+
+    def info(self) -> dict:
+        """A JSON-serialisable description of the image (``fim info``)."""
+        m, lay = self.meta, self.layout
+        secs = [sections.resolve(self._f, s) for s in lay.sections]
+        codec_counts = Counter(codecs.name(s.compression) for s in secs
+                               if s.type == sections.BLOCK)
+        md = m.m
+        opts = md["options"] or {}
+        return {
+            "path": self.path,
+            "format_version": f"{lay.major}.{lay.minor}",
+            "image_offset": lay.offset,
+            "image_size": lay.end - lay.offset,
+            "section_index": lay.indexed,
+            "sections": [{"number": s.number, "type": sections.type_name(s.type),
+                          "compression": codecs.name(s.compression),
+                          "offset": s.offset - lay.offset, "length": s.length} for s in secs],
+            "blocks": {"count": len(self._blocks), "block_size": m.block_size,
+                       "codecs": dict(sorted(codec_counts.items()))},
+            "total_fs_size": md["total_fs_size"],
+            "total_hardlink_size": md["total_hardlink_size"],
+            "total_allocated_fs_size": md["total_allocated_fs_size"],
+            "inodes": m.num_inodes,
+            "entries": m.num_entries,
+            "inodes_by_type": m.counts_by_type(),
+            "metadata_layout": "v2.2" if m.legacy else "modern",
+            "features": m.features,
+            "options": {k: v for k, v in opts.items() if v},
+            "packed": {k: bool(opts.get(k)) for k in
+                       ("packed_chunk_table", "packed_directories", "packed_shared_files_table")},
+            "names": "fsst" if (md["compact_names"] or {}).get("symtab") else
+                     ("compact" if md["compact_names"] else "plain"),
+            "created_by": _text(md["dwarfs_version"]),
+            "create_timestamp": md["create_timestamp"],
+            "warnings": m.warnings,
+            "history": self.history(),
+        }
+
+    def check(self, full: bool = False) -> list[str]:
+        """Integrity problems (empty: sound). Checks every section checksum (XXH3, and
+        SHA-512/256 with ``full``) and that every chunk of every file is readable."""
+        problems = []
+        for s in self.layout.sections:
+            try:
+                s = sections.resolve(self._f, s)
+                where = f"section {s.number if s.number is not None else '?'} " \
+                        f"({sections.type_name(s.type)}) at offset {s.offset - self.layout.offset}"
+                if not sections.verify_xxh3(self._f, s):
+                    problems.append(f"{where}: XXH3 checksum mismatch")
+                elif full and not sections.verify_sha(self._f, s):
+                    problems.append(f"{where}: SHA-512/256 checksum mismatch")
+            except ImageError as e:
+                problems.append(str(e))
+        m = self.meta
+        for n in range(len(self._blocks)):
+            try:
+                self.block(n)
+            except OSError:
+                problems.append(f"block {n}: {self._bad.get(n, 'unreadable')}")
+        lengths = {n: len(d) for n, d in self._cache.items()}
+        for k in range(len(m.chunk_table) - 1):
+            for block, off, size in m.file_chunks(k):
+                if block >= 0 and block in lengths and off + size > lengths[block]:
+                    problems.append(f"chunk of file #{k} extends beyond block {block}")
+                    break
+        return problems
+
+
+def _load_metadata(f: sections.ImageFile, layout: sections.Layout
+                   ) -> tuple[Metadata, list[sections.Section]]:
+    by_type: dict[int, list[sections.Section]] = {}
+    for s in layout.sections:
+        by_type.setdefault(s.type, []).append(s)
+    schemas, metas = by_type.get(sections.SCHEMA, []), by_type.get(sections.METADATA, [])
+    if not schemas:
+        raise ImageError("no metadata schema found")
+    if not metas:
+        raise ImageError("no metadata found")
+    if len(schemas) > 1 or len(metas) > 1:
+        raise ImageError("multiple metadata found")
+    raw = {}
+    for s, limit in ((schemas[0], _SCHEMA_LIMIT), (metas[0], _METADATA_LIMIT)):
+        payload = sections.read_payload(f, s)
+        if not sections.verify_xxh3(f, s, payload):
+            raise ImageError(f"{sections.type_name(s.type)} section: checksum mismatch")
+        raw[s.type] = codecs.decompress(s.compression, payload, limit)
+    schema = parse_schema(raw[sections.SCHEMA])
+    values = Decoder(schema, raw[sections.METADATA]).root_value(idl.METADATA)
+    blocks = by_type.get(sections.BLOCK, [])
+    return Metadata(values, len(blocks)), blocks
+
+
+def _text(b: bytes | None) -> str | None:
+    return None if b is None else b.decode(errors="replace")
+
+
+def _plain(v: object) -> object:
+    """Thrift-decoded values made JSON-friendly (bytes → str)."""
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+__all__ = ["DEFAULT_CACHE_BYTES", "DwarfsImage", "type_name"]
