@@ -355,6 +355,24 @@ class Metadata:
         else:
             self.dir_self = self._recover_self()
         self._check_tree()
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Names are usable path components, unique and byte-sorted in each directory.
+
+        Stricter than the native checker: lookups binary-search, and names reach host
+        paths (FUSE, extraction), so a name with '/' or a duplicate is refused here."""
+        for name in self.names.items:
+            if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+                raise MetadataError(f"invalid file name {name!r}")
+        names, ent_name, first = self.names.items, self.ent_name, self.dir_first
+        for d in range(self.dir_count):
+            prev = None
+            for e in range(first[d], first[d + 1]):
+                cur = names[ent_name[e]]
+                if prev is not None and cur <= prev:
+                    raise MetadataError("directory entries are not sorted by name")
+                prev = cur
 
     def _recover_parents(self, first: array) -> array:
         parent = array("I", [0]) * (self.dir_count + 1)
