@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what fim needs on a Debian/Ubuntu machine, then the Python venv.
+# Idempotent: packages already present are not reinstalled; nothing is downloaded
+# from anywhere but the distribution's and PyPI's package indexes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+# command -> Debian package
+declare -A need=(
+  [fusermount3]=fuse3
+  [bwrap]=bubblewrap
+  [fuse-overlayfs]=fuse-overlayfs
+  [unionfs-fuse]=unionfs-fuse
+  [mksquashfs]=squashfs-tools
+  [squashfuse]=squashfuse
+  [setfattr]=attr
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.fim-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e '.[test]'
+  touch "$stamp"
+fi
