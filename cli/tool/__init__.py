@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
@@ -161,3 +162,30 @@ def resolve(fs: Filesystem, path: str, follow: bool = True) -> tuple[str, Attr]:
             continue
         done.append(name)
     return "/" + "/".join(done), attr
+
+
+READ_CHUNK = 1 << 20  # 1 MiB: large enough to amortise per-call overhead, small to stream
+
+
+def read_chunks(fs: Filesystem, path: str, size: int) -> Iterator[bytes]:
+    """The ``size`` bytes of the regular file ``path``, in reads of up to 1 MiB.
+
+    A read error or data that ends early is a FimError naming ``path``.
+    """
+    try:
+        fh = fs.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise FimError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        offset = 0
+        while offset < size:
+            try:
+                data = fs.read(path, min(READ_CHUNK, size - offset), offset, fh)
+            except OSError as exc:
+                raise FimError(f"{path}: read error: {exc.strerror or exc}") from exc
+            if not data:
+                raise FimError(f"{path}: data ends at byte {offset} of {size}")
+            offset += len(data)
+            yield data
+    finally:
+        fs.release(path, fh)

@@ -1,0 +1,102 @@
+"""The `fim` tool: inspect, extract, mount and build DwarFS layers on their own.
+
+Each subcommand lives in a module of :mod:`cli.tool` that exposes
+``register(subparsers)`` and sets ``func=handler`` (``handler(args) -> int``).
+Modules are imported at start-up only to build the parser, so they keep heavy
+imports inside their handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from cli.errors import FimError
+
+_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount")
+_OPTIONAL_TOOLS = ("cli.tool.create",)  # registered only when installed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="fim",
+        description="Inspect, extract, mount and build DwarFS layers.",
+        epilog="Set FIM_DEBUG=1 to get a traceback with errors.",
+    )
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True
+    )
+    for name in _TOOLS:
+        importlib.import_module(name).register(subparsers)
+    for name in _OPTIONAL_TOOLS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _describe(exc: BaseException) -> str:
+    """The one-line message for an error the user should see."""
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [n for n in (exc.filename, exc.filename2) if n is not None]
+        return ": ".join([*map(os.fsdecode, names), exc.strerror])
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _report(message: str) -> None:
+    if os.environ.get("FIM_DEBUG") == "1":
+        traceback.print_exc()
+    print(f"fim: {message}", file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the exit-time flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `fim` with ``argv`` (default: the process arguments); returns the exit code."""
+    from fimfs.errors import FimfsError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # what a shell reports for a writer killed by SIGPIPE
+    except KeyboardInterrupt:
+        _report("interrupted")
+        return 130
+    except FimError as exc:
+        _report(exc.message)
+        return exc.exit_code
+    except (FimfsError, OSError) as exc:
+        _report(_describe(exc))
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback with FIM_DEBUG=1
+        _report(
+            f"internal error: {type(exc).__name__}: {_describe(exc)} "
+            "(set FIM_DEBUG=1 for a traceback)"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
