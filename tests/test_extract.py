@@ -219,9 +219,11 @@ def test_planted_symlinks_are_not_followed(sandbox) -> None:
     dest.mkdir()
     (dest / "sub").symlink_to(outside)
     (dest / "file").symlink_to(outside / "file")
+    (dest / "sock").symlink_to(outside / "sock")
     for tree in (
         {"/": d(1, ["sub"]), "/sub": d(2, ["pwned"]), "/sub/pwned": f(3, b"x")},
         {"/": d(1, ["file"]), "/file": f(3, b"x")},
+        {"/": d(1, ["sock"]), "/sock": (_attr(stat.S_IFSOCK, 0o755, 3), None)},
     ):
         with pytest.raises(FimError, match="File exists"):
             extract_tree(TreeFS(tree), str(dest))

@@ -10,6 +10,7 @@ directories stay 0700 until their children are done.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import stat
 import sys
@@ -298,6 +299,10 @@ def _make_socket(dir_fd: int, name: str) -> bool:
             sock.bind(path)
     except FileNotFoundError:  # no /proc
         return False
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # what bind says when the name is taken
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)) from exc
+        raise
     return True
 
 
