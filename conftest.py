@@ -1,0 +1,32 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _in_mount_table(path: str) -> bool:
+    # Not os.path.ismount: a FUSE mount whose server died cannot be stat-ed.
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return any(line.split(" ")[4] == path for line in f)
+
+
+@pytest.fixture
+def fuse_mountpoint(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory to mount on; anything still mounted there is lazily unmounted
+    at teardown, even when the test failed half-way."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    yield mp
+    path = os.path.realpath(mp)
+    for argv in (["fusermount3", "-uz", path], ["fusermount", "-uz", path], ["umount", "-l", path]):
+        if not _in_mount_table(path):
+            break
+        if shutil.which(argv[0]):
+            subprocess.run(argv, capture_output=True, timeout=30)
