@@ -2,10 +2,11 @@
 
 import pytest
 
+from cli import fim
 from fimfs.dwarfs import DwarfsImage
 from fimfs.errors import UnsupportedError
 
-from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_fs
+from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_dir, view_fs
 
 
 @pytest.mark.parametrize("name", MANIFEST_NAMES)
@@ -27,3 +28,14 @@ def test_header_image_needs_and_gets_offset_detection() -> None:
         assert compare(load("header"), view_fs(img)) == []
     with pytest.raises(Exception, match="no DwarFS image at offset 0"):
         DwarfsImage.open(path, offset=0)
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("name", MANIFEST_NAMES)
+def test_fuse_view_equals_manifest(name: str, fuse_mountpoint) -> None:
+    """`fim mount` (daemon) then the host's own stat/readdir/read see the manifest."""
+    assert fim.main(["mount", str(image_path(name)), str(fuse_mountpoint)]) == 0
+    try:
+        assert compare(load(name), view_dir(fuse_mountpoint)) == []
+    finally:
+        assert fim.main(["umount", str(fuse_mountpoint)]) == 0
