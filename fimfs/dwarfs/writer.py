@@ -1,0 +1,175 @@
+"""``write_image``: a directory tree to a DwarFS image, as mkdwarfs writes them.
+
+Steps: scan the tree; hash the files whose size is not unique and group identical
+contents; order the contents; read them into blocks that worker threads compress
+while reading goes on; build and freeze the metadata; write schema, metadata and
+the section index. The output goes to a temporary file beside OUTPUT that is
+renamed over it only when complete, so a failure or an interrupt never leaves a
+partial image. The same tree and options give the same bytes: nothing depends on
+the clock, the host or the order the OS lists directories in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata as _pkg
+
+from ..errors import FimfsError
+from . import filedata, idl, metabuild
+from .blocks import BlockStream, SectionWriter
+from .freeze import freeze
+from .options import LEVELS, WriteOptions
+from .scan import scan
+from .sections import METADATA, SCHEMA
+
+
+class WriteError(FimfsError):
+    """The image cannot be written (output directory, disk full, ...)."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where a write is; passed to the ``progress`` callback."""
+
+    phase: str  # "scan", "hash" or "write"
+    files: int = 0  # scan: entries found; hash/write: files done
+    files_total: int = 0
+    bytes: int = 0  # bytes hashed / read so far
+    bytes_total: int = 0
+    out_bytes: int = 0  # image bytes written so far
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What a write produced (``fim create --json`` prints it)."""
+
+    output: str
+    image_size: int
+    entries: int
+    files: int  # regular-file inodes
+    input_bytes: int  # total size of the regular files and symlinks stored
+    data_bytes: int  # file data stored in blocks (after de-duplication and holes)
+    duplicate_bytes: int  # not stored because an identical file was
+    hole_bytes: int
+    blocks: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.image_size / self.input_bytes if self.input_bytes else 1.0
+
+
+def _version() -> str:
+    try:
+        return f"fim {_pkg.version('fim')}"
+    except _pkg.PackageNotFoundError:
+        return "fim"
+
+
+def _create_temp(output: str) -> tuple[str, int]:
+    directory, name = os.path.split(os.path.abspath(output))
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        raise WriteError(f"cannot create {output}: {e.strerror}") from None
+    return tmp, fd
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def write_image(source: str | os.PathLike, output: str | os.PathLike,
+                options: WriteOptions | None = None,
+                progress: Callable[[Progress], None] | None = None) -> WriteStats:
+    """Write the tree under ``source`` as a DwarFS image to ``output``."""
+    opts = options or WriteOptions()
+    output = os.fsdecode(output)
+    if os.path.isdir(output):
+        raise WriteError(f"{output}: is a directory")
+    start = time.monotonic()
+    tmp, fd = _create_temp(output)
+    skip = frozenset(filter(None, (_identity(tmp), _identity(output))))
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            stats = _write(os.fsencode(source), out, opts, skip, progress or (lambda p: None))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, output)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(f"cannot write {output}: {e.strerror or e}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    stats.output = output
+    stats.seconds = time.monotonic() - start
+    return stats
+
+
+def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN001 - file
+           report: Callable[[Progress], None]) -> WriteStats:
+    p = Progress("scan")
+
+    def scanned(n: int) -> None:
+        p.files = n
+        report(p)
+
+    tree = scan(source, skip, scanned)
+    p.phase, p.files, p.files_total = "hash", 0, len(tree.files)
+
+    def hashed(n: int) -> None:
+        p.files += 1
+        p.bytes += n
+        report(p)
+
+    contents = filedata.order(filedata.group(tree.files, hashed), opts.file_order)
+    p.phase, p.files, p.files_total = "write", 0, len(contents)
+    p.bytes, p.bytes_total = 0, sum(c.rep.size for c in contents)
+    report(p)
+
+    out.write(opts.header)
+    writer = SectionWriter(out)
+    codec = opts.data_codec
+    stream = BlockStream(writer, 1 << opts.block_bits, codec.id, codec.level, opts.threads)
+    chunks = filedata.Chunks()
+    try:
+        for c in contents:
+            filedata.store(c, stream, chunks)
+            stream.drain()
+            p.files += 1
+            p.bytes += c.rep.size
+            p.out_bytes = writer.pos
+            report(p)
+        blocks = stream.finish()
+    except BaseException:
+        stream.abort()
+        raise
+
+    meta = metabuild.build(tree, contents, chunks, blocks, opts, _version())
+    schema, payload = freeze(idl.METADATA, meta)
+    level = LEVELS[opts.level]
+    writer.add(SCHEMA, level.schema.id, level.schema.level, schema)
+    writer.add(METADATA, level.metadata.id, level.metadata.level, payload)
+    if opts.section_index:
+        writer.add_index()
+    p.out_bytes = writer.pos
+    report(p)
+    return WriteStats(
+        output="", image_size=len(opts.header) + writer.pos, entries=tree.entries,
+        files=len(tree.files), input_bytes=meta["total_fs_size"],
+        data_bytes=stream.raw_bytes,
+        duplicate_bytes=sum(c.rep.size * (len(c.files) - 1) for c in contents),
+        hole_bytes=sum(c.hole_bytes for c in contents), blocks=blocks, seconds=0.0)
