@@ -10,10 +10,13 @@ the size of the tree.
 
 from __future__ import annotations
 
+import queue
 import struct
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, BinaryIO
 
 from . import codecs
 from .sections import BLOCK, INDEX, pack_header
@@ -28,6 +31,35 @@ def compress_section(typ: int, number: int, comp: int, level: int | None,
         if len(packed) < len(data):
             payload, used = packed, comp
     return pack_header(typ, used, number, payload), payload
+
+
+class _Workers:
+    """Daemon threads running submitted calls. Unlike ThreadPoolExecutor's threads they
+    do not hold an interrupted process up until the block they compress is done."""
+
+    def __init__(self, n: int) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._n = n
+        for i in range(n):
+            threading.Thread(target=self._run, name=f"fim-compress-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        f: Future = Future()
+        self._queue.put((f, fn, args))
+        return f
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            f, fn, args = job
+            if f.set_running_or_notify_cancel():
+                try:
+                    f.set_result(fn(*args))
+                except BaseException as e:  # handed to whoever waits for the result
+                    f.set_exception(e)
+
+    def shutdown(self) -> None:
+        for _ in range(self._n):
+            self._queue.put(None)
 
 
 class SectionWriter:
@@ -69,8 +101,7 @@ class BlockStream:
         self.raw_bytes = 0  # uncompressed bytes of the blocks handed over so far
         self._buf = bytearray(block_size)
         self._fill = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(jobs, 1),
-                                        thread_name_prefix="fim-compress")
+        self._pool = _Workers(max(jobs, 1))
         self._pending: deque[Future] = deque()
         self._max_pending = max(jobs, 1) + 1
 
@@ -113,4 +144,6 @@ class BlockStream:
 
     def abort(self) -> None:
         """Drop queued work (after an error or an interrupt)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown()
