@@ -76,6 +76,26 @@ def mounted(backend: str, image: Path, mountpoint: Path):  # noqa: ANN201
             proc.wait()
 
 
+class FreshMounts:
+    """A new mount with cold kernel caches for every benchmark round (untimed setup)."""
+
+    def __init__(self, backend: str, image: Path, mountpoint: Path) -> None:
+        self.args = (backend, image, mountpoint)
+        self._ctx = None
+        self.current: Mounted | None = None
+
+    def setup(self) -> None:
+        self.close()
+        drop_caches()
+        self._ctx = mounted(*self.args)
+        self.current = self._ctx.__enter__()
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = self.current = None
+
+
 def drop_caches() -> None:
     """Forget the kernel's page and dentry caches (root only) so each round is cold."""
     try:

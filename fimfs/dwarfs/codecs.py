@@ -8,6 +8,8 @@ corrupt or hostile section can neither exhaust memory nor pass unnoticed.
 from __future__ import annotations
 
 import lzma
+import os
+import threading
 
 import brotli
 import lz4.block
@@ -63,6 +65,11 @@ def _announced(comp: int, payload: bytes, limit: int) -> int:
     return size
 
 
+# Decompression runs outside the GIL; more of it at once than there are cores only
+# adds memory (every FUSE thread could be holding a 16 MiB block in the making).
+_DECODERS = threading.BoundedSemaphore(os.cpu_count() or 2)
+
+
 def decompress(comp: int, payload: bytes, limit: int) -> bytes:
     """Decompress a section payload of at most ``limit`` uncompressed bytes."""
     if comp == NONE:
@@ -70,6 +77,14 @@ def decompress(comp: int, payload: bytes, limit: int) -> bytes:
     if comp not in DECODABLE:
         raise UnsupportedError(f"unsupported compression: {name(comp)}")
     size = _announced(comp, payload, limit)
+    with _DECODERS:
+        out = _decode(comp, payload, size, limit)
+    if size >= 0 and len(out) != size:  # lzma announces no size: -1
+        raise ImageError(f"{name(comp)}: size mismatch ({len(out)} != {size})")
+    return out
+
+
+def _decode(comp: int, payload: bytes, size: int, limit: int) -> bytes:
     try:
         if comp == ZSTD:
             out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
@@ -84,14 +99,12 @@ def decompress(comp: int, payload: bytes, limit: int) -> bytes:
                 raise ImageError(f"lzma: uncompressed size exceeds limit {limit}")
             if not d.eof:
                 raise ImageError("lzma: truncated stream")
-            size = len(out)
+            return out
     except ImageError:
         raise
     except (zstandard.ZstdError, lzma.LZMAError, brotli.error, ValueError, RuntimeError,
             MemoryError) as e:
         raise ImageError(f"{name(comp)}: corrupt data ({e})") from None
-    if len(out) != size:
-        raise ImageError(f"{name(comp)}: size mismatch ({len(out)} != {size})")
     return out
 
 
