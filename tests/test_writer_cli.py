@@ -325,9 +325,13 @@ def _failing_write(src: Path, out: Path, when: str, act) -> FimfsError:  # noqa:
 
 @pytest.mark.parametrize("name,change", [("sub/copy", "grow"), ("sub/deeper/rand", "grow"),
                                          ("sub/copy", "shrink"), ("sub/copy", "replace"),
-                                         ("sub/copy", "same-size")])
+                                         ("big1", "grow"), ("big1", "same-size")])
 def test_file_changed_while_read(name: str, change: str, src: Path, tmp_path: Path) -> None:
-    """``sub/copy`` has the size of ``text``, so it is hashed first (and read for both)."""
+    """``sub/copy`` has the size of ``text``; ``big1`` of ``big2`` and, being big, it is
+    hashed before anything is written."""
+    big = TEXT * 3
+    (src / "big1").write_bytes(big)
+    (src / "big2").write_bytes(big)
     victim = src / name
     out = tmp_path / "o.dwarfs"
     st = victim.stat()
@@ -342,7 +346,7 @@ def test_file_changed_while_read(name: str, change: str, src: Path, tmp_path: Pa
             victim.rename(victim.with_name("moved"))
             victim.write_bytes(TEXT)
         else:  # same size, same mtime, other bytes: only the content hash sees it
-            victim.write_bytes(TEXT.replace(b"line 1 ", b"LINE 1 "))
+            victim.write_bytes(big.replace(b"line 1 ", b"LINE 1 "))
             os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     err = _failing_write(src, out, "write", act)
@@ -378,3 +382,23 @@ def test_native_tools_accept_our_images(level: int, src: Path, tmp_path: Path) -
     assert compare([{k: v for k, v in e.items() if k != "_ino"} for e in view_dir(src)],
                    view_dir(dest), inodes=False) == []
     assert stat.S_ISFIFO(os.lstat(dest / "fifo").st_mode)
+
+
+def test_memory_stays_bounded(tmp_path: Path) -> None:
+    """256 MiB of file data through 1 MiB blocks: peak RSS grows by a few blocks only."""
+    s = tmp_path / "s"
+    s.mkdir()
+    piece = os.urandom(1 << 20)
+    with open(s / "big", "wb") as f:
+        for _ in range(256):
+            f.write(piece)
+    code = ("import resource, sys\n"
+            "from fimfs.dwarfs.writer import write_image\n"
+            "from fimfs.dwarfs.options import WriteOptions\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "write_image(sys.argv[1], sys.argv[2], WriteOptions(level=1, block_size_bits=20))\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(s), str(tmp_path / "o.dwarfs")],
+                       cwd=REPO, capture_output=True, text=True, check=True)
+    assert int(r.stdout) < 32 << 10  # KiB
+    assert (tmp_path / "o.dwarfs").stat().st_size > 256 << 20

@@ -1,8 +1,8 @@
 """``write_image``: a directory tree to a DwarFS image, as mkdwarfs writes them.
 
-Steps: scan the tree; hash the files whose size is not unique and group identical
-contents; order the contents; read them into blocks that worker threads compress
-while reading goes on; build and freeze the metadata; write schema, metadata and
+Steps: scan the tree; hash the big files whose size is not unique; order the
+files; read them into blocks (skipping contents already stored) that worker
+threads compress while reading goes on; build and freeze the metadata; write schema, metadata and
 the section index. The output goes to a temporary file beside OUTPUT that is
 renamed over it only when complete, so a failure or an interrupt never leaves a
 partial image. The same tree and options give the same bytes: nothing depends on
@@ -135,22 +135,23 @@ def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN
         p.bytes += n
         report(p)
 
-    contents = filedata.order(filedata.group(tree.files, hashed), opts.file_order)
-    p.phase, p.files, p.files_total = "write", 0, len(contents)
-    p.bytes, p.bytes_total = 0, sum(c.rep.size for c in contents)
+    contents = filedata.Contents(tree.files)
+    contents.prehash(tree.files, hashed)
+    files = filedata.order(tree.files, opts.file_order)
+    p.phase, p.files, p.files_total = "write", 0, len(files)
+    p.bytes, p.bytes_total = 0, sum(f.size for f in files)
     report(p)
 
     out.write(opts.header)
     writer = SectionWriter(out)
     codec = opts.data_codec
     stream = BlockStream(writer, 1 << opts.block_bits, codec.id, codec.level, opts.threads)
-    chunks = filedata.Chunks()
     try:
-        for c in contents:
-            filedata.store(c, stream, chunks)
+        for f in files:
+            contents.add(f, stream)
             stream.drain()
             p.files += 1
-            p.bytes += c.rep.size
+            p.bytes += f.size
             p.out_bytes = writer.pos
             report(p)
         blocks = stream.finish()
@@ -158,7 +159,8 @@ def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN
         stream.abort()
         raise
 
-    meta = metabuild.build(tree, contents, chunks, blocks, opts, _version())
+    distinct = list(contents)
+    meta = metabuild.build(tree, distinct, contents.chunks, blocks, opts, _version())
     schema, payload = freeze(idl.METADATA, meta)
     level = LEVELS[opts.level]
     writer.add(SCHEMA, level.schema.id, level.schema.level, schema)
@@ -171,5 +173,5 @@ def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN
         output="", image_size=len(opts.header) + writer.pos, entries=tree.entries,
         files=len(tree.files), input_bytes=meta["total_fs_size"],
         data_bytes=stream.raw_bytes,
-        duplicate_bytes=sum(c.rep.size * (len(c.files) - 1) for c in contents),
-        hole_bytes=sum(c.hole_bytes for c in contents), blocks=blocks, seconds=0.0)
+        duplicate_bytes=sum(c.rep.size * (len(c.files) - 1) for c in distinct),
+        hole_bytes=sum(c.hole_bytes for c in distinct), blocks=blocks, seconds=0.0)
