@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,6 +211,29 @@ def test_output_inside_the_source_is_left_out(src: Path) -> None:
     with DwarfsImage.open(out) as img:
         assert "image.dwarfs" not in img.readdir("/")
         assert not any(n.endswith(".tmp") for n in img.readdir("/"))
+
+
+def test_progress_on_a_terminal(src: Path, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = tmp_path / "o.dwarfs"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "create", str(src), str(out)],
+                            cwd=REPO, stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = b""
+    with contextlib.suppress(OSError):  # EIO once the child has gone
+        while chunk := os.read(primary, 4096):
+            seen += chunk
+    os.close(primary)
+    assert proc.wait() == 0
+    text = seen.decode()
+    assert "writing:" in text and "files, ratio" in text
+    assert text.rstrip().endswith("s") and f"{out}: 10 entries" in text
 
 
 def test_bad_arguments(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

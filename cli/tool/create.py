@@ -100,8 +100,7 @@ class _Bar:
         bar = self.bar
         bar.n = p.files if p.phase == "scan" else p.bytes
         if p.phase == "write":
-            ratio = p.out_bytes / p.bytes if p.bytes else 0.0
-            bar.set_postfix_str(f"{p.files}/{p.files_total} files, ratio {ratio:.1%}",
+            bar.set_postfix_str(f"{p.files}/{p.files_total} files, ratio {p.ratio:.1%}",
                                 refresh=False)
         bar.update(0)  # redraws when tqdm's refresh interval has passed
 

@@ -99,10 +99,11 @@ class BlockStream:
         self.comp, self.level = comp, level
         self.blocks = 0  # number of the block being filled
         self.raw_bytes = 0  # uncompressed bytes of the blocks handed over so far
+        self.written_raw = 0  # ... of the blocks written out so far
         self._buf = bytearray(block_size)
         self._fill = 0
         self._pool = _Workers(max(jobs, 1))
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[Future, int]] = deque()  # (compression, raw size)
         self._max_pending = max(jobs, 1) + 1
 
     def space(self) -> tuple[int, int, memoryview]:
@@ -117,9 +118,9 @@ class BlockStream:
 
     def _submit(self) -> None:
         data = self._buf if self._fill == self.block_size else bytes(self._buf[:self._fill])
-        self._pending.append(self._pool.submit(
+        self._pending.append((self._pool.submit(
             compress_section, BLOCK, self.writer.number + len(self._pending), self.comp,
-            self.level, data))
+            self.level, data), self._fill))
         self.raw_bytes += self._fill
         self.blocks += 1
         self._buf = bytearray(self.block_size)
@@ -129,8 +130,10 @@ class BlockStream:
     def drain(self, block: bool = False) -> None:
         """Write the finished blocks at the head of the queue (waiting for one if
         ``block``)."""
-        while self._pending and (block or self._pending[0].done()):
-            self.writer.write(*self._pending.popleft().result())
+        while self._pending and (block or self._pending[0][0].done()):
+            done, raw = self._pending.popleft()
+            self.writer.write(*done.result())
+            self.written_raw += raw
             block = False
 
     def finish(self) -> int:
@@ -144,6 +147,6 @@ class BlockStream:
 
     def abort(self) -> None:
         """Drop queued work (after an error or an interrupt)."""
-        for f in self._pending:
+        for f, _ in self._pending:
             f.cancel()
         self._pool.shutdown()

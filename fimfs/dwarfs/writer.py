@@ -42,6 +42,7 @@ class Progress:
     bytes: int = 0  # bytes hashed / read so far
     bytes_total: int = 0
     out_bytes: int = 0  # image bytes written so far
+    ratio: float = 0.0  # compressed / raw size of the blocks written so far
 
 
 @dataclass(slots=True)
@@ -153,6 +154,7 @@ def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN
             p.files += 1
             p.bytes += f.size
             p.out_bytes = writer.pos
+            p.ratio = writer.pos / stream.written_raw if stream.written_raw else 0.0
             report(p)
         blocks = stream.finish()
     except BaseException:
