@@ -70,11 +70,12 @@ class Chunks:
 
 
 def _open(f: FileData) -> int:
+    """An fd of the file the scan saw (same inode, still regular)."""
     try:
         fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise fail(f.path, e) from None
-    st = os.fstat(fd)
+    st = os.fstat(fd)  # cannot fail on an fd just opened
     if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (f.dev, f.ino):
         os.close(fd)
         raise _changed(f)

@@ -16,7 +16,7 @@ from itertools import accumulate
 from .filedata import HOLE, Chunks, Content
 from .frozen import Table
 from .options import WriteOptions
-from .scan import FileData, Node, SourceError, Tree, preorder
+from .scan import FileData, Node, Tree, preorder
 
 _LARGE_HOLE = 0xFFFFFFFF
 _NS = 10**9
@@ -72,10 +72,8 @@ def _ranked(tree: Tree, contents: list[Content]
             first.setdefault(id(n.data), n)
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
             devices.append(n)
-        elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+        else:  # FIFOs and sockets, the only other types Linux has
             others.append(n)
-        else:
-            raise SourceError(f"{n.name!r}: unsupported file type {oct(fmt)}")
     files = [c.rep for c in contents if len(c.files) == 1]
     files += [f for c in contents if len(c.files) > 1 for f in c.files]
     return dirs, links, files, devices, others, first

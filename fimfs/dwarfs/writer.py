@@ -58,7 +58,7 @@ class WriteStats:
     duplicate_bytes: int  # not stored because an identical file was
     hole_bytes: int
     blocks: int
-    seconds: float
+    seconds: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -103,7 +103,8 @@ def write_image(source: str | os.PathLike, output: str | os.PathLike,
     skip = frozenset(filter(None, (_identity(tmp), _identity(output))))
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            stats = _write(os.fsencode(source), out, opts, skip, progress or (lambda p: None))
+            stats = _write(os.fsencode(source), output, out, opts, skip,
+                           progress or (lambda p: None))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, output)
@@ -115,13 +116,12 @@ def write_image(source: str | os.PathLike, output: str | os.PathLike,
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    stats.output = output
     stats.seconds = time.monotonic() - start
     return stats
 
 
-def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN001 - file
-           report: Callable[[Progress], None]) -> WriteStats:
+def _write(source: bytes, output: str, out, opts: WriteOptions,  # noqa: ANN001 - a file
+           skip: frozenset, report: Callable[[Progress], None]) -> WriteStats:
     p = Progress("scan")
 
     def scanned(n: int) -> None:
@@ -172,8 +172,8 @@ def _write(source: bytes, out, opts: WriteOptions, skip: frozenset,  # noqa: ANN
     p.out_bytes = writer.pos
     report(p)
     return WriteStats(
-        output="", image_size=len(opts.header) + writer.pos, entries=tree.entries,
+        output=output, image_size=len(opts.header) + writer.pos, entries=tree.entries,
         files=len(tree.files), input_bytes=meta["total_fs_size"],
         data_bytes=stream.raw_bytes,
         duplicate_bytes=sum(c.rep.size * (len(c.files) - 1) for c in distinct),
-        hole_bytes=sum(c.hole_bytes for c in distinct), blocks=blocks, seconds=0.0)
+        hole_bytes=sum(c.hole_bytes for c in distinct), blocks=blocks)
