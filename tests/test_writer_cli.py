@@ -316,7 +316,8 @@ def _wait_for_temp(directory: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def test_interrupt_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_nothing(sig: int, tmp_path: Path) -> None:
     s = tmp_path / "s"
     s.mkdir()
     (s / "data").write_bytes(TEXT * 40)  # lzma -9 takes seconds on this
@@ -327,7 +328,7 @@ def test_interrupt_leaves_nothing(tmp_path: Path) -> None:
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     _wait_for_temp(out_dir, proc)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     start = time.monotonic()
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - start < 2, "an interrupt must not wait for the compressor"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -118,16 +119,22 @@ def _summary(s: WriteStats) -> str:
             f"{s.blocks} blocks, {s.seconds:.1f} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _create(args: argparse.Namespace) -> int:
     from fimfs.dwarfs.writer import write_image
 
     options = _options(args)
     bar = _Bar() if sys.stderr.isatty() else None
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # clean up on kill as on Ctrl-C
     try:
         stats = write_image(args.source, args.output, options, bar)
     except KeyboardInterrupt:
         raise FimError(f"interrupted: {args.output} not written", 130) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if bar:
             bar.close()
     if args.json:
