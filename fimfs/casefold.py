@@ -1,0 +1,387 @@
+"""A case-insensitive, case-preserving view over any Filesystem.
+
+``CaseFold(inner)`` resolves every path component by component ignoring case, and
+leaves names alone when it creates them: ``touch /READme.md`` makes ``READme.md``
+(FlatImage's ciopfs lower-cases new names; fim does not), after which
+``stat /readME.md`` finds it.
+
+Matching rules:
+
+* Two names match when their ``str.casefold()`` forms are equal: full Unicode case
+  folding, locale independent, so ``Straße`` matches ``STRASSE``. No Unicode
+  normalisation is applied (NFC and NFD spellings stay different names, as on
+  most Linux filesystems and on NTFS).
+* A name that is not valid UTF-8 (it reaches us surrogate-escaped, see
+  :mod:`fimfs.vfs`) only matches itself, byte for byte: without a known encoding
+  there is no case to fold. Such a name never matches a valid one either.
+* Twins (several names in one directory that differ only in case, e.g.
+  ``Makefile`` and ``makefile`` in a layer built on a case-sensitive host): a
+  name typed with the exact case of one twin gets that twin; otherwise the
+  byte-wise smallest twin wins (its UTF-8 encoding compares lowest, so
+  ``Makefile`` before ``makefile``, ``STRASSE`` before ``Straße``). ``readdir``
+  lists each case-insensitive name once, as that smallest twin; the others stay
+  reachable by their exact names.
+
+Creation (create, mkdir, mknod, symlink, link, and the destination of rename):
+the parent is resolved ignoring case; if the final name exists ignoring case, the
+existing entry is the target (``O_EXCL`` then fails with EEXIST, ``mkdir`` too,
+and a rename replaces it under its real name); otherwise the entry gets exactly
+the typed name. A rename whose destination is a case variant of the source's
+own name in the same directory (``mv readme README``) changes the case of that
+entry instead (a destination typed exactly as another twin still replaces it).
+
+Through FUSE the kernel caches each spelling as a dentry of its own, so a writable
+case-folding mount should not cache entries (``entry_timeout=0``): otherwise a name
+removed through one spelling stays visible through another until the timeout.
+
+Cache and its assumption: the real names of each directory are read once and
+kept as a map (folded name -> real name) in an LRU bounded by the number of
+names; lookups use it and never rescan. It is dropped for every directory whose
+namespace changes through this object. The inner filesystem must therefore be
+changed only through this CaseFold, as it is in the fim stack. A name added
+behind its back is still found by its exact case (unresolved components are
+passed on as typed), just not case-insensitively until the directory is listed
+again: ``readdir`` always reads the inner directory and refreshes the map.
+
+Thread safety: the cache has its own lock, and a listing read while the same
+directory is being changed is never stored. Namespace changes take a lock per
+parent directory (striped), so two threads creating ``Foo`` and ``foo`` at
+once cannot make twins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from fimfs.vfs import Attr, Filesystem, StatFs, split_path
+
+#: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
+DEFAULT_CACHE_NAMES = 1 << 18
+#: Locks that serialise namespace changes, chosen by the hash of the parent directory.
+_STRIPES = 64
+
+
+def _fold(name: str) -> str:
+    """The case-insensitive identity of a name: its casefold, or itself if not valid UTF-8."""
+    if name.isascii():
+        return name.lower()
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes: compared exactly
+        return name
+    # A valid name never contains lone surrogates, so it cannot collide with the above.
+    return name.casefold()
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent != "/" else f"/{name}"
+
+
+def _split_real(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """The names of one directory, indexed by their folded form."""
+
+    chosen: dict[str, str]  # folded -> the real name it resolves to
+    twins: dict[str, frozenset[str]]  # folded -> all real names, only where there are several
+    listing: tuple[str, ...]  # the chosen names, in the inner filesystem's order
+
+    @classmethod
+    def build(cls, names: Iterable[str]) -> _Dir:
+        chosen: dict[str, str] = {}
+        twins: dict[str, set[str]] = {}
+        keyed = [(_fold(n), n) for n in names]
+        for key, name in keyed:
+            current = chosen.get(key)
+            if current is None:
+                chosen[key] = name
+                continue
+            twins.setdefault(key, {current}).add(name)
+            # Valid UTF-8 orders like its code points, so str order is byte order here.
+            if name < current:
+                chosen[key] = name
+        listing = tuple(n for k, n in keyed if chosen[k] is n)
+        return cls(chosen, {k: frozenset(v) for k, v in twins.items()}, listing)
+
+    def size(self) -> int:
+        return len(self.chosen) + sum(map(len, self.twins.values())) + 1
+
+    def match(self, name: str) -> str | None:
+        """The real name ``name`` resolves to here, or None."""
+        key = _fold(name)
+        found = self.chosen.get(key)
+        if found is None or found == name:
+            return found
+        group = self.twins.get(key)
+        return name if group is not None and name in group else found
+
+
+class CaseFold(Filesystem):
+    """``inner`` seen case-insensitively; new names keep the case they were given."""
+
+    def __init__(self, inner: Filesystem, cache_names: int = DEFAULT_CACHE_NAMES) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._cache: LRUCache[str, _Dir] = LRUCache(maxsize=cache_names, getsizeof=_Dir.size)
+        # Directories being listed right now, each with the token of its latest reader;
+        # forgetting a directory drops its token, so a listing that may predate the
+        # change is not stored.
+        self._loading: dict[str, object] = {}
+        self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
+
+    # -- the directory cache ------------------------------------------------------------
+    def _load(self, real: str) -> _Dir:
+        """List ``real`` in the inner filesystem and cache the result (OSError if it cannot)."""
+        token = object()
+        with self._lock:
+            self._loading[real] = token
+        try:
+            entry = _Dir.build(tuple(self.inner.readdir(real)))
+        finally:
+            with self._lock:
+                current = self._loading.get(real) is token
+                if current:
+                    del self._loading[real]
+        if current:
+            with self._lock, contextlib.suppress(ValueError):  # larger than the whole cache
+                self._cache[real] = entry
+        return entry
+
+    def _dir(self, real: str) -> _Dir | None:
+        """The cached names of directory ``real``; None if it cannot be listed."""
+        with self._lock:
+            entry = self._cache.get(real)
+        if entry is not None:
+            return entry
+        try:
+            return self._load(real)
+        except OSError:
+            return None
+
+    def _forget(self, paths: Iterable[str], tree: str | None = None) -> None:
+        """Drop the maps of ``paths`` and of every directory below ``tree``."""
+        with self._lock:
+            for path in paths:
+                self._cache.pop(path, None)
+                self._loading.pop(path, None)
+            if tree is not None:
+                prefix = tree + "/"
+                for store in (self._cache, self._loading):
+                    for key in [k for k in store if k.startswith(prefix)]:
+                        del store[key]
+
+    # -- resolution ---------------------------------------------------------------------
+    def _child(self, parent: str, name: str) -> str:
+        """The real path of ``name`` in the real directory ``parent``, or the typed name."""
+        entry = self._dir(parent)
+        found = entry.match(name) if entry is not None else None
+        return _join(parent, found or name)
+
+    def _walk(self, parts: list[str]) -> str:
+        """The real path of ``parts``; from the first component not found on, as typed.
+
+        Passing the rest on unchanged lets the inner filesystem report the error it
+        would report for that path (ENOENT, ENOTDIR, ...).
+        """
+        real = "/"
+        for i, name in enumerate(parts):
+            entry = self._dir(real)
+            found = entry.match(name) if entry is not None else None
+            if found is None:
+                return "/".join([real.rstrip("/"), *parts[i:]])
+            real = _join(real, found)
+        return real
+
+    def _resolve(self, path: str) -> str:
+        return self._walk(split_path(path))
+
+    def _resolve_fh(self, path: str | None) -> str | None:
+        # Calls that carry a file handle may come without a path (e.g. ftruncate via FUSE).
+        return None if path is None else self._resolve(path)
+
+    def _parent(self, path: str) -> tuple[str, str]:
+        """The real parent of ``path`` and its typed final name ("/" is its own parent)."""
+        parts = split_path(path)
+        if not parts:
+            return "/", ""
+        return self._walk(parts[:-1]), parts[-1]
+
+    @contextlib.contextmanager
+    def _locked(self, *dirs: str) -> Iterator[None]:
+        """Hold the namespace locks of ``dirs`` (in index order: no deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for i in sorted({hash(d) % _STRIPES for d in dirs}):
+                stack.enter_context(self._stripes[i])
+            yield
+
+    def _target(self, parent: str, name: str) -> str:
+        """The real path a creation of ``name`` in ``parent`` acts on (caller holds the lock)."""
+        return self._child(parent, name) if name else parent
+
+    # -- read side ----------------------------------------------------------------------
+    def getattr(self, path: str) -> Attr:
+        return self.inner.getattr(self._resolve(path))
+
+    def readdir(self, path: str) -> list[str]:
+        """The chosen name of each case-insensitive group; re-reads the inner directory."""
+        return list(self._load(self._resolve(path)).listing)
+
+    def readlink(self, path: str) -> str:
+        return self.inner.readlink(self._resolve(path))
+
+    def open(self, path: str, flags: int) -> int:
+        return self.inner.open(self._resolve(path), flags)
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return self.inner.read(self._resolve_fh(path), size, offset, fh)  # type: ignore[arg-type]
+
+    def release(self, path: str | None, fh: int) -> None:
+        self.inner.release(self._resolve_fh(path), fh)  # type: ignore[arg-type]
+
+    def statfs(self) -> StatFs:
+        return self.inner.statfs()
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return self.inner.getxattr(self._resolve(path), name)
+
+    def listxattr(self, path: str) -> list[str]:
+        return self.inner.listxattr(self._resolve(path))
+
+    # -- write side: data and metadata --------------------------------------------------
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        return self.inner.write(self._resolve_fh(path), data, offset, fh)  # type: ignore[arg-type]
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        self.inner.truncate(self._resolve_fh(path), length, fh)  # type: ignore[arg-type]
+
+    def flush(self, path: str | None, fh: int) -> None:
+        self.inner.flush(self._resolve_fh(path), fh)  # type: ignore[arg-type]
+
+    def fsync(self, path: str | None, datasync: bool, fh: int) -> None:
+        self.inner.fsync(self._resolve_fh(path), datasync, fh)  # type: ignore[arg-type]
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.inner.chmod(self._resolve(path), mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.inner.chown(self._resolve(path), uid, gid)
+
+    def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        self.inner.utimens(self._resolve(path), atime_ns, mtime_ns)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+        self.inner.setxattr(self._resolve(path), name, value, flags)
+
+    def removexattr(self, path: str, name: str) -> None:
+        self.inner.removexattr(self._resolve(path), name)
+
+    # -- write side: namespace ----------------------------------------------------------
+    def create(self, path: str, mode: int, flags: int) -> int:
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                return self.inner.create(real, mode, flags)
+            finally:
+                self._forget((parent, real))
+
+    def mkdir(self, path: str, mode: int) -> None:
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.mkdir(real, mode)
+            finally:
+                self._forget((parent, real))
+
+    def mknod(self, path: str, mode: int, rdev: int) -> None:
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.mknod(real, mode, rdev)
+            finally:
+                self._forget((parent, real))
+
+    def symlink(self, target: str, path: str) -> None:
+        """``target`` is the link's content, stored as given (it is resolved when followed)."""
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.symlink(target, real)
+            finally:
+                self._forget((parent, real))
+
+    def link(self, existing: str, path: str) -> None:
+        source = self._resolve(existing)
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.link(source, real)
+            finally:
+                self._forget((parent, real))
+
+    def unlink(self, path: str) -> None:
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.unlink(real)
+            finally:
+                self._forget((parent, real))
+
+    def rmdir(self, path: str) -> None:
+        parent, name = self._parent(path)
+        with self._locked(parent):
+            real = self._target(parent, name)
+            try:
+                self.inner.rmdir(real)
+            finally:
+                self._forget((parent, real))
+
+    def rename(self, old: str, new: str) -> None:
+        old_parent, old_name = self._parent(old)
+        new_parent, new_name = self._parent(new)
+        with self._locked(old_parent, new_parent):
+            source = self._target(old_parent, old_name)
+            target = self._target(new_parent, new_name)
+            if (
+                new_name
+                and target != _join(new_parent, new_name)  # not an exact-case match
+                and new_parent == old_parent
+                and _fold(new_name) == _fold(_split_real(source)[1])
+            ):
+                target = _join(new_parent, new_name)  # a case change of the source itself
+            try:
+                moves_dir = self.inner.getattr(source).is_dir
+            except OSError:
+                moves_dir = False  # the rename below reports why
+            try:
+                self.inner.rename(source, target)
+            finally:
+                self._forget(
+                    (old_parent, new_parent, source, target), source if moves_dir else None
+                )
+
+    # -- the rest -----------------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self.inner.writable
+
+    def close(self) -> None:
+        """Close the inner filesystem and drop the cache."""
+        self.inner.close()
+        with self._lock:
+            self._cache.clear()
+            self._loading.clear()
