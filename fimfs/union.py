@@ -1,0 +1,834 @@
+"""Union: a copy-on-write union of one writable upper and N read-only lower layers.
+
+Semantics follow overlayfs (on-disk formats in :mod:`fimfs.whiteout`): the topmost
+layer wins; a directory present in several layers is merged until a layer where it
+is opaque; a non-directory or a whiteout hides everything below it. Changes go to
+the upper: a lower entry is copied up on its first write or metadata change (content,
+owner, xattrs, mode, then times; parents first, with their own attributes), built
+under a temporary name in its upper directory and renamed into place, so readers see
+either the lower entry or the complete copy.
+
+Where fim differs from overlayfs, deliberately:
+
+* renaming a directory never fails with EXDEV: its merged tree is copied up, moved,
+  and made opaque where the lowers have something under the new name;
+* a user cannot create a ``.wh.*`` name (EPERM) nor a character device 0:0 (EPERM):
+  both would be read as whiteouts.
+
+Two changes are not atomic to concurrent readers: between removing an upper directory
+(rmdir) or moving a name away (rename) and writing the whiteout that replaces it, a
+reader may glimpse the lower entry of that name.
+
+Like overlayfs without ``index=on``: copying up one name of a lower hard link breaks the
+link (the copy keeps the inode number, so both names then show the same number); a
+file opened read-only before its copy-up keeps reading the lower content.
+
+Inode numbers are assigned per (layer, inode of that layer), so they are unique across
+layers and equal for hard links; copy-up and rename carry a path's number along. The
+root is 0 (the FUSE adapter adds 1). Merged directories report nlink 1, as overlayfs.
+
+Caching: lower layers never change, so their directory listings (and what they say
+about whiteouts and opacity) are cached, and so is the resolution of each path (which
+layers provide it). Resolutions are invalidated by every change made through the
+union; the upper's attributes are always read live. Entries created or deleted in the
+upper directory behind the union's back, while it is in use, may be missed (overlayfs
+leaves that undefined too).
+
+Locking: one re-entrant lock serialises namespace changes (create, copy-up, unlink,
+rename, whiteouts, metadata changes). Lookups, getattr, readdir, open and read/write
+of open files take no lock: a file handle encodes its layer, so read() goes straight
+to the layer that opened it.
+
+The union owns its layers: :meth:`close` closes them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from . import whiteout as wh
+from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
+
+log = logging.getLogger(__name__)
+
+#: Bytes copied per read during copy-up; an all-zero chunk is skipped (left as a hole).
+COPY_CHUNK = 1 << 20
+_ZEROS = bytes(COPY_CHUNK)
+#: Bounds of the caches (entries); a full cache is simply emptied.
+_NODES_MAX = 1 << 17
+_LOWER_DIRS_MAX = 1 << 14
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """How a path resolves: which layers provide it."""
+
+    layer: int  # the topmost layer that has it
+    dirs: tuple[int, ...]  # a directory: the layers merged, top first; () for others
+    attr: Attr | None  # a lower entry's attributes (they never change); None: upper, read live
+    ino: int  # the union inode number of a lower entry; -1 for the upper
+
+
+#: Sentinels: what _probe returns for a whiteout; a path not in the resolution cache.
+_WHITEOUT = Attr(stat.S_IFCHR, 0, 0, 0, 0, 0, 0, 0)
+_MISS = _Node(-2, (), None, -2)
+
+
+class _LowerDir:
+    """What a lower layer's directory holds (cached: lower layers never change)."""
+
+    __slots__ = ("names", "opaque", "listing")
+
+    def __init__(self, names: frozenset[str], opaque: bool) -> None:
+        self.names = names
+        self.opaque = opaque
+        # (names shown, names whited out), computed on the first readdir
+        self.listing: tuple[tuple[str, ...], frozenset[str]] | None = None
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory == "/" else directory + "/" + name
+
+
+def _xattr_opaque(layer: Filesystem, path: str) -> bool:
+    try:
+        names = layer.listxattr(path)
+        for name in wh.OPAQUE_XATTRS:
+            if name in names and layer.getxattr(path, name) == b"y":
+                return True
+    except OSError:
+        pass  # a layer without xattrs
+    return False
+
+
+class Union(Filesystem):
+    """``lowers[0]`` is the topmost lower layer (overlayfs' lowerdir order); no upper: read-only."""
+
+    def __init__(self, upper: Filesystem | None, lowers: Sequence[Filesystem]) -> None:
+        if upper is None and not lowers:
+            raise ValueError("a union needs at least one layer")
+        if upper is not None and not upper.writable:
+            raise ValueError("the upper layer of a union must be writable")
+        self.upper = upper
+        self.lowers = tuple(lowers)
+        self._layers: list[Filesystem] = ([upper] if upper is not None else []) + list(lowers)
+        self._n = len(self._layers)
+        self._upi = 0 if upper is not None else -1  # index of the upper in _layers
+        self._lock = threading.RLock()
+        self._cache_lock = threading.Lock()
+        self._nodes: dict[str, _Node | None] = {}
+        self._gen = 0  # bumped by every invalidation; a resolution racing one is not cached
+        self._lower_dirs: dict[tuple[int, str], _LowerDir] = {}
+        self._ino_lock = threading.Lock()
+        self._inos: dict[tuple[int, int], int] = {(0, self._layers[0].getattr("/").ino): 0}
+        self._next_ino = 1
+
+    # -- resolution ------------------------------------------------------------------
+    def _ino_for(self, layer: int, ino: int) -> int:
+        key = (layer, ino)
+        n = self._inos.get(key)
+        if n is None:
+            with self._ino_lock:
+                n = self._inos.get(key)
+                if n is None:
+                    n = self._inos[key] = self._next_ino
+                    self._next_ino += 1
+        return n
+
+    def _lower_dir(self, i: int, path: str) -> _LowerDir:
+        d = self._lower_dirs.get((i, path))
+        if d is None:
+            layer = self._layers[i]
+            names = frozenset(layer.readdir(path))
+            d = _LowerDir(names, wh.OPAQUE_MARKER in names or _xattr_opaque(layer, path))
+            if len(self._lower_dirs) >= _LOWER_DIRS_MAX:
+                self._lower_dirs.clear()
+            self._lower_dirs[(i, path)] = d
+        return d
+
+    def _upper_attr(self, path: str) -> Attr | None:
+        """The upper's entry at ``path`` (whiteouts included), None if there is none."""
+        try:
+            return self._layers[self._upi].getattr(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _opaque(self, i: int, path: str) -> bool:
+        if i != self._upi:
+            return self._lower_dir(i, path).opaque
+        return (self._upper_attr(_join(path, wh.OPAQUE_MARKER)) is not None
+                or _xattr_opaque(self._layers[i], path))
+
+    def _probe(self, i: int, path: str, parent: str, name: str) -> Attr | None:
+        """Layer ``i``'s entry at ``path``: its Attr, _WHITEOUT, or None."""
+        if i == self._upi:
+            a = self._upper_attr(path)
+            if a is None:
+                marker = self._upper_attr(_join(parent, wh.PREFIX + name))
+                return None if marker is None else _WHITEOUT
+        else:
+            d = self._lower_dir(i, parent)
+            if name not in d.names:
+                return _WHITEOUT if wh.PREFIX + name in d.names else None
+            a = self._layers[i].getattr(path)
+        return _WHITEOUT if wh.is_whiteout(a) else a
+
+    def _node_from(self, hits: list[tuple[int, Attr]]) -> _Node | None:
+        if not hits:
+            return None
+        top, attr = hits[0]
+        dirs = tuple(i for i, _ in hits) if attr.is_dir else ()
+        if top == self._upi:
+            return _Node(top, dirs, None, -1)
+        return _Node(top, dirs, attr, self._ino_for(top, attr.ino))
+
+    def _resolve_root(self) -> _Node:
+        hits = []
+        for i, layer in enumerate(self._layers):
+            hits.append((i, layer.getattr("/")))
+            if self._opaque(i, "/"):
+                break
+        node = self._node_from(hits)
+        assert node is not None
+        return node
+
+    def _resolve(self, parent: _Node, path: str, parent_path: str, name: str) -> _Node | None:
+        if name.startswith(wh.PREFIX):
+            return None
+        hits: list[tuple[int, Attr]] = []
+        for i in parent.dirs:
+            r = self._probe(i, path, parent_path, name)
+            if r is None:
+                continue
+            if r is _WHITEOUT or (hits and not r.is_dir):
+                break  # a lower non-directory ends the merge of a directory
+            hits.append((i, r))
+            if not r.is_dir or self._opaque(i, path):
+                break
+        return self._node_from(hits)
+
+    def _store(self, path: str, node: _Node | None, gen: int) -> None:
+        with self._cache_lock:
+            if self._gen == gen:
+                if len(self._nodes) >= _NODES_MAX:
+                    self._nodes.clear()
+                self._nodes[path] = node
+
+    def _forget(self, *paths: str) -> None:
+        """Invalidate the resolution of ``paths``; call after changing what they resolve to."""
+        with self._cache_lock:
+            self._gen += 1
+            for p in paths:
+                self._nodes.pop(p, None)
+
+    def _forget_all(self) -> None:
+        with self._cache_lock:
+            self._gen += 1
+            self._nodes.clear()
+
+    def _lookup(self, path: str) -> tuple[_Node | None, str]:
+        """The resolution of ``path`` (None: no such entry) and its canonical form.
+
+        Raises ENOENT or ENOTDIR when a parent is missing or not a directory.
+        """
+        node = self._nodes.get(path, _MISS)
+        if node is not _MISS:
+            return node, path
+        parts = split_path(path)
+        gen = self._gen
+        cur = "/"
+        node = self._nodes.get(cur, _MISS)
+        if node is _MISS:
+            node = self._resolve_root()
+            self._store(cur, node, gen)
+        for name in parts:
+            if node is None:
+                raise fs_error(errno.ENOENT, path)
+            if not node.dirs:
+                raise fs_error(errno.ENOTDIR, path)
+            child = _join(cur, name)
+            found = self._nodes.get(child, _MISS)
+            if found is _MISS:
+                found = self._resolve(node, child, cur, name)
+                self._store(child, found, gen)
+            cur, node = child, found
+        return node, cur
+
+    def _existing(self, path: str) -> tuple[_Node, str]:
+        node, path = self._lookup(path)
+        if node is None:
+            raise fs_error(errno.ENOENT, path)
+        return node, path
+
+    def _free_name(self, path: str) -> str:
+        """Check that a new entry may be made at ``path``; its canonical form."""
+        node, path = self._lookup(path)
+        if node is not None:
+            raise fs_error(errno.EEXIST, path)
+        if _split(path)[1].startswith(wh.PREFIX):
+            raise fs_error(errno.EPERM, path)
+        return path
+
+    def _lower_has(self, path: str) -> bool:
+        """Whether the lowers show an entry at ``path`` (which then needs hiding)."""
+        parent_path, name = _split(path)
+        parent, _ = self._lookup(parent_path)
+        for i in parent.dirs if parent is not None else ():
+            if i != self._upi:
+                r = self._probe(i, path, parent_path, name)
+                if r is not None:
+                    return r is not _WHITEOUT
+        return False
+
+    # -- read side -------------------------------------------------------------------
+    def getattr(self, path: str) -> Attr:
+        node, path = self._existing(path)
+        a = node.attr
+        if a is not None:
+            ino = node.ino
+        else:
+            a = self._layers[self._upi].getattr(path)
+            if wh.is_whiteout(a):  # deleted a moment ago
+                raise fs_error(errno.ENOENT, path)
+            ino = self._ino_for(self._upi, a.ino)
+        nlink = 1 if len(node.dirs) > 1 else a.nlink
+        return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
+                    a.rdev, ino, a.blocks)
+
+    def _listing(self, i: int, path: str) -> tuple[tuple[str, ...], frozenset[str]]:
+        """Layer ``i``'s directory at ``path``: (names shown, names it whites out)."""
+        if i != self._upi:
+            d = self._lower_dir(i, path)
+            if d.listing is None:
+                d.listing = self._classify(self._layers[i], path, d.names)
+            return d.listing
+        upper = self._layers[i]
+        return self._classify(upper, path, upper.readdir(path))
+
+    @staticmethod
+    def _classify(layer: Filesystem, path: str,
+                  names: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str]]:
+        shown: list[str] = []
+        hidden: set[str] = set()
+        for name in names:
+            if name.startswith(wh.PREFIX):
+                if name != wh.OPAQUE_MARKER:
+                    hidden.add(name[len(wh.PREFIX):])
+                continue
+            try:
+                a = layer.getattr(_join(path, name))
+            except FileNotFoundError:
+                continue  # removed while listing
+            if wh.is_whiteout(a):
+                hidden.add(name)
+            else:
+                shown.append(name)
+        return tuple(shown), frozenset(hidden)
+
+    def readdir(self, path: str) -> list[str]:
+        node, path = self._existing(path)
+        if not node.dirs:
+            raise fs_error(errno.ENOTDIR, path)
+        if len(node.dirs) == 1:
+            return list(self._listing(node.dirs[0], path)[0])
+        out: list[str] = []
+        seen: set[str] = set()
+        hidden: set[str] = set()
+        for i in node.dirs:
+            shown, whited = self._listing(i, path)
+            for name in shown:
+                if name not in seen and name not in hidden:
+                    seen.add(name)
+                    out.append(name)
+            hidden.update(whited)
+        return out
+
+    def readlink(self, path: str) -> str:
+        node, path = self._existing(path)
+        return self._layers[node.layer].readlink(path)
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & _WRITE_FLAGS:
+            upper = self._writable()
+            with self._lock:
+                node, path = self._existing(path)
+                if node.dirs:
+                    raise fs_error(errno.EISDIR, path)
+                self._copy_up(path, node, 0 if flags & os.O_TRUNC else None)
+            return upper.open(path, flags) * self._n + self._upi
+        node, path = self._existing(path)
+        try:
+            return self._layers[node.layer].open(path, flags) * self._n + node.layer
+        except OSError as e:
+            # Only a whiteout gives ENXIO (FUSE never opens devices): deleted a moment ago.
+            if e.errno == errno.ENXIO and node.layer == self._upi:
+                raise fs_error(errno.ENOENT, path) from None
+            raise
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        inner, i = divmod(fh, self._n)
+        return self._layers[i].read(path, size, offset, inner)
+
+    def release(self, path: str, fh: int) -> None:
+        inner, i = divmod(fh, self._n)
+        self._layers[i].release(path, inner)
+
+    def statfs(self) -> StatFs:
+        return self._layers[0].statfs()
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        node, path = self._existing(path)
+        if wh.is_private_xattr(name):
+            raise fs_error(errno.EOPNOTSUPP, path)
+        return self._layers[node.layer].getxattr(path, name)
+
+    def listxattr(self, path: str) -> list[str]:
+        node, path = self._existing(path)
+        names = self._layers[node.layer].listxattr(path)
+        return [n for n in names if not wh.is_private_xattr(n)]
+
+    # -- copy-up ---------------------------------------------------------------------
+    def _writable(self) -> Filesystem:
+        if self.upper is None:
+            raise fs_error(errno.EROFS)
+        return self.upper
+
+    def _temp_name(self, directory: str) -> str:
+        return _join(directory, wh.TEMP_PREFIX + secrets.token_hex(8))
+
+    def _copy_up(self, path: str, node: _Node, limit: int | None = None) -> None:
+        """Make sure the upper has ``path`` (and its parents); ``limit``: bytes of content."""
+        if node.layer == self._upi:
+            return
+        cur = "/"
+        for name in split_path(path)[:-1]:
+            cur = _join(cur, name)
+            parent, _ = self._lookup(cur)
+            if parent is not None and parent.layer != self._upi:
+                self._copy_up_one(cur, parent, None)
+        self._copy_up_one(path, node, limit)
+
+    def _ensure_upper_dir(self, path: str) -> None:
+        node, path = self._existing(path)
+        self._copy_up(path, node)
+
+    def _copy_up_one(self, path: str, node: _Node, limit: int | None) -> None:
+        upper = self._layers[self._upi]
+        src = self._layers[node.layer]
+        a = node.attr
+        assert a is not None
+        parent = _split(path)[0]
+        parent_attr = upper.getattr(parent)
+        tmp = self._temp_name(parent)
+        key = None
+        try:
+            if a.is_dir:
+                upper.mkdir(tmp, 0o700)
+            elif a.is_reg:
+                self._copy_data(src, path, tmp, a.size if limit is None else min(limit, a.size))
+            elif a.is_lnk:
+                upper.symlink(src.readlink(path), tmp)
+            else:
+                upper.mknod(tmp, stat.S_IFMT(a.mode) | 0o600, a.rdev)
+            self._copy_meta(src, path, tmp, a)
+            key = (self._upi, upper.getattr(tmp).ino)
+            with self._ino_lock:
+                self._inos[key] = node.ino  # before it shows: the path keeps its number
+            upper.rename(tmp, path)
+        except BaseException:
+            if key is not None:
+                with self._ino_lock:
+                    self._inos.pop(key, None)
+            self._discard(tmp)
+            raise
+        # Overlayfs too leaves the parent's times as they were: a copy-up is no change.
+        upper.utimens(parent, parent_attr.atime_ns, parent_attr.mtime_ns)
+        self._forget(path)
+
+    def _copy_data(self, src: Filesystem, path: str, tmp: str, size: int) -> None:
+        """Copy ``size`` bytes of ``path`` into a new upper file; zero chunks stay holes."""
+        upper = self._layers[self._upi]
+        ufh = upper.create(tmp, 0o600, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            if size:
+                sfh = src.open(path, os.O_RDONLY)
+                try:
+                    off = 0
+                    while off < size:
+                        chunk = src.read(path, min(COPY_CHUNK, size - off), off, sfh)
+                        if not chunk:
+                            break
+                        if chunk != (_ZEROS if len(chunk) == COPY_CHUNK else bytes(len(chunk))):
+                            data, pos = chunk, off
+                            while data:  # a short write is rare but allowed
+                                n = upper.write(tmp, data, pos, ufh)
+                                data, pos = data[n:], pos + n
+                        off += len(chunk)
+                finally:
+                    src.release(path, sfh)
+            upper.truncate(tmp, size, ufh)  # the length, holes at the end included
+        finally:
+            upper.release(tmp, ufh)
+
+    def _copy_meta(self, src: Filesystem, path: str, tmp: str, a: Attr) -> None:
+        """Owner, xattrs, mode, times: in this order (chown clears set-id bits and
+        capabilities; a non-root owner needs write permission to set user xattrs)."""
+        upper = self._layers[self._upi]
+        try:
+            upper.chown(tmp, a.uid, a.gid)
+        except PermissionError:
+            log.debug("copy-up of %s: cannot keep owner %d:%d", path, a.uid, a.gid)
+        for name in src.listxattr(path):
+            if wh.is_private_xattr(name):
+                continue
+            try:
+                upper.setxattr(tmp, name, src.getxattr(path, name), 0)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP):
+                    raise
+                log.debug("copy-up of %s: cannot keep xattr %s: %s", path, name, e.strerror)
+        if not a.is_lnk:
+            upper.chmod(tmp, stat.S_IMODE(a.mode))
+        upper.utimens(tmp, a.atime_ns, a.mtime_ns)
+
+    def _copy_up_tree(self, path: str) -> None:
+        """Copy a directory and everything the lowers show under it into the upper."""
+        stack = [path]
+        while stack:
+            cur = stack.pop()
+            node, _ = self._existing(cur)
+            self._copy_up(cur, node)
+            node, _ = self._existing(cur)
+            if len(node.dirs) < 2:
+                continue  # nothing below the upper
+            for name in self.readdir(cur):
+                child = _join(cur, name)
+                cnode, _ = self._existing(child)
+                if cnode.dirs:
+                    stack.append(child)
+                else:
+                    self._copy_up(child, cnode)
+
+    # -- upper helpers ---------------------------------------------------------------
+    def _remove_upper(self, path: str) -> None:
+        """Remove an upper entry, a directory with all it holds."""
+        upper = self._layers[self._upi]
+        if upper.getattr(path).is_dir:
+            self._purge(path)
+            upper.rmdir(path)
+        else:
+            upper.unlink(path)
+
+    def _purge(self, path: str) -> None:
+        """Empty an upper directory (in the union's view it holds only hidden entries)."""
+        upper = self._layers[self._upi]
+        for name in upper.readdir(path):
+            self._remove_upper(_join(path, name))
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            self._remove_upper(tmp)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("cannot remove the temporary entry %s: %s", tmp, e.strerror)
+
+    def _whiteout(self, path: str, replace: bool = False) -> None:
+        """Hide the lowers' ``path``; ``replace``: atomically replace the upper file there."""
+        upper = self._layers[self._upi]
+        target = self._temp_name(_split(path)[0]) if replace else path
+        try:
+            upper.mknod(target, stat.S_IFCHR, 0)
+        except PermissionError as e:
+            if e.errno != errno.EPERM:
+                raise
+            if replace:
+                upper.unlink(path)
+            parent, name = _split(path)
+            marker = _join(parent, wh.PREFIX + name)
+            upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
+            return
+        if replace:
+            try:
+                upper.rename(target, path)
+            except BaseException:
+                self._discard(target)
+                raise
+
+    def _drop_file_whiteout(self, path: str) -> None:
+        """Remove a ``.wh.NAME`` whiteout of ``path`` from the upper, if there is one."""
+        parent, name = _split(path)
+        marker = _join(parent, wh.PREFIX + name)
+        if self._upper_attr(marker) is not None:
+            self._layers[self._upi].unlink(marker)
+
+    def _set_opaque(self, path: str) -> None:
+        upper = self._layers[self._upi]
+        try:
+            upper.setxattr(path, wh.OPAQUE_XATTR, b"y", 0)
+        except OSError as e:
+            log.debug("%s: opaque marker entry instead of the xattr: %s", path, e.strerror)
+            marker = _join(path, wh.OPAQUE_MARKER)
+            upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
+
+    def _place(self, path: str, make: Callable[[str], None], is_dir: bool = False) -> None:
+        """Create a new upper entry at the free name ``path`` with ``make``, replacing a
+        whiteout there without a moment in which the hidden entry shows. A directory
+        made over a whiteout is opaque, so nothing of the deleted one comes back."""
+        upper = self._layers[self._upi]
+        parent = _split(path)[0]
+        self._ensure_upper_dir(parent)
+        existing = self._upper_attr(path)  # None, or a whiteout (the name is free)
+        marker = self._upper_attr(_join(parent, wh.PREFIX + _split(path)[1]))
+        if existing is None and (marker is None or not is_dir):
+            make(path)
+        else:
+            tmp = self._temp_name(parent)
+            make(tmp)
+            try:
+                if is_dir:
+                    self._set_opaque(tmp)
+                    if existing is not None:
+                        upper.unlink(path)  # a directory cannot be renamed over a device
+                upper.rename(tmp, path)
+            except BaseException:
+                self._discard(tmp)
+                raise
+        if marker is not None:
+            self._drop_file_whiteout(path)
+        self._forget(path)
+
+    def _drop_ino(self, a: Attr) -> None:
+        """Forget the number of an upper inode that is gone (its number may be reused)."""
+        if a.is_dir or a.nlink <= 1:
+            with self._ino_lock:
+                self._inos.pop((self._upi, a.ino), None)
+
+    # -- write side ------------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self.upper is not None
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        upper = self._writable()
+        with self._lock:
+            node, path = self._lookup(path)
+            if node is None:
+                path = self._free_name(path)
+                fhs: list[int] = []
+
+                def make(p: str) -> None:
+                    fhs.append(upper.create(p, mode, flags | os.O_CREAT | os.O_EXCL))
+
+                try:
+                    self._place(path, make)
+                except BaseException:
+                    for fh in fhs:
+                        upper.release(path, fh)
+                    raise
+                return fhs[0] * self._n + self._upi
+            if flags & os.O_EXCL:
+                raise fs_error(errno.EEXIST, path)
+        return self.open(path, flags & ~os.O_CREAT)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        inner, i = divmod(fh, self._n)
+        if i != self._upi:
+            raise fs_error(errno.EBADF, path)
+        return self._layers[i].write(path, data, offset, inner)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        upper = self._writable()
+        if fh is not None:
+            inner, i = divmod(fh, self._n)
+            if i == self._upi:
+                upper.truncate(path, length, inner)
+                return
+        with self._lock:
+            node, path = self._existing(path)
+            if node.dirs:
+                raise fs_error(errno.EISDIR, path)
+            self._copy_up(path, node, length)
+            upper.truncate(path, length)
+
+    def flush(self, path: str, fh: int) -> None:
+        inner, i = divmod(fh, self._n)
+        self._layers[i].flush(path, inner)
+
+    def fsync(self, path: str, datasync: bool, fh: int) -> None:
+        inner, i = divmod(fh, self._n)
+        self._layers[i].fsync(path, datasync, inner)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        upper = self._writable()
+        with self._lock:
+            path = self._free_name(path)
+            self._place(path, lambda p: upper.mkdir(p, mode), is_dir=True)
+
+    def mknod(self, path: str, mode: int, rdev: int) -> None:
+        upper = self._writable()
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise fs_error(errno.EPERM, path)  # that is a whiteout
+        with self._lock:
+            path = self._free_name(path)
+            self._place(path, lambda p: upper.mknod(p, mode, rdev))
+
+    def symlink(self, target: str, path: str) -> None:
+        upper = self._writable()
+        with self._lock:
+            path = self._free_name(path)
+            self._place(path, lambda p: upper.symlink(target, p))
+
+    def link(self, existing: str, path: str) -> None:
+        upper = self._writable()
+        with self._lock:
+            node, existing = self._existing(existing)
+            if node.dirs:
+                raise fs_error(errno.EPERM, existing)
+            path = self._free_name(path)
+            self._copy_up(existing, node)
+            self._place(path, lambda p: upper.link(existing, p))
+
+    def unlink(self, path: str) -> None:
+        upper = self._writable()
+        with self._lock:
+            node, path = self._existing(path)
+            if node.dirs:
+                raise fs_error(errno.EISDIR, path)
+            if node.layer == self._upi:
+                a = upper.getattr(path)
+                if self._lower_has(path):
+                    self._whiteout(path, replace=True)
+                else:
+                    upper.unlink(path)
+                self._drop_ino(a)
+            else:
+                self._ensure_upper_dir(_split(path)[0])
+                self._whiteout(path)
+            self._forget(path)
+
+    def rmdir(self, path: str) -> None:
+        upper = self._writable()
+        with self._lock:
+            node, path = self._existing(path)
+            if path == "/":
+                raise fs_error(errno.EBUSY, path)
+            if not node.dirs:
+                raise fs_error(errno.ENOTDIR, path)
+            if self.readdir(path):
+                raise fs_error(errno.ENOTEMPTY, path)
+            lower = self._lower_has(path)
+            if node.layer == self._upi:
+                a = upper.getattr(path)
+                self._purge(path)
+                upper.rmdir(path)
+                self._drop_ino(a)
+                if lower:
+                    self._whiteout(path)
+            else:
+                self._ensure_upper_dir(_split(path)[0])
+                self._whiteout(path)
+            self._forget(path)
+
+    def rename(self, old: str, new: str) -> None:
+        upper = self._writable()
+        with self._lock:
+            onode, old = self._existing(old)
+            nnode, new = self._lookup(new)
+            if old == new:
+                return
+            if "/" in (old, new):
+                raise fs_error(errno.EBUSY, "/")
+            if _split(new)[1].startswith(wh.PREFIX):
+                raise fs_error(errno.EPERM, new)
+            if onode.dirs and new.startswith(old + "/"):
+                raise fs_error(errno.EINVAL, new)  # into itself
+            if nnode is not None:
+                if self._same_inode(onode, old, nnode, new):
+                    return  # two links of one file: POSIX says do nothing
+                if onode.dirs and not nnode.dirs:
+                    raise fs_error(errno.ENOTDIR, new)
+                if not onode.dirs and nnode.dirs:
+                    raise fs_error(errno.EISDIR, new)
+                if nnode.dirs and self.readdir(new):
+                    raise fs_error(errno.ENOTEMPTY, new)
+            # 1. all of old in the upper (opaque if the lowers have something under the new
+            # name, so nothing of that shows through at any moment); the parent of new too
+            if onode.dirs:
+                self._copy_up_tree(old)
+                if self._lower_has(new):
+                    self._set_opaque(old)
+            else:
+                self._copy_up(old, onode)
+            self._ensure_upper_dir(_split(new)[0])
+            # 2. free the name new in the upper
+            replaced = self._upper_attr(new)
+            if replaced is not None and replaced.is_dir:
+                self._purge(new)  # only hidden entries: then the host rename replaces it
+            elif replaced is not None and onode.dirs:
+                upper.unlink(new)  # a whiteout; a directory cannot be renamed over it
+                replaced = None
+            upper.rename(old, new)
+            if replaced is not None and not wh.is_whiteout(replaced):
+                self._drop_ino(replaced)
+            # 3. hide what the lowers have under the old name
+            if self._lower_has(old):
+                self._whiteout(old)
+            self._drop_file_whiteout(new)
+            if onode.dirs:
+                self._forget_all()  # every path below both names
+            else:
+                self._forget(old, new)
+
+    def _same_inode(self, a: _Node, a_path: str, b: _Node, b_path: str) -> bool:
+        if a.layer != b.layer:
+            return False
+        if a.attr is not None and b.attr is not None:
+            return a.attr.ino == b.attr.ino
+        upper = self._layers[self._upi]
+        return upper.getattr(a_path).ino == upper.getattr(b_path).ino
+
+    def _change(self, path: str, apply: Callable[[Filesystem, str], None]) -> None:
+        """A metadata change: copy up, then ``apply(upper, path)``."""
+        upper = self._writable()
+        with self._lock:
+            node, path = self._existing(path)
+            self._copy_up(path, node)
+            apply(upper, path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._change(path, lambda up, p: up.chmod(p, mode))
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self._change(path, lambda up, p: up.chown(p, uid, gid))
+
+    def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        self._change(path, lambda up, p: up.utimens(p, atime_ns, mtime_ns))
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+        if wh.is_private_xattr(name):
+            self._writable()
+            raise fs_error(errno.EOPNOTSUPP, path)
+        self._change(path, lambda up, p: up.setxattr(p, name, value, flags))
+
+    def removexattr(self, path: str, name: str) -> None:
+        if wh.is_private_xattr(name):
+            self._writable()
+            raise fs_error(errno.EOPNOTSUPP, path)
+        self._change(path, lambda up, p: up.removexattr(p, name))
+
+    def close(self) -> None:
+        for layer in self._layers:
+            layer.close()
