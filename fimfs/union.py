@@ -567,6 +567,24 @@ class Union(Filesystem):
                 self._discard(target)
                 raise
 
+    def _drop_stale_whiteouts(self, path: str) -> None:
+        """Remove the whiteouts in a moved upper tree: nothing is below it any more (it is
+        opaque or new to the lowers), and kernel overlayfs lists whiteouts in such
+        directories as if they were entries."""
+        upper = self._layers[self._upi]
+        stack = [path]
+        while stack:
+            cur = stack.pop()
+            for name in upper.readdir(cur):
+                child = _join(cur, name)
+                if name == wh.OPAQUE_MARKER:
+                    continue
+                a = upper.getattr(child)
+                if name.startswith(wh.PREFIX) or wh.is_whiteout(a):
+                    self._remove_upper(child)
+                elif a.is_dir:
+                    stack.append(child)
+
     def _drop_file_whiteout(self, path: str) -> None:
         """Remove a ``.wh.NAME`` whiteout of ``path`` from the upper, if there is one."""
         parent, name = _split(path)
@@ -787,6 +805,8 @@ class Union(Filesystem):
             if self._lower_has(old):
                 self._whiteout(old)
             self._drop_file_whiteout(new)
+            if onode.dirs:
+                self._drop_stale_whiteouts(new)
             if onode.dirs:
                 self._forget_all()  # every path below both names
             else:

@@ -567,6 +567,8 @@ def test_rename_directories_across_layers(stack: Stack) -> None:
     assert is_opaque_on_disk(stack.upper / "empty")
     u.rename("/empty", "/dst/new")  # a directory whose lower name has entries
     assert sorted(u.readdir("/dst")) == ["lower", "new", "old"]
+    moved = [n for _, dirs, files in os.walk(stack.upper / "dst/new") for n in dirs + files]
+    assert sorted(moved) == ["f", "h", "i", "sub"]  # the whiteout of sub/g is dropped
     fresh = stack.union()
     assert tree_of(fresh) == tree_of(u)
     assert sorted(fresh.readdir("/")) == ["dst"]
@@ -698,13 +700,14 @@ def _comparable(view: list[dict]) -> list[dict]:
 @needs_root
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
 def test_kernel_overlayfs_reads_the_union_upper(stack: Stack, tmp_path: Path) -> None:
-    stack.lower({"f": b"1", "gone": b"", "d/a": b"a", "d/b": b"b", "r/x": b"x", "o/y": b"y",
-                 "l": Sym("f")})
+    stack.lower({"f": b"1", "gone": b"", "d/a": b"a", "d/b": b"b", "r/x": b"x", "r/s/del": b"",
+                 "o/y": b"y", "l": Sym("f")})
     stack.lower({"d/c": b"c", "o/z": b"z", "bottom": b"B"})
     u = stack.union()
     write_file(u, "/f", b"changed")
     u.unlink("/gone")
     u.unlink("/d/b")
+    u.unlink("/r/s/del")  # a whiteout inside a directory that then moves
     u.rename("/r", "/r2")
     u.unlink("/o/y")
     u.unlink("/o/z")
