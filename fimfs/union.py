@@ -602,8 +602,9 @@ class Union(Filesystem):
             upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
 
     def _place(self, path: str, make: Callable[[str], None], is_dir: bool = False) -> None:
-        """Create a new upper entry at the free name ``path`` with ``make``, replacing a
-        whiteout there without a moment in which the hidden entry shows. A directory
+        """Create a new upper entry at the free name ``path`` with ``make``. A whiteout
+        there is replaced by a rename over it, so the hidden entry never shows (only a
+        directory over a device whiteout needs the device removed first). A directory
         made over a whiteout is opaque, so nothing of the deleted one comes back."""
         upper = self._layers[self._upi]
         parent = _split(path)[0]
