@@ -62,6 +62,8 @@ READY_TIMEOUT = 30.0
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
+_FUSE_READDIR_PLUS = 1  # libfuse 3: readdir flags bit, "the kernel asked for READDIRPLUS"
+_FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attributes"
 _RENAME_NOREPLACE = 1
 _UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}  # libfuse's FUSE_UNKNOWN_INO
 _SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
@@ -162,6 +164,17 @@ class FuseOperations:
         # d_ino 0, an entry glibc's readdir silently skips; "unknown" is what libfuse
         # reports without use_ino.
         return [(name, _UNKNOWN_INO, 0) for name in (".", "..", *self.fs.readdir(path))]
+
+    @_guarded
+    def readdir_plus(self, path: str) -> list[tuple[str, dict[str, int] | None]]:
+        """Entries with full attributes, for READDIRPLUS (without "." and ".."). If some
+        entry's attributes cannot be had, the listing falls back to names alone, so the
+        directory still lists and only that entry's own lookup fails."""
+        try:
+            return [(name, attr_to_stat(a)) for name, a in self.fs.readdir_attrs(path)]
+        except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
+            log.debug("readdirplus %r: %s; listing names only", path, e)
+            return [(name, None) for name in self.fs.readdir(path)]
 
     @_guarded
     def readlink(self, path: str) -> str:
@@ -354,13 +367,18 @@ def _load_mfusepy() -> ModuleType:
 
 @functools.cache
 def _fuse_class() -> type:
-    """mfusepy.FUSE with three gaps filled: rename flags, ftruncate's handle, UTIME_NOW/OMIT.
+    """mfusepy.FUSE with four gaps filled: rename flags, ftruncate's handle, UTIME_NOW/OMIT,
+    and READDIRPLUS answered with full attributes.
 
     Built lazily because it needs mfusepy.
     """
     mfusepy = _load_mfusepy()
 
     class _FUSE(mfusepy.FUSE):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._listings: dict[str, list] = {}  # READDIRPLUS listings being paged through
+            super().__init__(*args, **kwargs)  # runs the FUSE loop until unmounted
+
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
             return self.operations.rename(
@@ -368,6 +386,36 @@ def _fuse_class() -> type:
                 new.decode(self.encoding, self.errors),
                 flags,
             )
+
+        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                           fip: Any, flags: int) -> int:
+            # mfusepy answers READDIRPLUS with names only, so the kernel then sends one
+            # LOOKUP per entry. Entries with attributes spare those, but libfuse makes
+            # nodes of them only in its offset mode: so offsets here are list positions,
+            # and the listing is kept between the calls that page through it.
+            if not flags & _FUSE_READDIR_PLUS or path is None:
+                return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+            decoded = path.decode(self.encoding, self.errors)
+            entries = self._listings.get(decoded) if offset else None
+            if entries is None:
+                entries = [(".", None), ("..", None), *self.operations.readdir_plus(decoded)]
+                if len(self._listings) >= 64:
+                    self._listings.clear()
+                self._listings[decoded] = entries
+            st = mfusepy.c_stat()
+            for i in range(offset, len(entries)):
+                name, attrs = entries[i]
+                encoded = name.encode(self.encoding, self.errors)
+                if attrs is None:
+                    full = filler(buf, encoded, None, i + 1, 0)
+                else:
+                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                    full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS)
+                if full:
+                    break
+            else:
+                self._listings.pop(decoded, None)
+            return 0
 
         def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
             # mfusepy drops the file handle of ftruncate(2).

@@ -87,6 +87,12 @@ class Filesystem:
         """Names in the directory, without "." and ".."."""
         raise fs_error(errno.ENOSYS, path)
 
+    def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
+        """Names in the directory with their attributes (serves FUSE's READDIRPLUS, which
+        spares the kernel one LOOKUP per entry). Layers that know both at once override it."""
+        base = path.rstrip("/")
+        return [(name, self.getattr(f"{base}/{name}")) for name in self.readdir(path)]
+
     def readlink(self, path: str) -> str:
         raise fs_error(errno.ENOSYS, path)
 

@@ -163,6 +163,14 @@ class DwarfsImage(Filesystem):
             raise fs_error(errno.ENOTDIR, path)
         return [os.fsdecode(m.name(c)) for c in m.children(ino)]
 
+    def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
+        e = self._entry(path)
+        m = self.meta
+        ino = m.ent_inode[e]
+        if ino >= m.dir_count:
+            raise fs_error(errno.ENOTDIR, path)
+        return [(os.fsdecode(m.name(c)), self.attr_of(c)) for c in m.children(ino)]
+
     def readlink(self, path: str) -> str:
         return os.fsdecode(self.readlink_bytes(self._entry(path), path))
 
