@@ -1,13 +1,18 @@
-"""`fim mount` and `fim umount`: one DwarFS image on a directory, read-only, through FUSE.
+"""`fim mount` and `fim umount`: a DwarFS image, or a stack of layers, through one FUSE mount.
 
-The image is opened by the process that serves the mount (after the fork in
-background mode), so its block cache and prefetch thread live where they are used.
+``fim mount IMAGE MOUNTPOINT`` shows one image as it is, read-only.
+``fim mount --layer A --layer B [--upper DIR] [--casefold] MOUNTPOINT`` serves the
+container stack of :mod:`cli.stack` (later layers on top; writable into DIR).
+The images are opened by the process that serves the mount (after the fork in
+background mode), so their block caches and prefetch threads live where they are used.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
@@ -38,15 +43,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fim mount` and `fim umount`."""
     p = subparsers.add_parser(
         "mount",
-        help="mount an image read-only on a directory",
-        description="Mount the DwarFS image in IMAGE on MOUNTPOINT, read-only. Without "
-        "--foreground, returns once the mount is usable and serves it from a background "
-        "process; unmount with `fim umount`. Further -o options are passed to FUSE: "
-        + ", ".join(FUSE_OPTIONS)
-        + ".",
+        help="mount an image, or a stack of layers, on a directory",
+        usage="%(prog)s [options] IMAGE MOUNTPOINT\n"
+        "       %(prog)s [options] --layer LAYER [--layer LAYER ...] [--upper DIR] "
+        "[--casefold] MOUNTPOINT",
+        description="Mount the DwarFS image in IMAGE on MOUNTPOINT, read-only, as it is. "
+        "With --layer, mount the union of the layers instead (a later layer wins over an "
+        "earlier one; whiteouts and opaque directories hide what is below), writable into "
+        "--upper if given, read-only otherwise. Without --foreground, returns once the "
+        "mount is usable and serves it from a background process; unmount with `fim "
+        "umount`. Further -o options are passed to FUSE: " + ", ".join(FUSE_OPTIONS) + ".",
     )
     add_image_args(p, extra_options=FUSE_OPTIONS)
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    # With --layer, the one positional argument is the mount point (see _mount).
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing directory")
+    p.add_argument(
+        "--layer",
+        dest="layers",
+        metavar="LAYER",
+        action="append",
+        default=[],
+        help="a DwarFS layer of the stack; repeat it, bottom layer first",
+    )
+    p.add_argument(
+        "--upper",
+        metavar="DIR",
+        help="with --layer: the existing directory that takes every change "
+        "(overlayfs format: whiteouts, opaque directories)",
+    )
+    p.add_argument(
+        "--casefold",
+        action="store_true",
+        help="with --layer: look names up ignoring case (created names keep their case)",
+    )
     p.add_argument(
         "-f",
         "--foreground",
@@ -57,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-size",
         metavar="SIZE",
         type=_size,
-        help="block cache size, e.g. 512m (same as -o cachesize=SIZE)",
+        help="block cache size, e.g. 512m (same as -o cachesize=SIZE; per layer)",
     )
     p.add_argument(
         "--log",
@@ -95,32 +124,72 @@ def _mount(args: argparse.Namespace) -> int:
 
     if args.cache_size is not None:
         args.image_options.append({"cachesize": args.cache_size})
-    # DwarFS inode numbers are unique and stable: show them, so hard links look like
-    # hard links to tar, rsync and du.
+    # DwarFS inode numbers are unique and stable, and so are the union's: show them, so
+    # hard links look like hard links to tar, rsync and du.
     fuse_options: dict[str, object] = {"use_ino": True}
     fuse_options.update(
         (key, True if value is None else value)
         for key, value in image_options(args).items()
         if key not in IMAGE_OPTIONS
     )
-    os.stat(args.image)  # a missing image is reported before anything is forked
-    args.image = os.path.abspath(args.image)
+    open_fs, fsname = _stack_source(args) if args.layers else _image_source(args)
 
-    def open_fs() -> Filesystem:
+    def guarded_open() -> Filesystem:
         try:
-            return open_image(args)
+            return open_fs()
         except FimError as exc:  # the daemon reports FimfsError to the waiting caller
             raise FimfsError(exc.message) from exc
 
     fuse.mount(
-        open_fs,
+        guarded_open,
         args.mountpoint,
         foreground=args.foreground,
-        fsname=args.image,
+        fsname=fsname,
         options=fuse_options,
         log_file=args.log,
     )
     return 0
+
+
+def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
+    """`fim mount IMAGE MOUNTPOINT`: the image as it is."""
+    if args.mountpoint is None:
+        raise FimError("missing MOUNTPOINT (fim mount IMAGE MOUNTPOINT)", 2)
+    if args.upper is not None or args.casefold:
+        raise FimError("--upper and --casefold work on a stack: give the image as --layer", 2)
+    os.stat(args.image)  # a missing image is reported before anything is forked
+    args.image = os.path.abspath(args.image)
+    return functools.partial(open_image, args), args.image
+
+
+def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
+    """`fim mount --layer ... MOUNTPOINT`: the stack of cli.stack."""
+    from cli.stack import build_stack, check_sources
+
+    if args.mountpoint is not None:
+        raise FimError("give either IMAGE or --layer, not both", 2)
+    args.mountpoint = args.image  # with --layer, the only positional is the mount point
+    check_sources(args.layers, args.upper)  # errors name the paths as the user typed them
+    layers = [os.path.abspath(layer) for layer in args.layers]
+    upper = None if args.upper is None else os.path.abspath(args.upper)
+    if upper is not None and _inside(upper, args.mountpoint):
+        # The daemon would write the upper through its own mount and deadlock.
+        raise FimError(f"upper directory {args.upper} is inside the mount point")
+    options = image_options(args)
+    build = functools.partial(
+        build_stack,
+        layers,
+        upper,
+        args.casefold,
+        cache_bytes=options.get("cachesize"),
+        offset=options.get("offset"),
+    )
+    return build, layers[-1]
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
 
 
 def _umount(args: argparse.Namespace) -> int:

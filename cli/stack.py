@@ -1,0 +1,91 @@
+"""The filesystem stack of a container, built as plain objects for one FUSE mount.
+
+``CaseFold( Union( HostDir(upper), [DwarfsImage(top), ..., DwarfsImage(bottom)] ) )``:
+the union reads the DwarFS layers directly, so the whole stack is served by one
+kernel mount (see ARCHITECTURE.md). `fim mount --layer` builds it from the command
+line; booting an image builds the same stack from its config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cli.errors import FimError
+
+if TYPE_CHECKING:
+    from fimfs.vfs import Filesystem
+
+StrPath = str | os.PathLike
+
+
+def check_sources(layers: Sequence[StrPath], upper: StrPath | None) -> None:
+    """Refuse missing or unusable layers and upper directories with a one-line FimError.
+
+    Cheap checks only (the layers are opened by :func:`build_stack`), so a caller can
+    run them before forking a mount daemon.
+    """
+    if not layers:
+        raise FimError("no layers given")
+    for layer in layers:
+        name = os.fsdecode(layer)
+        if not os.path.exists(layer):
+            raise FimError(f"layer {name} does not exist")
+        if not os.path.isfile(layer):
+            raise FimError(f"layer {name} is not a file")
+        if not os.access(layer, os.R_OK):
+            raise FimError(f"layer {name} is not readable")
+    if upper is None:
+        return
+    name = os.fsdecode(upper)
+    if not os.path.exists(upper):
+        raise FimError(f"upper directory {name} does not exist")
+    if not os.path.isdir(upper):
+        raise FimError(f"upper directory {name} is not a directory")
+    if not os.access(upper, os.R_OK | os.W_OK | os.X_OK):
+        raise FimError(f"upper directory {name} is not writable")
+
+
+def build_stack(
+    layers: Sequence[StrPath],
+    upper: StrPath | None = None,
+    casefold: bool = False,
+    *,
+    cache_bytes: int | None = None,
+    offset: int | None = None,
+) -> Filesystem:
+    """The stack over ``layers`` (bottom first: later layers win), writable into ``upper``.
+
+    No ``upper``: a read-only view. ``cache_bytes`` is each layer's block cache,
+    ``offset`` where each layer starts in its file (None: auto-detect). Errors are a
+    one-line FimError naming the layer or directory at fault; layers opened before
+    the failure are closed again.
+    """
+    from fimfs.casefold import CaseFold
+    from fimfs.dwarfs import DwarfsImage
+    from fimfs.errors import FimfsError
+    from fimfs.hostdir import HostDir
+    from fimfs.union import Union
+
+    check_sources(layers, upper)
+    kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    opened: list[Filesystem] = []
+    try:
+        for layer in layers:
+            try:
+                opened.append(DwarfsImage.open(layer, offset=offset, **kwargs))
+            except (FimfsError, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc
+        try:
+            upper_fs = None if upper is None else HostDir(os.fspath(upper))
+        except (FimfsError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise FimError(f"upper directory {os.fsdecode(upper)}: {reason}") from exc
+    except BaseException:
+        for fs in opened:
+            fs.close()
+        raise
+    stack: Filesystem = Union(upper_fs, opened[::-1])
+    return CaseFold(stack) if casefold else stack
