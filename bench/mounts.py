@@ -1,7 +1,11 @@
-"""Mounting the read-only backends compared in bench/: fim, squashfuse, native dwarfs.
+"""Mounting the backends compared in bench/.
 
-Each backend is a process serving one mount point; ``Mounted.rss_mb()`` reports the
-peak resident memory of that process.
+Read-only layers (fim, squashfuse, native dwarfs): each backend is a process serving
+one mount point; ``Mounted.rss_mb()`` reports the peak resident memory of that process.
+
+Writable stacks of layers (``mounted_stack``): fim's one mount of the whole stack, or
+a union program (fuse-overlayfs, unionfs-fuse, kernel overlayfs) over one mount per
+layer; ``Mounted.rss_mb()`` then adds up every process serving the stack.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,15 +35,19 @@ def _wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> No
 
 
 class Mounted:
-    def __init__(self, proc: subprocess.Popen, path: Path) -> None:
-        self.proc, self.path = proc, path
+    def __init__(self, proc: subprocess.Popen | None, path: Path,
+                 helpers: Sequence[Mounted] = ()) -> None:
+        self.proc, self.path, self.helpers = proc, path, list(helpers)
 
     def rss_mb(self) -> float:
-        """Peak resident set size (VmHWM) of the serving process, in MiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Peak resident set size (VmHWM) of the serving process(es), in MiB."""
+        own = 0.0
+        if self.proc is not None:
+            own = float("nan")
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1]) / 1024
+        return own + sum(h.rss_mb() for h in self.helpers)
 
 
 def command(backend: str, image: Path, mountpoint: Path) -> list[str]:
@@ -60,12 +69,18 @@ def require(backend: str) -> None:
 
 @contextmanager
 def mounted(backend: str, image: Path, mountpoint: Path):  # noqa: ANN201
+    with serving(command(backend, image, mountpoint), mountpoint) as m:
+        yield m
+
+
+@contextmanager
+def serving(argv: list[str], mountpoint: Path, helpers: Sequence[Mounted] = ()):  # noqa: ANN201
+    """Run the foreground FUSE server ``argv`` until the block ends, then unmount."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(command(backend, image, mountpoint), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_mounted(mountpoint, proc)
-        yield Mounted(proc, mountpoint)
+        yield Mounted(proc, mountpoint, helpers)
     finally:
         subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
         try:
@@ -76,18 +91,85 @@ def mounted(backend: str, image: Path, mountpoint: Path):  # noqa: ANN201
             proc.wait()
 
 
-class FreshMounts:
-    """A new mount with cold kernel caches for every benchmark round (untimed setup)."""
+#: Writable stacks: fim's one mount, or a union over per-layer mounts (fim's DwarFS
+#: mounts, or native dwarfs for "+dwarfs").
+STACK_BACKENDS = ["fim", "fuse-overlayfs", "fuse-overlayfs+dwarfs", "unionfs-fuse",
+                  "kernel-overlay"]
 
-    def __init__(self, backend: str, image: Path, mountpoint: Path) -> None:
+
+def require_stack(backend: str) -> None:
+    union, _, layer = backend.partition("+")
+    if layer:
+        require(layer)
+    exe = {"fuse-overlayfs": "fuse-overlayfs", "unionfs-fuse": "unionfs-fuse"}.get(union)
+    if exe and shutil.which(exe) is None:
+        pytest.skip(f"{exe} is not on PATH")
+    if union == "kernel-overlay" and os.geteuid() != 0:
+        pytest.skip("kernel overlayfs needs root")
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@contextmanager
+def mounted_stack(backend: str, layers: Sequence[Path], mountpoint: Path):  # noqa: ANN201
+    """``layers`` (bottom first) and a new empty upper directory, writable on ``mountpoint``."""
+    upper = _fresh_dir(mountpoint.with_name(mountpoint.name + ".upper"))
+    work = _fresh_dir(mountpoint.with_name(mountpoint.name + ".work"))
+    if backend == "fim":
+        argv = [*FIM, "mount", "--foreground", "--upper", str(upper)]
+        for layer in layers:
+            argv += ["--layer", str(layer)]
+        with serving([*argv, str(mountpoint)], mountpoint) as m:
+            yield m
+        return
+    union, _, layer_backend = backend.partition("+")
+    with ExitStack() as stack:
+        below = [stack.enter_context(mounted(layer_backend or "fim", image,
+                                             mountpoint.with_name(f"{mountpoint.name}.l{i}")))
+                 for i, image in enumerate(layers)]
+        top_first = [str(m.path) for m in reversed(below)]
+        if union == "fuse-overlayfs":
+            argv = ["fuse-overlayfs", "-f", "-o", f"lowerdir={':'.join(top_first)},"
+                    f"upperdir={upper},workdir={work}", str(mountpoint)]
+        elif union == "unionfs-fuse":
+            branches = ":".join([f"{upper}=RW", *(f"{d}=RO" for d in top_first)])
+            argv = ["unionfs-fuse", "-f", "-o", "cow", branches, str(mountpoint)]
+        elif union == "kernel-overlay":
+            mountpoint.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={':'.join(top_first)},upperdir={upper},workdir={work}",
+                            str(mountpoint)], check=True)
+            try:
+                yield Mounted(None, mountpoint, below)
+            finally:
+                subprocess.run(["umount", str(mountpoint)], check=True)
+            return
+        else:
+            raise ValueError(backend)
+        yield stack.enter_context(serving(argv, mountpoint, below))
+
+
+class FreshMounts:
+    """A new mount with cold kernel caches for every benchmark round (untimed setup).
+
+    ``opener`` is :func:`mounted` (one image) or :func:`mounted_stack` (its layers).
+    """
+
+    def __init__(self, backend: str, image: Path | Sequence[Path], mountpoint: Path,
+                 opener=None) -> None:  # noqa: ANN001
         self.args = (backend, image, mountpoint)
+        self.opener = opener or mounted
         self._ctx = None
         self.current: Mounted | None = None
 
     def setup(self) -> None:
         self.close()
         drop_caches()
-        self._ctx = mounted(*self.args)
+        self._ctx = self.opener(*self.args)
         self.current = self._ctx.__enter__()
 
     def close(self) -> None:

@@ -1,0 +1,177 @@
+"""The writable container stack: fim's one mount vs a union program over per-layer mounts.
+
+Two DwarFS layers (Python's standard library split file by file between them, so
+every directory is merged; plus a 256 MiB file in the bottom layer) and an empty
+upper directory, served by:
+
+- fim: `fim mount --layer A --layer B --upper U` (one process, one kernel mount);
+- fuse-overlayfs, unionfs-fuse, kernel overlayfs over `fim mount A` and `fim mount B`
+  (three mounts, two hops for every read); "+dwarfs": the same over native dwarfs.
+
+Every round gets fresh mounts, a new upper directory and dropped kernel caches.
+Layers are built once with `fim create -l4` into bench/.cache/stack/.
+Run: .venv/bin/pytest bench/bench_stack.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from bench.mounts import STACK_BACKENDS, FreshMounts, mounted_stack, require_stack
+
+BIG = "blob/big.bin"
+BIG_SIZE = 256 << 20
+SMALL_FILES = 2000
+ROUNDS = 5  # medians of 5: the 2-core VM is shared, single rounds vary by 30 %
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+def _split_stdlib(a: Path, b: Path) -> list[str]:
+    """Copy the stdlib's regular files alternately into ``a`` and ``b``; their paths."""
+    src = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if stat.S_ISREG(path.lstat().st_mode) and os.access(path, os.R_OK):
+                files.append(path.relative_to(src))
+    for i, rel in enumerate(files):
+        dest = (a if i % 2 == 0 else b) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dest)
+    return [str(p) for p in files]
+
+
+def _write_big(path: Path) -> None:
+    """Half-compressible data: each random 512 KiB chunk appears twice in a row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(256)
+    with open(path, "wb") as f:
+        for _ in range(BIG_SIZE >> 20):
+            f.write(rnd.randbytes(1 << 19) * 2)
+
+
+@pytest.fixture(scope="session")
+def stack(cache_dir: Path) -> dict:
+    """The two layers (bottom first) and the files they show through a union."""
+    base = cache_dir / "stack"
+    marker = base / "stack.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    a, b = base / "A", base / "B"
+    files = _split_stdlib(a, b)
+    _write_big(a / BIG)
+    layers = []
+    for tree in (a, b):
+        image = base / f"{tree.name}.dwarfs"
+        subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "4", str(tree),
+                        str(image)], check=True, stdout=subprocess.DEVNULL)
+        layers.append(str(image))
+    info = {"layers": layers, "files": files,
+            "bytes": sum((base / ("A" if i % 2 == 0 else "B") / f).stat().st_size
+                         for i, f in enumerate(files))}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def _measure(benchmark, backend: str, stack: dict, mp: Path, action):  # noqa: ANN001, ANN202
+    """Time ``action(mount root)`` on fresh, cold mounts per round; returns (result, rss)."""
+    fresh = FreshMounts(backend, [Path(p) for p in stack["layers"]], mp, opener=mounted_stack)
+    try:
+        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
+                                    rounds=ROUNDS)
+        return result, fresh.current.rss_mb()
+    finally:
+        fresh.close()
+
+
+def _read_all(root: Path, files: list[str]) -> int:
+    total = 0
+    for rel in files:
+        with open(root / rel, "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def _walk(root: Path) -> int:
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lstat(os.path.join(dirpath, name))
+            n += 1
+    return n
+
+
+def _create_small(root: Path) -> int:
+    (root / "new").mkdir()
+    data = b"x" * 1024
+    for i in range(SMALL_FILES):
+        with open(root / "new" / f"f{i:04d}.txt", "wb") as f:
+            f.write(data)
+    return SMALL_FILES
+
+
+def _copy_up(root: Path) -> int:
+    fd = os.open(root / BIG, os.O_RDWR)
+    try:
+        return os.pwrite(fd, b"!", BIG_SIZE // 2)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_read_all_files(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+    """Full-stack read throughput: every stdlib file, through the union, in 1 MiB reads."""
+    require_stack(backend)
+    total, rss = _measure(benchmark, backend, stack, tmp_path / "mp",
+                          lambda root: _read_all(root, stack["files"]))
+    assert total == stack["bytes"]
+    seconds = benchmark.stats.stats.median
+    record("read all files s", backend, seconds)
+    record("read all files MB/s", backend, total / 1e6 / seconds)
+    record("read peak RSS MiB", backend, rss)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_read_big_file(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+    require_stack(backend)
+    total, _ = _measure(benchmark, backend, stack, tmp_path / "mp",
+                        lambda root: _read_all(root, [BIG]))
+    assert total == BIG_SIZE
+    record("read 256 MiB file MB/s", backend, total / 1e6 / benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_metadata_walk(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+    require_stack(backend)
+    n, _ = _measure(benchmark, backend, stack, tmp_path / "mp", _walk)
+    assert n >= len(stack["files"])
+    record("metadata walk s", backend, benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_small_file_create(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+    require_stack(backend)
+    _measure(benchmark, backend, stack, tmp_path / "mp", _create_small)
+    record(f"create {SMALL_FILES} files s", backend, benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_copy_up(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+    """Copy-up of the 256 MiB lower file: open O_RDWR, write one byte, close."""
+    require_stack(backend)
+    _measure(benchmark, backend, stack, tmp_path / "mp", _copy_up)
+    record("copy-up 256 MiB s", backend, benchmark.stats.stats.median)
