@@ -767,6 +767,22 @@ def case_parallel_io(m: Mount) -> None:
         f"{i:02d}:{j:04d}".encode() for i in range(4) for j in range(100))
 
 
+def case_readdir_during_change(m: Mount) -> None:
+    """Entries added between two reads of one directory stream: old names come once each.
+
+    Whether the new name shows is unspecified (POSIX); duplicates or losses are not.
+    """
+    old = ["link", "one.txt", "sub", "three.txt"]
+    for new in ("0first", "m-middle", "zz-last"):
+        with os.scandir(m.p("dir")) as it:
+            names = [next(it).name]  # the first getdents fills its buffer with everything
+            os.mknod(m.p(f"dir/{new}"), stat.S_IFREG | 0o644)
+            names += [e.name for e in it]  # the second one asks the filesystem again
+        assert len(names) == len(set(names)), f"duplicates: {sorted(names)}"
+        assert set(old) <= set(names)
+        old.append(new)
+
+
 def case_listing_while_changing(m: Mount) -> None:
     """Listings stay consistent while another thread creates and deletes entries."""
     stable = {"link", "one.txt", "sub", "three.txt"}

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 from tests.posix_suite import (
     BACKENDS,
     CASES,
+    FIM,
     Lowers,
     Mount,
     errno_of,
@@ -25,6 +29,7 @@ from tests.posix_suite import (
     read,
     skip_unless_available,
     umount,
+    write,
 )
 
 pytestmark = pytest.mark.fuse
@@ -107,3 +112,63 @@ def test_read_only_without_upper(backend: str, lowers: Lowers, tmp_path: Path) -
         assert bool(os.statvfs(m).f_flag & os.ST_RDONLY) == (backend != "fuse-overlayfs")
     finally:
         umount(mountpoint)
+
+
+# -- `fim mount --layer`: refusals and lifecycle ------------------------------------------
+
+
+def _fim_mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FIM, "mount", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_mount_refuses_bad_sources(lowers: Lowers, tmp_path: Path) -> None:
+    mp, upper = tmp_path / "mnt", tmp_path / "upper"
+    mp.mkdir()
+    upper.mkdir()
+    not_an_image = tmp_path / "junk.dwarfs"
+    not_an_image.write_bytes(b"no image here" * 100)
+    a, b = (str(p) for p in lowers.images)
+    cases = [
+        (["--layer", "missing.dwarfs", str(mp)], "layer missing.dwarfs does not exist"),
+        (["--layer", str(tmp_path), str(mp)], f"layer {tmp_path} is not a file"),
+        (["--layer", a, "--upper", str(tmp_path / "nope"), str(mp)],
+         f"upper directory {tmp_path / 'nope'} does not exist"),
+        (["--layer", a, "--upper", a, str(mp)], f"upper directory {a} is not a directory"),
+        (["--layer", a, b, str(mp)], "give either IMAGE or --layer, not both"),
+        ([a, str(mp), "--casefold"], "--upper and --casefold work on a stack"),
+        (["--layer", a, "--layer", str(not_an_image), str(mp)], f"layer {not_an_image}: "),
+    ]
+    for args, message in cases:
+        res = _fim_mount(*args)
+        assert res.returncode != 0, args
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fim: ") and message in lines[0], (
+            args, res.stderr)
+    assert not os.path.ismount(mp)
+    (mp / "inner").mkdir()
+    res = _fim_mount("--layer", a, "--upper", str(mp / "inner"), str(mp))
+    assert res.stderr.strip() == f"fim: upper directory {mp / 'inner'} is inside the mount point"
+
+
+def test_foreground_stack_unmounts_on_sigterm(lowers: Lowers, tmp_path: Path) -> None:
+    skip_unless_available("fim")
+    mp, upper = tmp_path / "mnt", tmp_path / "upper"
+    mp.mkdir()
+    upper.mkdir()
+    proc = subprocess.Popen([*FIM, "mount", "-f", "--layer", str(lowers.images[0]),
+                             "--layer", str(lowers.images[1]), "--upper", str(upper), str(mp)],
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mp):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        write(str(mp / "written"), b"kept\n")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        umount(mp)
+    assert not os.path.ismount(mp)
+    assert (upper / "written").read_bytes() == b"kept\n"
