@@ -831,8 +831,9 @@ def case_listing_while_changing(m: Mount) -> None:
 
 
 def case_statfs(m: Mount) -> None:
-    st = os.statvfs(m.root)
-    assert st.f_bsize > 0 and st.f_blocks > 0
+    """statfs reports the filesystem of the upper directory: that is where writes go."""
+    st, host = os.statvfs(m.root), os.statvfs(m.upper)
+    assert (st.f_frsize, st.f_blocks, st.f_files) == (host.f_frsize, host.f_blocks, host.f_files)
     assert not st.f_flag & os.ST_RDONLY
 
 
