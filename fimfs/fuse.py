@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import itertools
 import logging
 import os
 import select
@@ -143,6 +144,8 @@ class FuseOperations:
     def __init__(self, fs: Filesystem, on_ready: Callable[[], None] | None = None) -> None:
         self.fs = fs
         self._on_ready = on_ready
+        self._dir_handles = itertools.count(1)
+        self._listings: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
 
     def init(self, path: str) -> None:
         """Called by libfuse once the kernel connection is set up: the mount is live."""
@@ -165,16 +168,36 @@ class FuseOperations:
         # reports without use_ino.
         return [(name, _UNKNOWN_INO, 0) for name in (".", "..", *self.fs.readdir(path))]
 
+    def opendir(self, path: str) -> int:
+        return next(self._dir_handles)
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self._listings.pop(fh, None)
+        return 0
+
     @_guarded
-    def readdir_plus(self, path: str) -> list[tuple[str, dict[str, int] | None]]:
-        """Entries with full attributes, for READDIRPLUS (without "." and ".."). If some
-        entry's attributes cannot be had, the listing falls back to names alone, so the
+    def listing(self, path: str, fh: int, offset: int, plus: bool
+                ) -> list[tuple[str, dict[str, int] | None]]:
+        """The snapshot of a directory that one open handle pages through (libfuse 3).
+
+        Taken at offset 0 (opendir or rewinddir) and kept until releasedir, so names
+        never repeat or vanish between pages while the directory changes. For
+        READDIRPLUS it carries full attributes, which spares the kernel a LOOKUP per
+        entry; if some entry's attributes cannot be had, names alone are listed, so the
         directory still lists and only that entry's own lookup fails."""
-        try:
-            return [(name, attr_to_stat(a)) for name, a in self.fs.readdir_attrs(path)]
-        except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
-            log.debug("readdirplus %r: %s; listing names only", path, e)
-            return [(name, None) for name in self.fs.readdir(path)]
+        entries = self._listings.get(fh) if offset else None
+        if entries is None:
+            entries = [(".", None), ("..", None)]
+            if plus:
+                try:
+                    entries += [(n, attr_to_stat(a)) for n, a in self.fs.readdir_attrs(path)]
+                except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
+                    log.debug("readdirplus %r: %s; listing names only", path, e)
+                    plus = False
+            if not plus:
+                entries += [(name, None) for name in self.fs.readdir(path)]
+            self._listings[fh] = entries
+        return entries
 
     @_guarded
     def readlink(self, path: str) -> str:
@@ -375,10 +398,6 @@ def _fuse_class() -> type:
     mfusepy = _load_mfusepy()
 
     class _FUSE(mfusepy.FUSE):  # type: ignore[misc,name-defined]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._listings: dict[str, list] = {}  # READDIRPLUS listings being paged through
-            super().__init__(*args, **kwargs)  # runs the FUSE loop until unmounted
-
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
             return self.operations.rename(
@@ -389,19 +408,13 @@ def _fuse_class() -> type:
 
         def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
                            fip: Any, flags: int) -> int:
-            # mfusepy answers READDIRPLUS with names only, so the kernel then sends one
-            # LOOKUP per entry. Entries with attributes spare those, but libfuse makes
-            # nodes of them only in its offset mode: so offsets here are list positions,
-            # and the listing is kept between the calls that page through it.
-            if not flags & _FUSE_READDIR_PLUS or path is None:
-                return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-            decoded = path.decode(self.encoding, self.errors)
-            entries = self._listings.get(decoded) if offset else None
-            if entries is None:
-                entries = [(".", None), ("..", None), *self.operations.readdir_plus(decoded)]
-                if len(self._listings) >= 64:
-                    self._listings.clear()
-                self._listings[decoded] = entries
+            # mfusepy lists names only and lets libfuse buffer them (its "list mode"):
+            # READDIRPLUS then carries no attributes and the kernel sends one LOOKUP
+            # per entry. libfuse makes nodes of entries with attributes only in its
+            # offset mode, so offsets here are positions in the handle's snapshot.
+            plus = bool(flags & _FUSE_READDIR_PLUS)
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            entries = self.operations.listing(decoded, fip.contents.fh, offset, plus)
             st = mfusepy.c_stat()
             for i in range(offset, len(entries)):
                 name, attrs = entries[i]
@@ -410,11 +423,9 @@ def _fuse_class() -> type:
                     full = filler(buf, encoded, None, i + 1, 0)
                 else:
                     mfusepy.set_st_attrs(st, attrs, use_ns=True)
-                    full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS)
+                    full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS if plus else 0)
                 if full:
                     break
-            else:
-                self._listings.pop(decoded, None)
             return 0
 
         def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
