@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from cli.errors import FimError
 
-_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount")
+_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image")
 _OPTIONAL_TOOLS = ("cli.tool.create",)  # registered only when installed
 
 
