@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from cli import config, image
-from tests.test_image_format import fails, fresh_copy, ok, run, template_image
+from tests.test_image_format import (
+    fails,
+    fresh_copy,
+    ok,
+    run,
+    template_image,
+    with_reserved_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +104,8 @@ def test_env_errors(app: Path, args: list[str], message: str) -> None:
     fails(app, "fim-env", *args, message=message, level="C")
 
 
-def test_env_too_large_for_the_reserved_space(tmp_path: Path) -> None:
-    from tests.test_image_format import make_layer, new_image
-
-    small = new_image(tmp_path / "app.flatimage", make_layer(tmp_path), reserved="8k")
-    (tmp_path / "home").mkdir()
+def test_env_too_large_for_the_reserved_space(tmp_path: Path, template: Path) -> None:
+    small = with_reserved_size(template, tmp_path / "app.flatimage", 8192)
     ok(small, "fim-env", "add", "A=1")
     before = small.read_bytes()
     proc = fails(small, "fim-env", "add", "BIG=" + "x" * 5000,

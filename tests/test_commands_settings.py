@@ -20,11 +20,10 @@ from cli import config, image
 from tests.test_image_format import (
     fails,
     fresh_copy,
-    make_layer,
-    new_image,
     ok,
     run,
     template_image,
+    with_reserved_size,
 )
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "flatimage-cli.md"
@@ -151,8 +150,8 @@ def test_remote_errors(app: Path, args: list[str], message: str) -> None:
     fails(app, "fim-remote", *args, message=message, level="C")
 
 
-def test_remote_too_large(tmp_path: Path) -> None:
-    small = new_image(tmp_path / "app.flatimage", make_layer(tmp_path), reserved="8k")
+def test_remote_too_large(tmp_path: Path, template: Path) -> None:
+    small = with_reserved_size(template, tmp_path / "app.flatimage", 8192)
     before = small.read_bytes()
     fails(small, "fim-remote", "set", "https://x/" + "y" * 5000,
           message="Not enough space to fit remote URL", level="E")

@@ -69,6 +69,18 @@ def fresh_copy(tmp_path: Path, template: Path) -> Path:
     return path
 
 
+def with_reserved_size(template: Path, path: Path, reserved_size: int) -> Path:
+    """An image with the template's launcher and payload (so no new extraction) but
+    another reserved size and no layer."""
+    layout = image.read_layout(str(template))
+    data = template.read_bytes()
+    launcher = data[image.HEADER_END:layout.payload_offset].decode()
+    payload = data[layout.payload_offset:layout.payload_offset + layout.payload_size]
+    image.create(str(path), launcher, payload, reserved_size=reserved_size, dist=layout.dist)
+    (path.parent / "home").mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield from template_image(tmp_path_factory)
