@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
+from fimfs.aliases import Aliases
 from fimfs.errors import FimfsError
 from fimfs.vfs import Attr, Filesystem
 
@@ -145,10 +146,15 @@ class FuseOperations:
         self.fs = fs
         self._on_ready = on_ready
         self._dir_handles = itertools.count(1)
+        self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
         self._listings: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
 
     def init(self, path: str) -> None:
         """Called by libfuse once the kernel connection is set up: the mount is live."""
+        if self.fs.writable:
+            invalidate = _path_invalidator()
+            if invalidate is not None:
+                self._aliases = Aliases(invalidate)
         if self._on_ready is not None:
             try:
                 self._on_ready()
@@ -158,7 +164,17 @@ class FuseOperations:
     # -- read side ---------------------------------------------------------
     @_guarded
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return attr_to_stat(self.fs.getattr(path))
+        attr = self.fs.getattr(path)
+        if self._aliases is not None:
+            self._aliases.seen(path, attr.ino)
+        return attr_to_stat(attr)
+
+    def _changed(self, path: str | None, forget: bool = False, itself: bool = False) -> None:
+        """A change through ``path``: refresh the kernel's view of the inode's other names."""
+        if self._aliases is not None and path is not None:
+            self._aliases.changed(path, itself)
+            if forget:
+                self._aliases.forget(path)
 
     @_guarded
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
@@ -190,7 +206,12 @@ class FuseOperations:
             entries = [(".", None), ("..", None)]
             if plus:
                 try:
-                    entries += [(n, attr_to_stat(a)) for n, a in self.fs.readdir_attrs(path)]
+                    found = self.fs.readdir_attrs(path)
+                    entries += [(n, attr_to_stat(a)) for n, a in found]
+                    if self._aliases is not None:
+                        base = path.rstrip("/")
+                        for n, a in found:
+                            self._aliases.seen(f"{base}/{n}", a.ino)
                 except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
                     log.debug("readdirplus %r: %s; listing names only", path, e)
                     plus = False
@@ -255,11 +276,14 @@ class FuseOperations:
 
     @_guarded
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self.fs.write(path, data, offset, fh)
+        n = self.fs.write(path, data, offset, fh)
+        self._changed(path)
+        return n
 
     @_guarded
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         self.fs.truncate(path, length, fh)
+        self._changed(path)
         return 0
 
     @_guarded
@@ -285,6 +309,7 @@ class FuseOperations:
     @_guarded
     def unlink(self, path: str) -> int:
         self.fs.unlink(path)
+        self._changed(path, forget=True)
         return 0
 
     @_guarded
@@ -305,6 +330,8 @@ class FuseOperations:
             else:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
         self.fs.rename(old, new)
+        self._changed(old, forget=True)
+        self._changed(new, forget=True)
         return 0
 
     @_guarded
@@ -317,11 +344,13 @@ class FuseOperations:
     def link(self, path: str, existing: str) -> int:
         # mfusepy passes (new path, existing path); the vfs takes (existing, new).
         self.fs.link(existing, path)
+        self._changed(existing, itself=True)  # the kernel keeps its old nlink otherwise
         return 0
 
     @_guarded
     def chmod(self, path: str, mode: int) -> int:
         self.fs.chmod(path, mode)
+        self._changed(path)
         return 0
 
     @_guarded
@@ -332,6 +361,7 @@ class FuseOperations:
             uid = cur.uid if uid == -1 else uid
             gid = cur.gid if gid == -1 else gid
         self.fs.chown(path, uid, gid)
+        self._changed(path)
         return 0
 
     @_guarded
@@ -340,6 +370,7 @@ class FuseOperations:
         if times is None:
             now = time.time_ns()
             self.fs.utimens(path, now, now)
+            self._changed(path)
             return 0
         atime, mtime = times
         if atime is None and mtime is None:
@@ -349,20 +380,45 @@ class FuseOperations:
             atime = cur.atime_ns if atime is None else atime
             mtime = cur.mtime_ns if mtime is None else mtime
         self.fs.utimens(path, atime, mtime)
+        self._changed(path)
         return 0
 
     @_guarded
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self.fs.setxattr(path, name, value, options)
+        self._changed(path)
         return 0
 
     @_guarded
     def removexattr(self, path: str, name: str) -> int:
         self.fs.removexattr(path, name)
+        self._changed(path)
         return 0
 
 
 # -- libfuse loading ---------------------------------------------------------------
+
+
+def _path_invalidator() -> Callable[[str], None] | None:
+    """libfuse's ``fuse_invalidate_path`` bound to this mount, or None (libfuse 2, < 3.1).
+
+    Must be called inside a request (``init``): the ``struct fuse`` it needs is taken
+    from the request context, whose first member it is.
+    """
+    if _libfuse_version()[0] != 3:
+        return None
+    lib = ctypes.CDLL(ctypes.util.find_library("fuse3"))
+    if not hasattr(lib, "fuse_invalidate_path"):
+        return None
+    lib.fuse_get_context.restype = ctypes.POINTER(ctypes.c_void_p)
+    fuse_ptr = lib.fuse_get_context().contents.value
+    lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+    def invalidate(path: str) -> None:
+        lib.fuse_invalidate_path(fuse_ptr, os.fsencode(path))
+
+    return invalidate
+
 
 
 def _load_mfusepy() -> ModuleType:

@@ -194,11 +194,6 @@ def test_casefold_over_union(lowers: Lowers, tmp_path: Path) -> None:
         assert read(f"{mp}/a.txt") == b"via caps\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each spelling of a name is its own kernel inode under libfuse's path-based API, so "
-    "attributes cached for one spelling (size: the read stops short) are not refreshed by "
-    "a write through another within attr_timeout (1 s); the hard-link case of "
-    "test_stack_posix KNOWN_BUGS, which casefold makes common"))
 def test_casefold_coherence_across_spellings(lowers: Lowers, tmp_path: Path) -> None:
     skip_unless_available("fim")
     upper = tmp_path / "upper"

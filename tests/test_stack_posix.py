@@ -68,11 +68,6 @@ _HIDDEN = (
 #: Known departures from overlayfs semantics, expected to fail (strictly: a fix shows up
 #: as XPASS, which fails, so the entry gets removed).
 KNOWN_BUGS = {
-    ("fim", "hard_link_coherence"):
-        "libfuse's path-based API gives each name of a hard link its own kernel inode, "
-        "so attributes cached for one name (nlink, size, mode; attr_timeout 1 s) are not "
-        "refreshed by a change made through the other name; a read can even stop at the "
-        "stale size. Needs fimfs.fuse to invalidate the other names (fuse_invalidate_path)",
     ("fim", "unlink_open_file"): _HIDDEN,
     ("fuse-overlayfs", "copy_up_keeps_parent_times"):
         "fuse-overlayfs 1.10 gives the parent directory a new mtime when it copies a "
