@@ -12,25 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cli import config, image
-from tests.test_image_format import fails, fresh_copy, ok, template_image
+from tests.test_image_format import fails, ok, stored
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 SETUP_FAILED = "Failed to setup desktop integration"
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
-
-
-def stored(app: Path) -> config.Config:
-    return config.load(image.read_layout(str(app)))
 
 
 def setup_file(directory: Path, file: str = "desktop.json", **fields: object) -> Path:

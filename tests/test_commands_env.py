@@ -4,34 +4,17 @@ commands, the fixed upstream bugs, every error of the spec."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cli import config, image
 from tests.test_image_format import (
     fails,
-    fresh_copy,
     ok,
     run,
-    template_image,
+    stored,
     with_reserved_size,
 )
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
-
-
-def stored(app: Path) -> config.Config:
-    return config.load(image.read_layout(str(app)))
 
 
 def test_env_add_list_del_clear(app: Path) -> None:

@@ -3,27 +3,12 @@ every error of the spec (exit 125, nothing changed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cli import config, image
-from tests.test_image_format import fails, fresh_copy, ok, template_image
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
-
-
-def stored(app: Path) -> config.Config:
-    return config.load(image.read_layout(str(app)))
+from cli import config
+from tests.test_image_format import fails, ok, stored
 
 
 def lines(*names: str) -> str:

@@ -11,18 +11,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cli import config, image
+from cli import image
 from tests.test_image_format import (
     fails,
-    fresh_copy,
     ok,
     run,
-    template_image,
+    stored,
     with_reserved_size,
 )
 
@@ -30,18 +28,6 @@ SPEC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "flatimage-cli.
 FALLBACK = "casefold cannot be used with bwrap overlayfs, falling back to unionfs"
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
-
-
-def stored(app: Path) -> config.Config:
-    return config.load(image.read_layout(str(app)))
 
 
 # -- fim-overlay, fim-casefold, fim-notify ----------------------------------------------------

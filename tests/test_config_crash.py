@@ -7,25 +7,13 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.test_image_format import fresh_copy, ok, run, template_image
+from tests.test_image_format import ok, run
 
 KILLS = 100
 VALUE = "v" * 2000  # a larger document: more of each edit is spent writing
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
 
 
 def _env(app: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image, runtime
+from cli import config, image, runtime
 from cli.image import ImageError
 
 IMAGE_NAME = "app.flatimage"
@@ -53,12 +53,17 @@ def new_image(path: Path, *layers: Path, reserved: str = "4m") -> Path:
 
 
 def template_image(factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """For a module fixture: an image with one layer, its extraction directory removed at
-    the end. (Each test module declares its own fixtures on top of these helpers.)"""
+    """For the ``template`` fixture (tests/conftest.py): an image with one layer, its
+    extraction directory removed at the end."""
     d = factory.mktemp("template")
     path = new_image(d / IMAGE_NAME, make_layer(d))
     yield path
     shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id), ignore_errors=True)
+
+
+def stored(app: Path) -> config.Config:
+    """The configuration stored in an image, read directly."""
+    return config.load(image.read_layout(str(app)))
 
 
 def fresh_copy(tmp_path: Path, template: Path) -> Path:
@@ -80,15 +85,6 @@ def with_reserved_size(template: Path, path: Path, reserved_size: int) -> Path:
     (path.parent / "home").mkdir(exist_ok=True)
     return path
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_image(tmp_path_factory)
-
-
-@pytest.fixture
-def app(tmp_path: Path, template: Path) -> Path:
-    return fresh_copy(tmp_path, template)
 
 
 def run(app: Path, *args: str, env: dict[str, str] | None = None,
