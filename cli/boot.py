@@ -176,15 +176,6 @@ def _dispatch(image: str, argv: list[str]) -> int:
     return importlib.import_module(module).run(ctx, argv[1:])
 
 
-def _silence_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the exit-time flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
 
 def _origin(tb: TracebackType | None) -> str:
     """``file::line`` where an exception was raised."""
@@ -205,7 +196,7 @@ def main(image: str, argv: list[str]) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        _silence_stdout()
+        log.silence_stdout()
         return 141  # what a shell reports for a writer killed by SIGPIPE
     except KeyboardInterrupt:
         log.emit("C", "Interrupted", "boot.py")

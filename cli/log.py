@@ -83,3 +83,13 @@ def trailing(command: str, extra: list[str]) -> UsageError:
     """The spec's ``Trailing arguments for <command>: ['a','b',]`` error."""
     listed = "".join(f"'{a}'," for a in extra)
     return UsageError(f"Trailing arguments for {command}: [{listed}]")
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the exit-time flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
