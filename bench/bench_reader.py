@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.mounts import FreshMounts, mounted, require
+from bench.workloads import walk
 
 BACKENDS = ["fim", "squashfuse", "dwarfs"]
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "dwarfs" / "native"
@@ -43,14 +44,6 @@ def images(cache_dir: Path) -> dict[str, Path]:
                         "-quiet", "-no-progress"], check=True, stdout=subprocess.DEVNULL)
     return {"fim": dwarfs, "dwarfs": dwarfs, "squashfuse": squash}
 
-
-def _walk(root: Path) -> int:
-    n = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lstat(os.path.join(dirpath, name))
-            n += 1
-    return n
 
 
 def _files(root: Path) -> list[Path]:
@@ -111,9 +104,9 @@ def test_mount_time(benchmark, backend, images, tmp_path, record) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_metadata_walk(benchmark, backend, images, tmp_path, record) -> None:
+def test_metadatawalk(benchmark, backend, images, tmp_path, record) -> None:
     require(backend)
-    n, rss = _measure(benchmark, backend, images, tmp_path / "mp", _walk)
+    n, rss = _measure(benchmark, backend, images, tmp_path / "mp", walk)
     assert n > 0
     record("metadata walk s", backend, benchmark.stats.stats.median)
     record("walk peak RSS MiB", backend, rss)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from bench.mounts import STACK_BACKENDS, FreshMounts, mounted_stack, require_stack
+from bench.workloads import walk
 
 BIG = "blob/big.bin"
 BIG_SIZE = 256 << 20
@@ -106,14 +107,6 @@ def _read_all(root: Path, files: list[str]) -> int:
     return total
 
 
-def _walk(root: Path) -> int:
-    n = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lstat(os.path.join(dirpath, name))
-            n += 1
-    return n
-
 
 def _create_small(root: Path) -> int:
     (root / "new").mkdir()
@@ -155,9 +148,9 @@ def test_read_big_file(benchmark, backend, stack, tmp_path, record) -> None:  # 
 
 
 @pytest.mark.parametrize("backend", STACK_BACKENDS)
-def test_metadata_walk(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
+def test_metadatawalk(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: ANN001
     require_stack(backend)
-    n, _ = _measure(benchmark, backend, stack, tmp_path / "mp", _walk)
+    n, _ = _measure(benchmark, backend, stack, tmp_path / "mp", walk)
     assert n >= len(stack["files"])
     record("metadata walk s", backend, benchmark.stats.stats.median)
 
