@@ -34,7 +34,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-exec": None,
     "fim-help": "cli.commands.help",
     "fim-instance": None,
-    "fim-layer": None,
+    "fim-layer": "cli.commands.layer",
     "fim-notify": "cli.commands.switch",
     "fim-overlay": "cli.commands.overlay",
     "fim-perms": "cli.commands.namesets",

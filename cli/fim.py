@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from cli.errors import FimError
 
-_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image")
+_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image",
+          "cli.tool.build")
 _OPTIONAL_TOOLS = ("cli.tool.create",)  # registered only when installed
 
 

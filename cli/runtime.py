@@ -9,8 +9,10 @@ standard library). The launcher's bootstrap extracts the zip once per build id
 into ``/tmp/fim/app/<build-id>/lib`` (FIM_DIR_APP) and calls
 :func:`cli.boot.main`.
 
-The portable runtime (a frozen interpreter with the C extensions, bwrap and
-libfuse) replaces :func:`build`; nothing else depends on what the payload is.
+The other kind, ``frozen``, is the portable runtime (cli/frozen.py): fim frozen
+with PyInstaller together with bwrap and libfuse, unpacked by the launcher
+itself into ``/tmp/fim/app/<build-id>/bin``, for hosts without Python. Nothing
+else depends on what the payload is.
 """
 
 from __future__ import annotations
@@ -133,12 +135,26 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
     return buf.getvalue()
 
 
-def build() -> Runtime:
+RUNTIMES = ("frozen", "python")
+
+
+def default_kind() -> str:
+    """``frozen`` when PyInstaller is installed, else ``python``."""
+    from cli import frozen
+
+    return "frozen" if frozen.available() else "python"
+
+
+def build(kind: str = "python") -> Runtime:
     """The launcher and payload of images built now, from the installed fim."""
     import shlex
     import sys
 
     root = _source_root()
+    if kind == "frozen":
+        from cli import frozen
+
+        return Runtime(frozen.LAUNCHER, frozen.payload(root, _build_info(root)))
     launcher = _LAUNCHER % {
         "python": shlex.quote(sys.executable),
         "bootstrap": _BOOTSTRAP % {"app_root": APP_ROOT},

@@ -407,7 +407,7 @@ def _path_invalidator() -> Callable[[str], None] | None:
     """
     if _libfuse_version()[0] != 3:
         return None
-    lib = ctypes.CDLL(ctypes.util.find_library("fuse3"))
+    lib = ctypes.CDLL(os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library("fuse3"))
     if not hasattr(lib, "fuse_invalidate_path"):
         return None
     lib.fuse_get_context.restype = ctypes.POINTER(ctypes.c_void_p)
@@ -426,7 +426,8 @@ def _load_mfusepy() -> ModuleType:
     if "mfusepy" in sys.modules:
         return sys.modules["mfusepy"]
     env_set = False
-    if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+    if ("FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ
+            and ctypes.util.find_library("fuse3")):
         # mfusepy looks for libfuse 2 first; this makes it take libfuse 3 when present.
         os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
         env_set = True

@@ -15,6 +15,9 @@ declare -A need=(
   [mksquashfs]=squashfs-tools
   [squashfuse]=squashfuse
   [setfattr]=attr
+  [busybox]=busybox-static
+  [bash-static]=bash-static
+  [debootstrap]=debootstrap
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -38,6 +41,6 @@ fi
 stamp="$VENV/.fim-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test]'
+  "$VENV/bin/pip" install -q -e '.[test,build]'
   touch "$stamp"
 fi

@@ -79,7 +79,7 @@ def _options(args: argparse.Namespace):  # noqa: ANN202 - WriteOptions, imported
         raise FimError(str(e), 2) from None
 
 
-class _Bar:
+class ProgressBar:
     """tqdm progress on a TTY: entries while scanning, bytes while hashing and writing."""
 
     def __init__(self) -> None:
@@ -127,7 +127,7 @@ def _create(args: argparse.Namespace) -> int:
     from fimfs.dwarfs.writer import write_image
 
     options = _options(args)
-    bar = _Bar() if sys.stderr.isatty() else None
+    bar = ProgressBar() if sys.stderr.isatty() else None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # clean up on kill as on Ctrl-C
     try:
         stats = write_image(args.source, args.output, options, bar)

@@ -1,0 +1,228 @@
+"""The portable runtime: fim frozen with PyInstaller, plus bwrap and libfuse, in a
+gzip tarball that the image's /bin/sh launcher unpacks without any Python.
+
+The tarball holds one directory, ``bin/`` (FIM_DIR_APP_BIN once unpacked):
+
+    bin/fim              the frozen interpreter running cli.frozen_main
+    bin/_internal/       its libraries: libpython, the C extensions, libfuse3.so.3,
+                         build.json, and bwrap's own libraries (not glibc)
+    bin/bwrap            /bin/sh wrapper: bwrap through the host's dynamic loader
+                         with --library-path, so the libraries reach bwrap only,
+                         not the programs it starts
+    bin/_internal/bwrap  Debian's bwrap binary
+
+What the host must still have: a Linux kernel with FUSE and user namespaces,
+glibc (at least the build host's version), /bin/sh, tail, head, gzip and tar to
+unpack the payload, and ``fusermount3`` to mount as a normal user (setuid, so it
+cannot be bundled; FlatImage needs it too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+from cli.errors import FimError
+
+_GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
+          "librt.so", "libresolv.so")
+_HIDDEN_IMPORTS = ("mfusepy", "zstandard", "lz4.frame", "lz4.block", "xxhash",
+                   "cachetools", "brotli", "tqdm")
+_EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis")
+# bundled tool -> (Debian package, license, license URL)
+_DEPS = {
+    "bwrap": ("bubblewrap", "LGPL-2.0-or-later",
+              "https://github.com/containers/bubblewrap/blob/main/COPYING"),
+    "libfuse": ("libfuse3-3", "LGPL-2.1", "https://github.com/libfuse/libfuse/blob/master/LGPL2.txt"),
+}
+
+LAUNCHER = """\
+# A fim image: this launcher, the portable runtime it unpacks and runs, the
+# configuration, then DwarFS layers (the layout is described in cli/image.py of fim).
+fail() { echo "C::launcher::$*" >&2; exit 125; }
+{ read -r _; read -r _ _ off size _ _ _ build; } < "$0" || fail "Could not read $0"
+app=/tmp/fim/app/$build
+if [ ! -x "$app/bin/fim" ]; then
+  for d in /tmp/fim /tmp/fim/app; do
+    [ -d "$d" ] || { mkdir "$d" 2>/dev/null && chmod 1777 "$d"; }
+  done
+  mkdir -p "$app" || fail "Could not create $app"
+  tmp=$(mktemp -d "$app/.bin-XXXXXX") || fail "Could not create a directory in $app"
+  if ! tail -c +"$((off + 1))" "$0" | head -c "$size" | gzip -dc | tar -xf - -C "$tmp"; then
+    rm -rf "$tmp"
+    fail "Could not unpack the application of $0"
+  fi
+  chmod 755 "$app" "$tmp"
+  # a concurrent first run may have won: keep its copy
+  [ -e "$app/bin" ] || mv "$tmp/bin" "$app/bin"
+  rm -rf "$tmp"
+fi
+for d in "$app" "$app/bin"; do
+  [ -O "$d" ] || [ "$(stat -c %u "$d")" = 0 ] ||
+    fail "Refusing to run the application from $d: owned by another user"
+done
+exec "$app/bin/fim" "$0" "$@"
+"""
+
+_BWRAP_WRAPPER = """\
+#!/bin/sh
+# Debian's bwrap with its bundled libraries, visible to bwrap only (see cli/frozen.py).
+d=$(dirname "$0")/_internal
+exec %(interp)s --library-path "$d" "$d/bwrap" "$@"
+"""
+
+
+def available() -> bool:
+    """Whether PyInstaller is installed (the `build` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("PyInstaller") is not None
+
+
+def _interpreter(path: str) -> str:
+    """The PT_INTERP of the ELF ``path`` (its dynamic loader)."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    for i in range(phnum):
+        base = phoff + i * phentsize
+        if struct.unpack_from("<I", data, base)[0] == 3:
+            offset, = struct.unpack_from("<Q", data, base + 8)
+            size, = struct.unpack_from("<Q", data, base + 32)
+            return data[offset:offset + size].rstrip(b"\0").decode()
+    raise FimError(f"{path} is not a dynamically linked executable")
+
+
+def _libraries(path: str) -> list[tuple[str, str]]:
+    """(soname, file) of the shared libraries ``path`` needs, except glibc's (the host's)."""
+    out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and not any(parts[0].startswith(g) for g in _GLIBC):
+            found.append((parts[0], os.path.realpath(parts[parts.index("=>") + 1])))
+    return found
+
+
+def _find_host_files() -> tuple[str, str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise FimError("the portable runtime bundles bwrap: apt-get install bubblewrap")
+    import ctypes.util
+
+    name = ctypes.util.find_library("fuse3")
+    candidates = [f"{d}/{name}" for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
+                                          "/usr/lib64", "/usr/lib", "/lib")] if name else []
+    for lib in candidates:
+        if os.path.isfile(lib):
+            return bwrap, os.path.realpath(lib)
+    raise FimError("the portable runtime bundles libfuse3.so.3: apt-get install libfuse3-3")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dep(package: str, path: str, license_name: str, url: str) -> dict[str, object]:
+    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                             capture_output=True, text=True).stdout.strip() or "unknown"
+    return {"licenses": [{"type": license_name, "url": url}], "sha": _sha256(path),
+            "source": f"https://packages.debian.org/source/stable/{package}",
+            "version": version}
+
+
+def _deps(bwrap: str, libfuse: str) -> dict[str, object]:
+    python = sys.executable
+    return {
+        "bwrap": _dep(_DEPS["bwrap"][0], bwrap, *_DEPS["bwrap"][1:]),
+        "libfuse": _dep(_DEPS["libfuse"][0], libfuse, *_DEPS["libfuse"][1:]),
+        "python": {"licenses": [{"type": "PSF-2.0",
+                                 "url": "https://docs.python.org/3/license.html"}],
+                   "sha": _sha256(os.path.realpath(python)),
+                   "source": "https://www.python.org/downloads/source/",
+                   "version": ".".join(map(str, sys.version_info[:3]))},
+    }
+
+
+def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
+    """Run PyInstaller; the onedir output directory."""
+    info_path = os.path.join(work, "build.json")
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    argv = [sys.executable, "-m", "PyInstaller", "--onedir", "--noconfirm", "--clean", "--strip",
+            "--log-level", "WARN", "--name", "fim", "--paths", root,
+            "--distpath", os.path.join(work, "dist"), "--workpath", os.path.join(work, "build"),
+            "--specpath", work, "--add-data", f"{info_path}:.",
+            "--add-binary", f"{libfuse}:."]
+    for package in ("cli", "fimfs", "sandbox"):
+        argv += ["--collect-submodules", package]
+    for module in _HIDDEN_IMPORTS:
+        argv += ["--hidden-import", module]
+    for module in _EXCLUDED:
+        argv += ["--exclude-module", module]
+    argv.append(os.path.join(root, "cli", "frozen_main.py"))
+    result = subprocess.run(argv, cwd=work, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.splitlines()[-10:])
+        raise FimError(f"PyInstaller failed (exit {result.returncode}):\n{tail}")
+    return os.path.join(work, "dist", "fim")
+
+
+def _add_bwrap(bindir: str, bwrap: str) -> None:
+    internal = os.path.join(bindir, "_internal")
+    shutil.copy2(bwrap, os.path.join(internal, "bwrap"))
+    for soname, lib in _libraries(bwrap):
+        target = os.path.join(internal, soname)
+        if not os.path.lexists(target):
+            shutil.copy2(lib, target)
+    wrapper = os.path.join(bindir, "bwrap")
+    with open(wrapper, "w", encoding="utf-8") as f:
+        f.write(_BWRAP_WRAPPER % {"interp": _interpreter(bwrap)})
+    os.chmod(wrapper, 0o755)
+
+
+def _tarball(bindir: str) -> bytes:
+    """``bindir`` as ``bin/`` in a gzip tarball with fixed owners and times."""
+    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tf:
+        tf.add(bindir, arcname="bin", filter=normalize)
+    return buf.getvalue()
+
+
+def payload(root: str, info: dict[str, object]) -> bytes:
+    """The portable runtime of the fim packages under ``root``; ``info`` is build.json
+    without its ``deps`` (the bundled tools are added here)."""
+    if not available():
+        raise FimError("the frozen runtime needs PyInstaller (pip install 'fim[build]'); "
+                       "use --runtime python")
+    bwrap, libfuse = _find_host_files()
+    info = {**info, "deps": _deps(bwrap, libfuse)}
+    with tempfile.TemporaryDirectory(prefix="fim-freeze-") as work:
+        bindir = _freeze(root, info, libfuse, work)
+        # PyInstaller keeps the real name; the soname is what gets loaded
+        real = os.path.join(bindir, "_internal", os.path.basename(libfuse))
+        soname = os.path.join(bindir, "_internal", "libfuse3.so.3")
+        if os.path.exists(real) and not os.path.lexists(soname):
+            os.symlink(os.path.basename(libfuse), soname)
+        _add_bwrap(bindir, bwrap)
+        return _tarball(bindir)

@@ -1,0 +1,19 @@
+"""Entry point of the frozen runtime (PyInstaller): ``fim IMAGE ARGS...``.
+
+The libfuse bundled next to the frozen interpreter is the one to load when the host
+has none: mfusepy takes FUSE_LIBRARY_PATH before any search (fimfs.fuse too).
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "libfuse3.so.3")
+    if "FUSE_LIBRARY_PATH" not in os.environ and os.path.isfile(bundled):
+        os.environ["FUSE_LIBRARY_PATH"] = bundled
+    if len(sys.argv) < 2:
+        sys.stderr.write("C::launcher::usage: fim IMAGE [ARGS...] (started by the image)\n")
+        sys.exit(125)
+    from cli.boot import main
+
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

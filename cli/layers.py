@@ -1,0 +1,72 @@
+"""Which layers an image stacks, in the discovery order of spec section 10.1: the
+layers embedded in the image, then FIM_LAYERS, then DATA/layers. Later layers
+override earlier ones; `fim-layer list` shows this order and the sandbox mounts it."""
+
+from __future__ import annotations
+
+import os
+
+from cli import image, log
+from cli.expand import expand
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from cli.image import Layout
+
+
+class Found:
+    """One discovered layer: ``offset`` is 0 for an external file."""
+
+    __slots__ = ("path", "offset", "size")
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self.path = path
+        self.offset = offset
+        self.size = size
+
+
+def _dwarfs_size(path: str) -> int | None:
+    """The size of ``path`` if it is a DwarFS file, else None (with the spec's warning)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
+                return os.fstat(f.fileno()).st_size
+    except OSError:
+        pass
+    log.warning(f"Skipping invalid dwarfs filesystem '{path}'")
+    return None
+
+
+def _files_of(directory: str) -> list[str]:
+    """The regular files directly in ``directory`` (symlinks to files count), by path."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(p for p in (os.path.join(directory, n) for n in names) if os.path.isfile(p))
+
+
+def _external(paths: Iterator[str]) -> Iterator[Found]:
+    for path in paths:
+        size = _dwarfs_size(path)
+        if size is not None:
+            yield Found(path, 0, size)
+
+
+def _from_variable(value: str, environ: Mapping[str, str]) -> Iterator[str]:
+    """The files FIM_LAYERS names (spec 10.2; ``$VAR`` expansion only, see cli.expand)."""
+    for element in expand(value, environ).split(":"):
+        if os.path.isfile(element):
+            yield element
+        elif os.path.isdir(element):
+            yield from _files_of(element)
+
+
+def discover(layout: Layout, layers_dir: str, environ: Mapping[str, str]) -> list[Found]:
+    """Every layer of the image at ``layout``, in discovery order."""
+    found = [Found(layout.path, la.offset, la.size) for la in image.list_layers(layout)]
+    found += _external(_from_variable(environ.get("FIM_LAYERS", ""), environ))
+    found += _external(iter(_files_of(layers_dir)))
+    return found

@@ -1,0 +1,105 @@
+"""The portable runtime: an image built with `--runtime frozen` runs in a minimal Debian
+root (debootstrap --variant=minbase: no python3) under chroot, with only /proc and /dev
+from the host. The root is made once and cached in tests/.cache (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli import frozen, image, runtime
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, chroot, mounts)"),
+    pytest.mark.skipif(not frozen.available(), reason="needs PyInstaller (pip install .[build])"),
+]
+
+CACHE = Path(__file__).parent / ".cache"
+MINBASE = CACHE / "bookworm-minbase"
+
+
+def minbase_root() -> Path:
+    """The cached minimal Debian root, made on first use."""
+    if not MINBASE.is_dir():
+        CACHE.mkdir(exist_ok=True)
+        partial = CACHE / f"bookworm-minbase.{os.getpid()}"
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(partial)],
+                       check=True, capture_output=True, timeout=1800)
+        partial.rename(MINBASE)
+    return MINBASE
+
+
+@pytest.fixture(scope="module")
+def frozen_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("frozen") / "app.flatimage"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o", str(out),
+                           "--runtime", "frozen"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    print(f"frozen blueprint build: {time.monotonic() - start:.1f} s, "
+          f"{out.stat().st_size / (1 << 20):.1f} MiB")
+    yield out
+    shutil.rmtree(runtime.app_dir(image.read_layout(str(out)).build_id), ignore_errors=True)
+
+
+@pytest.fixture
+def root(tmp_path: Path, frozen_image: Path) -> Path:
+    """A copy of the minbase root with the image at /app.flatimage."""
+    copy = tmp_path / "root"
+    subprocess.run(["cp", "-a", str(minbase_root()), str(copy)], check=True)
+    shutil.copy2(frozen_image, copy / "app.flatimage")
+    return copy
+
+
+def in_chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` chrooted in ``root`` with the host's /proc and /dev, in a private mount
+    namespace (the binds go away with it) and a clean environment."""
+    script = ('mount --rbind /proc "$1/proc" && mount --rbind /dev "$1/dev" && '
+              'r=$1 && shift && exec chroot "$r" "$@"')
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root",
+           "LANG": "C.UTF-8"}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script, "sh", str(root), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def ok(root: Path, *argv: str) -> str:
+    proc = in_chroot(root, *argv)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc
+    return proc.stdout
+
+
+def test_runs_without_python(root: Path, frozen_image: Path) -> None:
+    assert not any((root / d / "python3").exists() for d in ("usr/bin", "bin", "usr/local/bin"))
+    assert in_chroot(root, "sh", "-c", "command -v python3").returncode != 0
+    start = time.monotonic()
+    full = ok(root, "/app.flatimage", "fim-version", "full")
+    print(f"first run (extraction included): {time.monotonic() - start:.2f} s")
+    assert '"DISTRIBUTION": "BLUEPRINT"' in full
+    start = time.monotonic()
+    ok(root, "/app.flatimage", "fim-version", "short")
+    print(f"next run: {time.monotonic() - start:.2f} s")
+    assert ok(root, "/app.flatimage", "fim-perms", "add", "home") == ""
+    assert ok(root, "/app.flatimage", "fim-perms", "list") == "home\n"
+    layers = image.list_layers(image.read_layout(str(frozen_image)))
+    assert ok(root, "/app.flatimage", "fim-layer", "list") == (
+        f"0:{layers[0].offset}:{layers[0].size}:/app.flatimage\n")
+    # the edit went into the copy inside the root, not the built image
+    assert (root / "app.flatimage").read_bytes() != frozen_image.read_bytes()
+
+
+def test_bundled_tools(root: Path, frozen_image: Path) -> None:
+    deps = ok(root, "/app.flatimage", "fim-version", "deps")
+    for name in ("bwrap", "libfuse", "python"):
+        assert f'"{name}": {{' in deps
+    app = runtime.app_dir(image.read_layout(str(frozen_image)).build_id)
+    assert ok(root, f"{app}/bin/bwrap", "--version").startswith("bubblewrap ")
+    assert os.path.isfile(f"{root}{app}/bin/_internal/libfuse3.so.3")
