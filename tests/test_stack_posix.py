@@ -132,6 +132,8 @@ def test_mount_refuses_bad_sources(lowers: Lowers, tmp_path: Path) -> None:
         (["--layer", a, b, str(mp)], "give either IMAGE or --layer, not both"),
         ([a, str(mp), "--casefold"], "--upper and --casefold work on a stack"),
         (["--layer", a, "--layer", str(not_an_image), str(mp)], f"layer {not_an_image}: "),
+        (["--layer", a], "missing MOUNTPOINT (fim mount --layer LAYER ... MOUNTPOINT)"),
+        ([], "missing IMAGE and MOUNTPOINT"),
     ]
     for args, message in cases:
         res = _fim_mount(*args)

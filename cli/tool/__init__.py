@@ -70,13 +70,16 @@ def _options_type(allowed: frozenset[str]) -> Callable[[str], dict[str, object]]
     return image_option_list
 
 
-def add_image_args(parser: argparse.ArgumentParser, extra_options: Collection[str] = ()) -> None:
+def add_image_args(parser: argparse.ArgumentParser, extra_options: Collection[str] = (),
+                   image_optional: bool = False) -> None:
     """Add the IMAGE positional and ``-o OPT[,OPT...]`` to a subcommand's parser.
 
     ``extra_options`` names further ``-o`` keys the subcommand accepts (``fim mount``
-    passes its FUSE options); read them back with :func:`image_options`.
+    passes its FUSE options); read them back with :func:`image_options`. With
+    ``image_optional`` the subcommand checks IMAGE itself (``fim mount --layer``).
     """
-    parser.add_argument("image", metavar="IMAGE", help="DwarFS image, or a file that contains one")
+    parser.add_argument("image", metavar="IMAGE", nargs="?" if image_optional else None,
+                        help="DwarFS image, or a file that contains one")
     parser.add_argument(
         "-o",
         dest="image_options",

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mount is usable and serves it from a background process; unmount with `fim "
         "umount`. Further -o options are passed to FUSE: " + ", ".join(FUSE_OPTIONS) + ".",
     )
-    add_image_args(p, extra_options=FUSE_OPTIONS)
+    add_image_args(p, extra_options=FUSE_OPTIONS, image_optional=True)
     # With --layer, the one positional argument is the mount point (see _mount).
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing directory")
     p.add_argument(
@@ -153,6 +153,8 @@ def _mount(args: argparse.Namespace) -> int:
 
 def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
     """`fim mount IMAGE MOUNTPOINT`: the image as it is."""
+    if args.image is None:
+        raise FimError("missing IMAGE and MOUNTPOINT (fim mount IMAGE MOUNTPOINT)", 2)
     if args.mountpoint is None:
         raise FimError("missing MOUNTPOINT (fim mount IMAGE MOUNTPOINT)", 2)
     if args.upper is not None or args.casefold:
@@ -169,6 +171,8 @@ def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
     if args.mountpoint is not None:
         raise FimError("give either IMAGE or --layer, not both", 2)
     args.mountpoint = args.image  # with --layer, the only positional is the mount point
+    if args.mountpoint is None:
+        raise FimError("missing MOUNTPOINT (fim mount --layer LAYER ... MOUNTPOINT)", 2)
     check_sources(args.layers, args.upper)  # errors name the paths as the user typed them
     layers = [os.path.abspath(layer) for layer in args.layers]
     upper = None if args.upper is None else os.path.abspath(args.upper)
