@@ -56,16 +56,6 @@ def _report(message: str) -> None:
     print(f"fim: {message}", file=sys.stderr, flush=True)
 
 
-def _silence_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the exit-time flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `fim` with ``argv`` (default: the process arguments); returns the exit code."""
     from fimfs.errors import FimfsError
@@ -80,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        _silence_stdout()
+        from cli.log import silence_stdout
+
+        silence_stdout()
         return 141  # what a shell reports for a writer killed by SIGPIPE
     except KeyboardInterrupt:
         _report("interrupted")
