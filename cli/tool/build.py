@@ -41,14 +41,14 @@ def compression_level(environ: dict[str, str] | os._Environ[str]) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fim build rootfs|blueprint|debian`."""
-    from cli import frozen
+    from cli import runtime
 
-    default_runtime = "frozen" if frozen.available() else "python"
+    default_runtime = runtime.default_kind()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="the image to write (replaced only once complete)")
     common.add_argument(
-        "--runtime", choices=("frozen", "python"), default=default_runtime,
+        "--runtime", choices=runtime.RUNTIMES, default=default_runtime,
         help="frozen: the portable runtime (PyInstaller build of fim with bwrap and libfuse; "
         "the image needs no Python on the host); python: fim's code run by the host's "
         "python3. Default: frozen when PyInstaller is installed (pip install 'fim[build]'), "
