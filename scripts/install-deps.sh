@@ -15,7 +15,6 @@ declare -A need=(
   [mksquashfs]=squashfs-tools
   [squashfuse]=squashfuse
   [setfattr]=attr
-  [busybox]=busybox-static
   [bash-static]=bash-static
   [debootstrap]=debootstrap
 )
@@ -23,6 +22,10 @@ missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# `fim build blueprint` needs the static busybox; the dynamic `busybox` package
+# installs the same command name, so ask dpkg for the package itself.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
+  || missing+=(busybox-static)
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 
