@@ -109,6 +109,17 @@ def view_dir(root: Path) -> list[dict]:
     return out
 
 
+def manifest_of_dir(root: Path) -> list[dict]:
+    """A host tree as a manifest (the source of an image): hard links grouped by inode."""
+    out = []
+    for e in view_dir(root):
+        ino = e.pop("_ino")
+        if e["type"] == "file" and e["nlink"] > 1:
+            e["inode_group"] = ino
+        out.append(e)
+    return out
+
+
 def compare(expected: list[dict], got: list[dict], *, inodes: bool = True) -> list[str]:
     """Differences between a manifest and a view, field by field ([] = equal).
 

@@ -20,7 +20,7 @@ from fimfs.dwarfs import DwarfsImage, codecs, sections
 from fimfs.dwarfs.options import WriteOptions
 from fimfs.dwarfs.writer import Progress, write_image
 from fimfs.errors import FimfsError
-from tests.manifest import compare, view_dir, view_fs
+from tests.manifest import compare, manifest_of_dir, view_dir, view_fs
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = b"".join(b"line %d of some compressible text\n" % i for i in range(20000))
@@ -50,12 +50,7 @@ def sections_of(path: Path) -> list[sections.Section]:
 
 
 def same_tree(src: Path, image: Path) -> None:
-    want = []
-    for e in view_dir(src):
-        ino = e.pop("_ino")
-        if e["type"] == "file" and e["nlink"] > 1:
-            e["inode_group"] = ino
-        want.append(e)
+    want = manifest_of_dir(src)
     with DwarfsImage.open(image) as img:
         assert img.check(full=True) == []
         assert compare(want, view_fs(img)) == []

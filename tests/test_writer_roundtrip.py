@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.options import WriteOptions
 from fimfs.dwarfs.writer import write_image
-from tests.manifest import compare, view_dir, view_fs
+from tests.manifest import compare, manifest_of_dir, view_dir, view_fs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="devices and owners need root")
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
@@ -134,16 +134,6 @@ def build(root: Path, entries: list[Entry]) -> None:
         os.utime(p, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
 
 
-def expected(root: Path) -> list[dict]:
-    """The source as a manifest: hard links grouped by host inode."""
-    out = []
-    for e in view_dir(root):
-        ino = e.pop("_ino")
-        if e["type"] == "file" and e["nlink"] > 1:
-            e["inode_group"] = ino
-        out.append(e)
-    return out
-
 
 def lstat_all(root: Path) -> dict[str, os.stat_result]:
     out = {"/": os.lstat(root)}
@@ -169,7 +159,7 @@ def check_image(src: Path, out: Path, before: dict[str, os.stat_result],
                 opts: WriteOptions) -> None:
     with DwarfsImage.open(out) as img:
         assert img.check(full=True) == []
-        assert compare(expected(src), view_fs(img)) == []
+        assert compare(manifest_of_dir(src), view_fs(img)) == []
         for path, st_ in before.items():
             a = img.getattr(path)
             if opts.subsecond_ns == 1:
@@ -210,7 +200,7 @@ def _fuse_round_trip(entries: list[Entry], opts: WriteOptions) -> None:
         fuse.mount(lambda: DwarfsImage.open(out), mnt, foreground=False,
                    options={"use_ino": True})
         try:
-            assert compare(expected(src), view_dir(Path(mnt))) == []
+            assert compare(manifest_of_dir(src), view_dir(Path(mnt))) == []
         finally:
             fuse.umount(mnt)
 
@@ -259,7 +249,7 @@ def test_python_stdlib_round_trip(tmp_path: Path) -> None:
     assert stats.entries > 1000
     with DwarfsImage.open(out) as img:
         assert img.check(full=True) == []
-        assert compare(expected(src), view_fs(img)) == []
+        assert compare(manifest_of_dir(src), view_fs(img)) == []
 
 
 @needs_root
