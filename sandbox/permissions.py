@@ -25,6 +25,7 @@ __all__ = [
     "PERMISSIONS",
     "UNSHARE",
     "Host",
+    "dbus_socket_path",
     "gpu_symlinks",
     "network_isolated",
     "permission_args",
@@ -298,7 +299,9 @@ def permission_args(
     permission whose variable is missing is skipped with the spec's message, e.g.
     ``WAYLAND_DISPLAY is undefined``; the caller logs them at E level. Empty
     variables count as unset. Raises ValueError for an unknown name (``all`` is
-    not a name: pass ``PERMISSIONS``).
+    not a name: pass ``PERMISSIONS``). Some destinations are under /tmp
+    (``/tmp/.X11-unix``, the GPU files under `GPU_HOST_DIR`): the private /tmp must
+    be set up before these arguments.
     """
     _check(perms, PERMISSIONS, "permission")
     args: list[str] = []
