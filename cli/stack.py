@@ -18,9 +18,15 @@ if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
 
 StrPath = str | os.PathLike
+#: A layer: a DwarFS file, or ``(file, offset)`` for one inside a larger file (an image).
+LayerSource = StrPath | tuple[StrPath, int]
 
 
-def check_sources(layers: Sequence[StrPath], upper: StrPath | None) -> None:
+def _split(layer: LayerSource, offset: int | None) -> tuple[StrPath, int | None]:
+    return layer if isinstance(layer, tuple) else (layer, offset)
+
+
+def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:
     """Refuse missing or unusable layers and upper directories with a one-line FimError.
 
     Cheap checks only (the layers are opened by :func:`build_stack`), so a caller can
@@ -28,7 +34,8 @@ def check_sources(layers: Sequence[StrPath], upper: StrPath | None) -> None:
     """
     if not layers:
         raise FimError("no layers given")
-    for layer in layers:
+    for source in layers:
+        layer, _ = _split(source, None)
         name = os.fsdecode(layer)
         if not os.path.exists(layer):
             raise FimError(f"layer {name} does not exist")
@@ -48,7 +55,7 @@ def check_sources(layers: Sequence[StrPath], upper: StrPath | None) -> None:
 
 
 def build_stack(
-    layers: Sequence[StrPath],
+    layers: Sequence[LayerSource],
     upper: StrPath | None = None,
     casefold: bool = False,
     *,
@@ -58,7 +65,8 @@ def build_stack(
     """The stack over ``layers`` (bottom first: later layers win), writable into ``upper``.
 
     No ``upper``: a read-only view. ``cache_bytes`` is each layer's block cache,
-    ``offset`` where each layer starts in its file (None: auto-detect). Errors are a
+    ``offset`` where each layer given as a plain path starts in its file (None:
+    auto-detect). Errors are a
     one-line FimError naming the layer or directory at fault; layers opened before
     the failure are closed again.
     """
@@ -72,9 +80,10 @@ def build_stack(
     kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     opened: list[Filesystem] = []
     try:
-        for layer in layers:
+        for source in layers:
+            layer, start = _split(source, offset)
             try:
-                opened.append(DwarfsImage.open(layer, offset=offset, **kwargs))
+                opened.append(DwarfsImage.open(layer, offset=start, **kwargs))
             except (FimfsError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.containers import build_frozen_blueprint, remove_runtime, runner  # noqa: F401
 from tests.test_image_format import fresh_copy, template_image
 
 
@@ -20,3 +21,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def app(tmp_path: Path, template: Path) -> Path:
     """A fresh copy of the template image, as ./app.flatimage beside an empty ./home."""
     return fresh_copy(tmp_path, template)
+
+
+@pytest.fixture(scope="session")
+def blueprint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``fim build blueprint --runtime frozen``, built once: the image a user downloads
+    (static busybox and bash, the frozen fim, bwrap, libfuse)."""
+    path = build_frozen_blueprint(tmp_path_factory.mktemp("blueprint"))
+    yield path
+    remove_runtime(path)

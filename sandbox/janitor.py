@@ -1,0 +1,169 @@
+"""Cleanup when a run's process dies without cleaning up (spec 12.4), and pruning of
+instance directories left by dead runs.
+
+:func:`start` forks a small watcher in its own session: it holds a pidfd of the
+process it watches and, when that process is gone (SIGKILL included), detaches every
+listed mount lazily (a FUSE mount whose server died would otherwise stay as
+"Transport endpoint is not connected") and removes the instance directory. A run
+that ends normally stops it with :func:`stop` first. :func:`prune` removes the
+instance directories of runs that are gone, so nothing under /tmp/fim grows run after
+run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+
+#: How often the watcher also checks by polling (the pidfd wakes it at once).
+POLL_SECONDS = 0.1
+
+
+def _in_mount_table(path: str) -> bool:
+    target = os.fsencode(path)
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            return any(_unescape(line.split(b" ")[4]) == target for line in f)
+    except (OSError, IndexError):
+        return False
+
+
+def _unescape(field: bytes) -> bytes:
+    # mountinfo writes space, tab, newline and backslash as \\ooo
+    out, i = bytearray(), 0
+    while i < len(field):
+        octal = field[i + 1:i + 4]
+        if field[i] == 0x5C and len(octal) == 3 and octal.isdigit():
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
+
+
+def detach(mountpoint: str) -> None:
+    """Lazily unmount ``mountpoint`` if it is mounted (fusermount3, or umount as root)."""
+    if not _in_mount_table(mountpoint):
+        return
+    for argv in (["fusermount3", "-uz", "--", mountpoint],
+                 ["fusermount", "-uz", "--", mountpoint], ["umount", "-l", mountpoint]):
+        if shutil.which(argv[0]) is None:
+            continue
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=10)
+        if not _in_mount_table(mountpoint):
+            return
+
+
+def _watch(pidfd: int, mountpoints: Sequence[str], directory: str | None) -> None:
+    """The watcher's body: wait for the pidfd, then clean up (never returns)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll(int(POLL_SECONDS * 1000)):
+            pass
+        for mp in mountpoints:  # top first: a mount may sit inside another's tree
+            detach(mp)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def start(pid: int, mountpoints: Sequence[str], directory: str | None = None) -> int:
+    """Start a watcher of process ``pid``; returns the watcher's pid.
+
+    When ``pid`` ends before :func:`stop` is called, the watcher detaches
+    ``mountpoints`` (in the given order) and removes ``directory``. The watcher
+    keeps none of the caller's file descriptors, so pipes to the caller still see
+    their end when the caller exits.
+    """
+    pidfd = os.pidfd_open(pid)
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked watcher
+        try:
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.write(wfd, str(os.getpid()).encode())
+            os.closerange(3, pidfd)
+            os.closerange(pidfd + 1, 65536)
+            _watch(pidfd, list(mountpoints), directory)
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    os.close(pidfd)
+    os.waitpid(child, 0)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    return int(data)
+
+
+def stop(watcher: int) -> None:
+    """Tell a watcher that the run cleaned up itself."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(watcher, signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune(instances: str) -> None:
+    """Remove the directories ``instances/<pid>`` of processes that are gone and that
+    this user owns, detaching anything still mounted under them first."""
+    try:
+        names = os.listdir(instances)
+    except OSError:
+        return
+    uid = os.getuid()
+    for name in names:
+        if not name.isdigit() or alive(int(name)):
+            continue
+        path = os.path.join(instances, name)
+        try:
+            if os.lstat(path).st_uid != uid and uid != 0:
+                continue
+        except OSError:
+            continue
+        for mp in _mounts_under(path):
+            detach(mp)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _mounts_under(directory: str) -> list[str]:
+    """Mount points at or below ``directory``, deepest first."""
+    prefix = os.fsencode(directory.rstrip("/") + "/")
+    found = []
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                mp = _unescape(line.split(b" ")[4])
+                if mp.startswith(prefix):
+                    found.append(os.fsdecode(mp))
+    except (OSError, IndexError):
+        return []
+    return sorted(found, key=len, reverse=True)

@@ -1,0 +1,201 @@
+"""Helpers of the tests that run containers: a blueprint image with the portable runtime
+(built once per session), and running it as root or as an unprivileged user.
+
+CI runs as root, users do not: every end-to-end test runs both ways. The unprivileged
+user is made here with ``useradd``; commands run as it through ``runuser`` with a
+clean environment, in a workspace under /tmp it owns (pytest's own tmp dirs are private
+to root).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cli import image, runtime
+
+USER = "fimuser"
+IMAGE_NAME = "app.flatimage"
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def build_frozen_blueprint(directory: Path) -> Path:
+    """``fim build blueprint --runtime frozen`` into ``directory``."""
+    out = directory / IMAGE_NAME
+    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o",
+                           str(out), "--runtime", "frozen"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    os.chmod(out, 0o755)
+    return out
+
+
+def remove_runtime(path: Path) -> None:
+    """The extraction directory of an image's runtime (shared by its copies)."""
+    shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id), ignore_errors=True)
+
+
+def ensure_user() -> pwd.struct_passwd:
+    """The unprivileged test user, created when missing (needs root)."""
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        return pwd.getpwnam(USER)
+
+
+def open_dev_fuse() -> None:
+    """Distributions make /dev/fuse 0666 (udev); a container host may leave it 0600,
+    where an unprivileged libfuse cannot open it. Give it the usual mode."""
+    st = os.stat("/dev/fuse")
+    if stat.S_IMODE(st.st_mode) & 0o006 != 0o006:
+        os.chmod("/dev/fuse", 0o666)
+
+
+@dataclass
+class Runner:
+    """Runs an image in a workspace as one user: ``root`` or the unprivileged one."""
+
+    who: str
+    workspace: Path
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def app(self) -> Path:
+        return self.workspace / IMAGE_NAME
+
+    @property
+    def data(self) -> Path:
+        return self.workspace / f".{IMAGE_NAME}.data"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        base = {"PATH": BASE_PATH, "HOME": str(self.home), "LANG": "C.UTF-8",
+                "USER": USER if self.who == "user" else "root"}
+        return {**base, **(extra or {})}
+
+    def argv(self, args: tuple[str, ...], env: dict[str, str] | None) -> list[str]:
+        pairs = [f"{k}={v}" for k, v in self.env(env).items()]
+        prefix = ["runuser", "-u", USER, "--"] if self.who == "user" else []
+        return [*prefix, "env", "-i", *pairs, str(self.app), *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+            cwd: str | Path | None = None, timeout: float = 120,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(args, env), capture_output=True, text=True,
+                              input=input, cwd=cwd or self.workspace, timeout=timeout)
+
+    def ok(self, *args: str, **kwargs: object) -> str:
+        """Run a command that must succeed; its stdout."""
+        proc = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert proc.returncode == 0, proc
+        return proc.stdout
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start the image in the background, in its own session (so the test can end
+        the whole group); :func:`image_pid` finds the image process itself."""
+        return subprocess.Popen(self.argv(args, env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=self.workspace,
+                                start_new_session=True)
+
+    def file(self, relative: str, content: str = "", mode: int = 0o644) -> Path:
+        """A file in the workspace owned by the runner's user."""
+        path = self.workspace / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        os.chmod(path, mode)
+        os.chown(path, self.uid, self.gid)
+        return path
+
+
+def image_pid(popen: subprocess.Popen[str], timeout: float = 10) -> int:
+    """The pid of the image process started by ``popen`` (under runuser: its child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _cmdline(popen.pid)[:1] != ["runuser"]:
+            return popen.pid
+        children = _children(popen.pid)
+        if children:
+            return children[0]
+        time.sleep(0.02)
+    raise AssertionError("the image process did not start")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait_for(predicate: object, timeout: float = 10, step: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(step)
+    return bool(predicate())  # type: ignore[operator]
+
+
+def fim_mounts() -> list[str]:
+    """Mount points under /tmp/fim (the instances' stacks)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split(b" ")[4].decode(errors="replace") for line in f]
+    return [p for p in points if p.startswith("/tmp/fim/")]
+
+
+@pytest.fixture(params=["root", "user"])
+def runner(request: pytest.FixtureRequest, blueprint: Path) -> Iterator[Runner]:
+    """A fresh copy of the blueprint image in a workspace, run as root or as a user."""
+    who = request.param
+    if who == "root" and os.geteuid() != 0:
+        pytest.skip("runs as root only when the tests do")
+    if who == "user" and os.geteuid() == 0:
+        entry = ensure_user()
+        open_dev_fuse()
+        uid, gid, home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+    else:
+        uid, gid = os.getuid(), os.getgid()
+        who = "user" if os.geteuid() != 0 else who
+        home = Path(tempfile.mkdtemp(prefix="fim-home-"))
+    workspace = Path(tempfile.mkdtemp(prefix="fim-run-", dir="/tmp"))
+    os.chmod(workspace, 0o755)
+    os.chown(workspace, uid, gid)
+    shutil.copy2(blueprint, workspace / IMAGE_NAME)
+    os.chown(workspace / IMAGE_NAME, uid, gid)
+    yield Runner(who, workspace, uid, gid, home)
+    subprocess.run(["rm", "-rf", str(workspace)], check=False)
+    for mp in fim_mounts():  # a test that failed half-way
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)
+
+
+def kill_group(popen: subprocess.Popen[str]) -> None:
+    """End a background run and everything it started."""
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    popen.communicate(timeout=30)
