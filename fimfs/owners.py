@@ -21,7 +21,6 @@ thread safe as the filesystem below; ``writable`` and ``close`` are the inner on
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 from .vfs import Attr, Filesystem, StatFs
@@ -45,7 +44,9 @@ class OwnerView(Filesystem):
     def _show(self, a: Attr) -> Attr:
         if a.uid == self.uid and a.gid == self.gid:
             return a
-        return dataclasses.replace(a, uid=self.uid, gid=self.gid)
+        # The constructor, not dataclasses.replace: a third of the cost, on a hot path.
+        return Attr(a.mode, a.nlink, self.uid, self.gid, a.size, a.atime_ns, a.mtime_ns,
+                    a.ctime_ns, a.rdev, a.ino, a.blocks)
 
     # -- read side ---------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
