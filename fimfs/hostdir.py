@@ -36,18 +36,24 @@ protected_symlinks/fifos in sticky directories, and tar and dpkg lchown every en
 Reading the xattr needs read permission: a file whose mode denies its owner reading
 (e.g. 0000) shows its real owner to a process that is not root (root always reads
 it). Recording on a file its owner cannot write adds u+w for the instant of the
-setxattr.
+setxattr. An upper whose filesystem has no user xattrs cannot keep owners: a refused
+chown then fails with EPERM as without the mode (one warning is logged). The upper's
+root directory shows its real owner until something chowns it (overlayfs, too, shows
+the upper's root).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
 
 from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
+
+log = logging.getLogger(__name__)
 
 #: The xattr holding a logical owner (see the module docstring): ``b"UID:GID"``.
 OWNER_XATTR = "user.fim.owner"
@@ -117,6 +123,7 @@ class HostDir(Filesystem):
         self._umask = _process_umask()
         self.owner_xattr = owner_xattr
         self.create_owner = create_owner
+        self._warned = False  # about an upper that cannot store owners
         # Real owners whose files may carry the xattr: only they could have written it.
         self._recorders = (frozenset({os.geteuid(), os.stat(self.root).st_uid})
                            if owner_xattr else frozenset())
@@ -281,9 +288,10 @@ class HostDir(Filesystem):
             os.chown(host, uid, gid, follow_symlinks=False)
         except PermissionError:
             st = os.lstat(host)
-            if (uid, gid) == (st.st_uid, st.st_gid):
-                raise  # not an ownership problem after all (e.g. an immutable file)
-            self._record_owner(host, st, uid, gid)
+            # Equal ids: not an ownership problem after all (e.g. an immutable file).
+            if (uid, gid) == (st.st_uid, st.st_gid) or not self._record_owner(
+                    host, st, uid, gid):
+                raise
             return
         with contextlib.suppress(OSError):  # ENODATA mostly; the real owner is right now
             os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
@@ -314,26 +322,33 @@ class HostDir(Filesystem):
         try:
             os.chown(host, uid, gid, follow_symlinks=False)
         except PermissionError:
-            self._record_owner(host, st, uid, gid)
+            self._record_owner(host, st, uid, gid)  # if impossible: the real owner (warned)
 
-    def _record_owner(self, host: str, st: os.stat_result, uid: int, gid: int) -> None:
-        """Store ``uid:gid`` as the logical owner of ``host`` (real owner ``st``)."""
+    def _record_owner(self, host: str, st: os.stat_result, uid: int, gid: int) -> bool:
+        """Store ``uid:gid`` as the logical owner of ``host`` (real owner ``st``); False
+        when that is impossible (the entry keeps its real owner)."""
         if stat.S_IFMT(st.st_mode) not in _XATTR_TYPES:
-            return  # no user xattrs on these: they keep their real owner (module docstring)
-        if (uid, gid) == (st.st_uid, st.st_gid):
-            with contextlib.suppress(OSError):
-                os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
-            return
+            return True  # no user xattrs on these: the owner is dropped (module docstring)
+        if st.st_uid not in self._recorders:
+            return False  # getattr would not read it
         value = f"{uid}:{gid}".encode("ascii")
         try:
-            os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
-        except PermissionError:
-            if st.st_mode & stat.S_IWUSR:
-                raise
-            # Setting a user xattr needs write permission, even for the owner.
-            mode = stat.S_IMODE(st.st_mode)
-            self._chmod(host, mode | stat.S_IWUSR)
             try:
                 os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
-            finally:
-                self._chmod(host, mode)
+            except PermissionError:
+                if st.st_mode & stat.S_IWUSR:
+                    raise
+                # Setting a user xattr needs write permission, even for the owner.
+                mode = stat.S_IMODE(st.st_mode)
+                self._chmod(host, mode | stat.S_IWUSR)
+                try:
+                    os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
+                finally:
+                    self._chmod(host, mode)
+        except OSError as e:  # e.g. EOPNOTSUPP: a filesystem without user xattrs
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: cannot keep owners that need %s (%s): files keep the "
+                            "real owner", self.root, OWNER_XATTR, e.strerror)
+            return False
+        return True

@@ -398,3 +398,27 @@ def test_build_stack_wiring(tmp_path: Path) -> None:
     assert isinstance(stored, Union) and stored.upper.owner_xattr
     for fs in (plain, view, stored):
         fs.close()
+
+
+def test_refused_chown_without_user_xattrs(upper: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """An upper that cannot store the xattr: the chown fails as it would without the mode,
+    creation still works, one warning."""
+    fs = HostDir(upper, owner_xattr=True, create_owner=(0, 0))
+    real = os.lstat(upper / "f")
+    if (real.st_uid, real.st_gid) == (0, 0):
+        fs = HostDir(upper, owner_xattr=True, create_owner=(1, 1))
+
+    def refuse(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def unsupported(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "chown", refuse)
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    check_errno(errno.EPERM, fs.chown, "/f", 3, 4)
+    fs.release("/n", fs.create("/n", 0o644, os.O_WRONLY))
+    fs.mkdir("/d", 0o755)
+    assert owner(fs, "/f") == owner(fs, "/n") == (real.st_uid, real.st_gid)
+    assert sum("cannot keep owners" in r.message for r in caplog.records) == 1
