@@ -422,3 +422,13 @@ def test_refused_chown_without_user_xattrs(upper: Path, monkeypatch: pytest.Monk
     fs.mkdir("/d", 0o755)
     assert owner(fs, "/f") == owner(fs, "/n") == (real.st_uid, real.st_gid)
     assert sum("cannot keep owners" in r.message for r in caplog.records) == 1
+
+
+def test_fim_mount_owner_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.fim import main
+
+    image, mp = tmp_path / "image", tmp_path / "mp"
+    assert main(["mount", "--owner", "1:x", str(image), str(mp)]) == 2
+    assert "is not UID:GID" in capsys.readouterr().err
+    assert main(["mount", "--inside", "0:0", str(image), str(mp)]) == 2
+    assert "--owner and --inside work on a stack" in capsys.readouterr().err
