@@ -336,6 +336,7 @@ def _bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
+@pytest.mark.fuse
 def test_unprivileged_root_inside_changes_etc(user: User, shared: Path) -> None:
     bwrap = _bwrap()
     if bwrap is None or shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
