@@ -1,9 +1,12 @@
 """The filesystem stack of a container, built as plain objects for one FUSE mount.
 
-``CaseFold( Union( HostDir(upper), [DwarfsImage(top), ..., DwarfsImage(bottom)] ) )``:
+``OwnerView( CaseFold( Union( HostDir(upper), [DwarfsImage(top), ..., DwarfsImage(bottom)] )))``:
 the union reads the DwarFS layers directly, so the whole stack is served by one
-kernel mount (see ARCHITECTURE.md). `fim mount --layer` builds it from the command
-line; booting an image builds the same stack from its config.
+kernel mount (see ARCHITECTURE.md). The OwnerView (``owner=``) is for unprivileged
+runs: everything shows as the caller's, while the upper keeps the stored owners
+(``inside=``, HostDir's logical owners; see fimfs.owners and fimfs.hostdir).
+`fim mount --layer` builds it from the command line; booting an image builds the
+same stack from its config.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def build_stack(
     *,
     cache_bytes: int | None = None,
     offset: int | None = None,
+    owner: tuple[int, int] | None = None,
+    inside: tuple[int, int] | None = None,
 ) -> Filesystem:
     """The stack over ``layers`` (bottom first: later layers win), writable into ``upper``.
 
@@ -69,6 +74,12 @@ def build_stack(
     auto-detect). Errors are a
     one-line FimError naming the layer or directory at fault; layers opened before
     the failure are closed again.
+
+    ``owner``: present every file as owned by this host uid/gid (an OwnerView,
+    outermost). ``inside``: the identity that new files and chowns to ``owner`` are
+    stored as; either one turns on the upper's logical owners (``user.fim.owner``),
+    which is also how a host root reads the owners an unprivileged run stored.
+    Both None: the real owners, as they are on disk.
     """
     from fimfs.casefold import CaseFold
     from fimfs.dwarfs import DwarfsImage
@@ -88,7 +99,9 @@ def build_stack(
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc
         try:
-            upper_fs = None if upper is None else HostDir(os.fspath(upper))
+            logical = owner is not None or inside is not None
+            upper_fs = None if upper is None else HostDir(
+                os.fspath(upper), owner_xattr=logical, create_owner=inside)
         except (FimfsError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise FimError(f"upper directory {os.fsdecode(upper)}: {reason}") from exc
@@ -97,4 +110,10 @@ def build_stack(
             fs.close()
         raise
     stack: Filesystem = Union(upper_fs, opened[::-1])
-    return CaseFold(stack) if casefold else stack
+    if casefold:
+        stack = CaseFold(stack)
+    if owner is not None:
+        from fimfs.owners import OwnerView
+
+        stack = OwnerView(stack, owner[0], owner[1], inside=inside)
+    return stack

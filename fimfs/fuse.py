@@ -356,7 +356,7 @@ class FuseOperations:
     @_guarded
     def chown(self, path: str, uid: int, gid: int) -> int:
         # -1 means "leave unchanged" (chown(2)); the vfs wants real ids.
-        if uid == -1 or gid == -1:
+        if (uid == -1 or gid == -1) and not self.fs.chown_accepts_unchanged:
             cur = self.fs.getattr(path)
             uid = cur.uid if uid == -1 else uid
             gid = cur.gid if gid == -1 else gid

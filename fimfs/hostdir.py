@@ -14,17 +14,49 @@ served without ``allow_other``: only the user who mounted it can reach it.
 
 Modes are applied exactly: the kernel (or libfuse) has already applied the caller's
 umask, so bits that this process's own umask strips at creation are put back.
+
+Logical owners (``owner_xattr=True``, for unprivileged runs): a user who is not root
+cannot give a file another owner, yet the owners stored in the layers, those a
+``chown`` inside the container sets and those of files root-inside creates must
+survive for ``fim-layer commit``. In this mode a chown the kernel refuses (EPERM) is
+recorded in the xattr ``user.fim.owner`` = ``b"UID:GID"`` (decimal) on the upper file
+instead, as fuse-overlayfs does with ``user.containers.override_stat``; ``getattr``
+reports that owner. A chown that does succeed (root, or to the process's own ids)
+removes a stale record. New entries get ``create_owner`` recorded when it differs from
+their real owner. The xattr is fim's own: hidden from listxattr/getxattr (ENODATA)
+and refused to setxattr/removexattr (EPERM), so containers can neither see nor forge
+it. It is read only for regular files and directories whose real owner is this
+process's euid or the owner of ``root`` (who wrote it), so getattr costs one lstat
+for everything else and one lgetxattr more for those.
+
+Limits of the mode: Linux allows user xattrs only on regular files and directories,
+so symlinks, fifos, sockets and devices keep their real owner; a chown of one that
+cannot be done is accepted and dropped (their owner grants nothing apart from
+protected_symlinks/fifos in sticky directories, and tar and dpkg lchown every entry).
+Reading the xattr needs read permission: a file whose mode denies its owner reading
+(e.g. 0000) shows its real owner to a process that is not root (root always reads
+it). Recording on a file its owner cannot write adds u+w for the instant of the
+setxattr. An upper whose filesystem has no user xattrs cannot keep owners: a refused
+chown then fails with EPERM as without the mode (one warning is logged). The upper's
+root directory shows its real owner until something chowns it (overlayfs, too, shows
+the upper's root).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
 
 from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
+
+log = logging.getLogger(__name__)
+
+#: The xattr holding a logical owner (see the module docstring): ``b"UID:GID"``.
+OWNER_XATTR = "user.fim.owner"
 
 _OPEN_EXTRA = os.O_NOFOLLOW | os.O_CLOEXEC
 _PERM = 0o7777
@@ -44,23 +76,57 @@ def _process_umask() -> int:
     return old
 
 
-def _attr(st: os.stat_result) -> Attr:
-    """An Attr from an ``os.stat_result``."""
+def _attr(st: os.stat_result, uid: int, gid: int) -> Attr:
+    """An Attr from an ``os.stat_result``, owned by ``uid``:``gid``."""
     special = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-    return Attr(mode=st.st_mode, nlink=st.st_nlink, uid=st.st_uid, gid=st.st_gid,
+    return Attr(mode=st.st_mode, nlink=st.st_nlink, uid=uid, gid=gid,
                 size=st.st_size, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
                 ctime_ns=st.st_ctime_ns, rdev=st.st_rdev if special else 0, ino=st.st_ino,
                 blocks=st.st_blocks)
 
 
+#: File types that can carry user xattrs on Linux (hence a logical owner).
+_XATTR_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR})
+
+
+def _read_owner(host: str) -> tuple[int, int] | None:
+    """The logical owner recorded on ``host``; None if none (or unreadable/invalid)."""
+    try:
+        value = os.getxattr(host, OWNER_XATTR, follow_symlinks=False)
+    except OSError:
+        return None  # ENODATA (the usual case), EACCES (mode denies read), ENOTSUP
+    uid, sep, gid = value.partition(b":")
+    try:
+        owner = int(uid), int(gid)
+    except ValueError:
+        return None
+    return owner if sep and owner[0] >= 0 and owner[1] >= 0 else None
+
+
 class HostDir(Filesystem):
     """The tree under ``root`` on the host, readable and writable."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        owner_xattr: bool = False,
+        create_owner: tuple[int, int] | None = None,
+    ) -> None:
+        """``owner_xattr``: keep logical owners (module docstring); ``create_owner``:
+        the owner new entries get in that mode (None: their real owner)."""
         self.root = os.path.abspath(os.fsdecode(root))
         if not os.path.isdir(self.root):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), self.root)
+        if create_owner is not None and not owner_xattr:
+            raise ValueError("create_owner needs owner_xattr=True")
         self._umask = _process_umask()
+        self.owner_xattr = owner_xattr
+        self.create_owner = create_owner
+        self._warned = False  # about an upper that cannot store owners
+        # Real owners whose files may carry the xattr: only they could have written it.
+        self._recorders = (frozenset({os.geteuid(), os.stat(self.root).st_uid})
+                           if owner_xattr else frozenset())
 
     def _host(self, path: str) -> str:
         parts = split_path(path)
@@ -94,7 +160,13 @@ class HostDir(Filesystem):
 
     # -- read side -------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
-        return _attr(os.lstat(self._host(path)))
+        host = self._host(path)
+        st = os.lstat(host)
+        if st.st_uid in self._recorders and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
+            owner = _read_owner(host)
+            if owner is not None:
+                return _attr(st, owner[0], owner[1])
+        return _attr(st, st.st_uid, st.st_gid)
 
     def readdir(self, path: str) -> list[str]:
         return os.listdir(self._host(path))
@@ -118,10 +190,15 @@ class HostDir(Filesystem):
                       ffree=st.f_ffree, namemax=st.f_namemax)
 
     def getxattr(self, path: str, name: str) -> bytes:
-        return os.getxattr(self._host(path), name, follow_symlinks=False)
+        host = self._host(path)
+        if name == OWNER_XATTR:
+            os.lstat(host)  # ENOENT for a missing path, as any other name
+            raise fs_error(errno.ENODATA, path)
+        return os.getxattr(host, name, follow_symlinks=False)
 
     def listxattr(self, path: str) -> list[str]:
-        return os.listxattr(self._host(path), follow_symlinks=False)
+        names = os.listxattr(self._host(path), follow_symlinks=False)
+        return [n for n in names if n != OWNER_XATTR] if OWNER_XATTR in names else names
 
     # -- write side ------------------------------------------------------------------
     @property
@@ -133,6 +210,8 @@ class HostDir(Filesystem):
         fd = os.open(host, flags | os.O_CREAT | _OPEN_EXTRA, mode & _PERM)
         try:
             self._restore_mode(host, mode, fd)
+            if self.create_owner is not None:
+                self._own_new(host)
         except OSError:
             os.close(fd)
             raise
@@ -165,11 +244,15 @@ class HostDir(Filesystem):
         host = self._host(path)
         os.mkdir(host, mode & _PERM)
         self._restore_mode(host, mode)
+        if self.create_owner is not None:
+            self._own_new(host)
 
     def mknod(self, path: str, mode: int, rdev: int) -> None:
         host = self._host(path)
         os.mknod(host, mode, rdev)
         self._restore_mode(host, mode)
+        if self.create_owner is not None:
+            self._own_new(host)
 
     def unlink(self, path: str) -> None:
         os.unlink(self._host(path))
@@ -181,7 +264,10 @@ class HostDir(Filesystem):
         os.rename(self._host(old), self._host(new))
 
     def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, self._host(path))
+        host = self._host(path)
+        os.symlink(target, host)
+        if self.create_owner is not None:
+            self._own_new(host)
 
     def link(self, existing: str, path: str) -> None:
         os.link(self._host(existing), self._host(path), follow_symlinks=False)
@@ -190,13 +276,79 @@ class HostDir(Filesystem):
         self._chmod(self._host(path), mode & _PERM)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
-        os.chown(self._host(path), uid, gid, follow_symlinks=False)
+        host = self._host(path)
+        if not self.owner_xattr:
+            os.chown(host, uid, gid, follow_symlinks=False)
+            return
+        if uid == -1 or gid == -1:  # chown(2)'s "unchanged" means the logical id
+            cur = self.getattr(path)
+            uid = cur.uid if uid == -1 else uid
+            gid = cur.gid if gid == -1 else gid
+        try:
+            os.chown(host, uid, gid, follow_symlinks=False)
+        except PermissionError:
+            st = os.lstat(host)
+            # Equal ids: not an ownership problem after all (e.g. an immutable file).
+            if (uid, gid) == (st.st_uid, st.st_gid) or not self._record_owner(
+                    host, st, uid, gid):
+                raise
+            return
+        with contextlib.suppress(OSError):  # ENODATA mostly; the real owner is right now
+            os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
 
     def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
         os.utime(self._host(path), ns=(atime_ns, mtime_ns), follow_symlinks=False)
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
-        os.setxattr(self._host(path), name, value, flags, follow_symlinks=False)
+        host = self._host(path)
+        if name == OWNER_XATTR:
+            raise fs_error(errno.EPERM, path)
+        os.setxattr(host, name, value, flags, follow_symlinks=False)
 
     def removexattr(self, path: str, name: str) -> None:
-        os.removexattr(self._host(path), name, follow_symlinks=False)
+        host = self._host(path)
+        if name == OWNER_XATTR:
+            raise fs_error(errno.EPERM, path)
+        os.removexattr(host, name, follow_symlinks=False)
+
+    # -- logical owners ----------------------------------------------------------------
+    def _own_new(self, host: str) -> None:
+        """Give a just-created entry ``create_owner``: for real if possible, else recorded."""
+        assert self.create_owner is not None
+        uid, gid = self.create_owner
+        st = os.lstat(host)
+        if (uid, gid) == (st.st_uid, st.st_gid):
+            return
+        try:
+            os.chown(host, uid, gid, follow_symlinks=False)
+        except PermissionError:
+            self._record_owner(host, st, uid, gid)  # if impossible: the real owner (warned)
+
+    def _record_owner(self, host: str, st: os.stat_result, uid: int, gid: int) -> bool:
+        """Store ``uid:gid`` as the logical owner of ``host`` (real owner ``st``); False
+        when that is impossible (the entry keeps its real owner)."""
+        if stat.S_IFMT(st.st_mode) not in _XATTR_TYPES:
+            return True  # no user xattrs on these: the owner is dropped (module docstring)
+        if st.st_uid not in self._recorders:
+            return False  # getattr would not read it
+        value = f"{uid}:{gid}".encode("ascii")
+        try:
+            try:
+                os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
+            except PermissionError:
+                if st.st_mode & stat.S_IWUSR:
+                    raise
+                # Setting a user xattr needs write permission, even for the owner.
+                mode = stat.S_IMODE(st.st_mode)
+                self._chmod(host, mode | stat.S_IWUSR)
+                try:
+                    os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
+                finally:
+                    self._chmod(host, mode)
+        except OSError as e:  # e.g. EOPNOTSUPP: a filesystem without user xattrs
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: cannot keep owners that need %s (%s): files keep the "
+                            "real owner", self.root, OWNER_XATTR, e.strerror)
+            return False
+        return True

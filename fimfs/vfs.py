@@ -79,6 +79,11 @@ def split_path(path: str) -> list[str]:
 class Filesystem:
     """Base class: read methods to override, writable methods that refuse with EROFS."""
 
+    #: chown gets real ids; -1 ("unchanged") is filled in by the FUSE adapter from
+    #: getattr, unless a layer sets this (a view whose getattr does not show the
+    #: stored owner, :class:`fimfs.owners.OwnerView`) and resolves -1 itself.
+    chown_accepts_unchanged: bool = False
+
     # -- read side ---------------------------------------------------------
     def getattr(self, path: str) -> Attr:
         raise fs_error(errno.ENOSYS, path)

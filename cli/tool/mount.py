@@ -77,6 +77,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --layer: look names up ignoring case (created names keep their case)",
     )
     p.add_argument(
+        "--owner",
+        metavar="UID:GID",
+        type=_ids,
+        help="with --layer: show every file as owned by UID:GID (for an unprivileged "
+        "container: the caller's ids); chowns to UID:GID are stored as --inside",
+    )
+    p.add_argument(
+        "--inside",
+        metavar="UID:GID",
+        type=_ids,
+        help="with --layer: the owner that new files and chowns to --owner are stored "
+        "as (in the upper's user.fim.owner xattr when the real chown is not permitted)",
+    )
+    p.add_argument(
         "-f",
         "--foreground",
         action="store_true",
@@ -109,6 +123,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="detach now even if files in it are still open",
     )
     p.set_defaults(func=_umount)
+
+
+def _ids(text: str) -> tuple[int, int]:
+    uid, sep, gid = text.partition(":")
+    if not sep or not uid.isdigit() or not gid.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not UID:GID (two numbers)")
+    return int(uid), int(gid)
 
 
 def _size(text: str) -> int:
@@ -159,6 +180,8 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         raise FimError("missing MOUNTPOINT (fim mount IMAGE MOUNTPOINT)", 2)
     if args.upper is not None or args.casefold:
         raise FimError("--upper and --casefold work on a stack: give the image as --layer", 2)
+    if args.owner is not None or args.inside is not None:
+        raise FimError("--owner and --inside work on a stack: give the image as --layer", 2)
     os.stat(args.image)  # a missing image is reported before anything is forked
     args.image = os.path.abspath(args.image)
     return functools.partial(open_image, args), args.image
@@ -187,6 +210,8 @@ def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         args.casefold,
         cache_bytes=options.get("cachesize"),
         offset=options.get("offset"),
+        owner=args.owner,
+        inside=args.inside,
     )
     return build, layers[-1]
 
