@@ -185,13 +185,24 @@ def default_open_layer(path: str, offset: int) -> Filesystem:
 # -- child processes ---------------------------------------------------------------------
 
 
-def _set_pdeathsig(parent: int) -> None:
+_prctl: Any = None
+
+
+def _load_prctl() -> Any:
+    """libc's prctl, looked up in the parent (a child between fork and exec should not dlopen)."""
+    global _prctl
+    if _prctl is None:
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+    return _prctl
+
+
+def _set_pdeathsig(parent: int, prctl: Any) -> None:
     """In a new child: die with SIGTERM when the parent goes (and at once if it already has)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    if prctl:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -271,8 +282,9 @@ def _answers(path: str, timeout: float) -> bool | None:
     return result[0] if result else None
 
 
-def _wait_ready(server: _Server, timeout: float = READY_TIMEOUT) -> None:
+def _wait_ready(server: _Server, timeout: float | None = None) -> None:
     """Until ``server``'s mount answers; else a one-line FimfsError with its stderr."""
+    timeout = READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         status = server.poll()
@@ -292,11 +304,11 @@ def _wait_ready(server: _Server, timeout: float = READY_TIMEOUT) -> None:
 
 def _spawn(name: str, argv: list[str], mountpoint: str, log_path: str,
            env: dict[str, str] | None = None) -> _Server:
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _load_prctl()
     with open(log_path, "ab") as err:
         popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed program names
             argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, close_fds=True,
-            start_new_session=True, preexec_fn=lambda: _set_pdeathsig(parent), env=env,
+            start_new_session=True, preexec_fn=lambda: _set_pdeathsig(parent, prctl), env=env,
         )
     return _Server(name, mountpoint, popen.pid, log_path, popen)
 
@@ -307,13 +319,13 @@ def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _load_prctl()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             os.setsid()
-            _set_pdeathsig(parent)
+            _set_pdeathsig(parent, prctl)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
@@ -373,7 +385,7 @@ class ExternalStack:
         """Process ids of the servers still running (top first)."""
         return [s.pid for s in reversed(self._servers) if s.poll() is None]
 
-    def _add(self, server: _Server, timeout: float = READY_TIMEOUT) -> None:
+    def _add(self, server: _Server, timeout: float | None = None) -> None:
         self._servers.append(server)
         _wait_ready(server, timeout)
 
@@ -406,7 +418,9 @@ class ExternalStack:
 def _take_down(server: _Server) -> str | None:
     """Unmount one server's mount and reap it; a message if its mount is still there."""
     mp = server.mountpoint
-    if fuse.is_mounted(mp):
+    if not fuse.is_mounted(mp):  # never came up (or already gone): nothing to wait for
+        server.signal(signal.SIGTERM)
+    else:
         try:
             fuse.umount(mp)
         except FimfsError as e:

@@ -499,3 +499,15 @@ def test_servers_die_with_caller(layers: list[tuple[str, int]], dirs: dict[str, 
         time.sleep(0.1)
     assert mounts_under(dirs["run"]) == []
     assert [p for p in pids if alive(p)] == []
+
+
+def test_owner_options(layers: list[tuple[str, int]], dirs: dict[str, Path],
+                       native_path: None) -> None:
+    """uid/gid: the native driver presents the layers with them; fuse-overlayfs squashes."""
+    need("fuse-overlayfs")
+    with external.start("overlayfs", layers, str(dirs["upper"]), str(dirs["work"]),
+                        str(dirs["run"]), native=True, uid=1234, gid=4321) as stack:
+        st = os.stat(Path(stack.layer_dirs[0]) / "only0")
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
+        st = os.stat(Path(stack.root) / "only1")
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
