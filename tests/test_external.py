@@ -511,3 +511,31 @@ def test_owner_options(layers: list[tuple[str, int]], dirs: dict[str, Path],
         assert (st.st_uid, st.st_gid) == (1234, 4321)
         st = os.stat(Path(stack.root) / "only1")
         assert (st.st_uid, st.st_gid) == (1234, 4321)
+
+
+def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
+                                       dirs: dict[str, Path]) -> None:
+    """Files cross between unionfs-fuse and fim both ways; deletions do not (documented)."""
+    from cli.stack import build_stack
+
+    need("unionfs-fuse")
+    with external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),
+                        str(dirs["run"])) as stack:
+        (Path(stack.root) / "from-unionfs.txt").write_text("u\n")
+        (Path(stack.root) / "victim").unlink()
+    assert (dirs["upper"] / ".unionfs-fuse").is_dir()  # its own deletion markers
+    fs = build_stack([p for p, _ in layers], dirs["upper"])
+    try:
+        assert read_fs(fs, "/from-unionfs.txt") == b"u\n"
+        assert read_fs(fs, "/victim") == b"doomed\n"  # unionfs' deletion is not understood
+        fh = fs.create("/from-fim.txt", 0o100644, os.O_WRONLY | os.O_CREAT)
+        fs.write("/from-fim.txt", b"f\n", 0, fh)
+        fs.release("/from-fim.txt", fh)
+    finally:
+        fs.close()
+    with external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),
+                        str(dirs["run"])) as stack:
+        root = Path(stack.root)
+        assert (root / "from-fim.txt").read_text() == "f\n"
+        assert (root / "from-unionfs.txt").read_text() == "u\n"
+        assert not (root / "victim").exists()
