@@ -531,6 +531,7 @@ def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
         fh = fs.create("/from-fim.txt", 0o100644, os.O_WRONLY | os.O_CREAT)
         fs.write("/from-fim.txt", b"f\n", 0, fh)
         fs.release("/from-fim.txt", fh)
+        fs.unlink("/only0")  # an overlayfs whiteout: a character device 0:0
     finally:
         fs.close()
     with external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),
@@ -539,3 +540,4 @@ def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
         assert (root / "from-fim.txt").read_text() == "f\n"
         assert (root / "from-unionfs.txt").read_text() == "u\n"
         assert not (root / "victim").exists()
+        assert stat.S_ISCHR(os.lstat(root / "only0").st_mode)  # fim's deletion is not understood
