@@ -71,6 +71,7 @@ READY_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
 _POLL = 0.02
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 OpenLayer = Callable[[str, int], Filesystem]
 
@@ -200,7 +201,14 @@ def _load_prctl() -> Any:
 
 
 def _set_pdeathsig(parent: int, prctl: Any) -> None:
-    """In a new child: die with SIGTERM when the parent goes (and at once if it already has)."""
+    """In a new child: die with SIGTERM when the parent goes (and at once if it already has).
+
+    SIGTERM, SIGINT and SIGHUP get their default action and are unblocked first: an
+    ignored or blocked disposition would survive exec and swallow the signal.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if prctl:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent:
@@ -313,6 +321,9 @@ def _spawn(name: str, argv: list[str], mountpoint: str, log_path: str,
     return _Server(name, mountpoint, popen.pid, log_path, popen)
 
 
+_inherited: list[Any] = []
+
+
 def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_path: str,
               fsname: str, options: dict[str, Any]) -> _Server:
     """Serve ``source()`` on ``mountpoint`` from a forked child (foreground libfuse)."""
@@ -331,6 +342,9 @@ def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_
             os.dup2(null, 0)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # The caller's stream objects are kept alive: collecting one could close its
+            # fd, whose number may by then belong to something else (the image, /dev/fuse).
+            _inherited.extend((sys.stdout, sys.stderr))
             sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
             sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
             logging.basicConfig(

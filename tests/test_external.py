@@ -475,8 +475,9 @@ def test_servers_die_with_caller(layers: list[tuple[str, int]], dirs: dict[str, 
                                  backend: str) -> None:
     need(external.PROGRAMS[backend])
     script = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
         from fimfs import external
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by children: must be undone
         s = external.start({backend!r}, {layers!r}, {str(dirs['upper'])!r},
                            {str(dirs['work'])!r}, {str(dirs['run'])!r}, casefold=True)
         print(" ".join(map(str, s.pids)), flush=True)
