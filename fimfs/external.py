@@ -313,7 +313,7 @@ def _wait_ready(server: _Server, timeout: float | None = None) -> None:
 def _spawn(name: str, argv: list[str], mountpoint: str, log_path: str,
            env: dict[str, str] | None = None) -> _Server:
     parent, prctl = os.getpid(), _load_prctl()
-    with open(log_path, "ab") as err:
+    with open(log_path, "wb") as err:  # this run's messages only
         popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed program names
             argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, close_fds=True,
             start_new_session=True, preexec_fn=lambda: _set_pdeathsig(parent, prctl), env=env,
@@ -330,6 +330,8 @@ def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    with open(log_path, "wb"):  # this run's messages only
+        pass
     parent, prctl = os.getpid(), _load_prctl()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
