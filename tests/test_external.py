@@ -542,3 +542,21 @@ def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
         assert (root / "from-unionfs.txt").read_text() == "u\n"
         assert not (root / "victim").exists()
         assert stat.S_ISCHR(os.lstat(root / "only0").st_mode)  # fim's deletion is not understood
+
+
+@pytest.mark.parametrize("backend", ["overlayfs", "unionfs"])
+def test_spaces_in_paths(layers: list[tuple[str, int]], tmp_path: Path, backend: str) -> None:
+    """Mount points with spaces (escaped as \\040 in mountinfo) are found and cleaned up."""
+    need(external.PROGRAMS[backend])
+    base = tmp_path / "with space"
+    upper, work, run = base / "up per", base / "wo rk", base / "r un"
+    upper.mkdir(parents=True)
+    work.mkdir()
+    try:
+        with external.start(backend, layers, str(upper), str(work), str(run),
+                            casefold=True) as stack:
+            assert len(mounts_under(base)) == 4
+            assert (Path(stack.root) / "Etc/Hostname").read_text() == "top\n"
+        assert mounts_under(base) == []
+    finally:
+        lazy_cleanup(base)
