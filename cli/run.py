@@ -142,8 +142,13 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity) -> None:
         raise Fatal("The image has no layer to run")
     from cli.boot import casefold_active
 
+    # A normal user's sandbox maps only the caller's uid: the mount presents every file
+    # as the caller's and stores the owners the container sets (README, "Owners").
+    owner = None if os.getuid() == 0 else (os.getuid(), os.getgid())
+    inside = None if owner is None else (ident.uid, ident.gid)
     source = functools.partial(build_stack, layers, os.path.join(data, "root"),
-                               casefold_active(ctx.config, os.environ))
+                               casefold_active(ctx.config, os.environ),
+                               owner=owner, inside=inside)
     try:
         mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log)
     except (FimfsError, FimError) as exc:

@@ -104,7 +104,8 @@ def argv(sb: Sandbox, bwrap: str, program: Sequence[str], *,
 
     ``status_fd``: bwrap's ``--json-status-fd`` (the child's pid, then its exit code).
     """
-    args = [bwrap]
+    # the sandbox does not outlive the run that serves its root (also when it is killed)
+    args = [bwrap, "--die-with-parent"]
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
     args += sb.root_args
