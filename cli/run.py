@@ -124,34 +124,112 @@ def _write_identity(inst: Instance, ident: Identity, ps1: str | None) -> None:
         f.write(f'export PS1="{prompt}"\n')
 
 
-def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity) -> None:
+class _Root:
+    """What bwrap makes ``/`` from, and how to take it down again."""
+
+    def __init__(self, root_args: list[str], mountpoints: list[str], close: object) -> None:
+        self.root_args = root_args
+        self.mountpoints = mountpoints  # top first, for the janitor
+        self.close = close
+
+
+def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """A normal user's sandbox maps only the caller's uid: the mount presents every file
+    as the caller's and stores the owners the container sets (README, "Owners")."""
+    if os.getuid() == 0:
+        return None, None
+    return (os.getuid(), os.getgid()), (ident.uid, ident.gid)
+
+
+def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
+                 layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
     """The in-process stack (cli.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself."""
     import functools
 
+    from cli.stack import build_stack
+    from fimfs.fuse import mount, umount
+    from sandbox import janitor
+
+    owner, inside = _owners(ident)
+    source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
+    mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log)
+
+    def close() -> None:
+        try:
+            umount(inst.mount)
+        except Exception:  # busy (a process of the sandbox lingers) or already gone
+            janitor.detach(inst.mount)
+
+    return _Root(["--bind", inst.mount, "/"], [inst.mount], close)
+
+
+def _open_owned_layer(uid: int, gid: int, path: str, offset: int) -> object:
+    from fimfs.dwarfs import DwarfsImage
+    from fimfs.owners import OwnerView
+
+    return OwnerView(DwarfsImage.open(path, offset=offset), uid, gid)
+
+
+def _mount_external(backend: str, inst: Instance, ident: Identity,
+                    layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
+    """An external backend (fimfs.external) over one mount per layer."""
+    import functools
+
+    from fimfs import external
+
+    owner, _ = _owners(ident)
+    work = os.path.join(os.environ["FIM_DIR_DATA"], "work", str(os.getpid()))
+    os.makedirs(work, exist_ok=True)
+    opener = None if owner is None else functools.partial(_open_owned_layer, *owner)
+    stack = external.start(backend, layers, upper, work, inst.path, casefold=casefold,
+                           native=os.environ.get("FIM_DWARFS") == "native",
+                           open_layer=opener,  # type: ignore[arg-type]
+                           uid=None if owner is None else owner[0],
+                           gid=None if owner is None else owner[1])
+    def close() -> None:
+        import shutil
+
+        stack.close()
+        shutil.rmtree(work, ignore_errors=True)  # FlatImage leaves DATA/work/<pid> behind
+
+    if stack.root is None:  # bwrap builds the kernel overlay itself
+        return _Root(stack.extra_bwrap_args, stack.mountpoints, close)
+    return _Root(["--bind", stack.root, "/"], stack.mountpoints, close)
+
+
+#: The names FlatImage's debug line gives the backends (spec 11.1).
+_DEBUG_NAMES = {"fimfs": "FIMFS", "overlayfs": "FUSE_OVERLAYFS", "unionfs": "UNIONFS_FUSE",
+                "bwrap": "BWRAP"}
+
+
+def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
+    """The container's root with the backend of this run (spec 11); a backend whose
+    program is missing falls back to fim's own stack with one warning."""
+    from cli.boot import casefold_active
     from cli.errors import FimError
     from cli.layers import discover
-    from cli.stack import build_stack
     from fimfs.errors import FimfsError
-    from fimfs.fuse import mount
 
-    data = os.environ["FIM_DIR_DATA"]
     layers = [(found.path, found.offset) for found in discover(
         ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)]
     if not layers:
         raise Fatal("The image has no layer to run")
-    from cli.boot import casefold_active
-
-    # A normal user's sandbox maps only the caller's uid: the mount presents every file
-    # as the caller's and stores the owners the container sets (README, "Owners").
-    owner = None if os.getuid() == 0 else (os.getuid(), os.getgid())
-    inside = None if owner is None else (ident.uid, ident.gid)
-    source = functools.partial(build_stack, layers, os.path.join(data, "root"),
-                               casefold_active(ctx.config, os.environ),
-                               owner=owner, inside=inside)
+    upper = os.path.join(os.environ["FIM_DIR_DATA"], "root")
+    casefold = casefold_active(ctx.config, os.environ)
+    backend = ctx.overlay
+    log.emit("D", f"Overlay type: {_DEBUG_NAMES[backend]}", "run.py")
+    log.emit("D", f"casefold is {'enabled' if casefold else 'disabled'}", "run.py")
     try:
-        mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log)
-    except (FimfsError, FimError) as exc:
+        if backend != "fimfs":
+            from fimfs.external import BackendMissing
+
+            try:
+                return _mount_external(backend, inst, ident, layers, upper, casefold)
+            except BackendMissing as exc:
+                log.emit("W", f"{exc}: falling back to fimfs", "run.py")
+        return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
+    except (FimfsError, FimError, OSError) as exc:
         raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
 
 
@@ -255,7 +333,7 @@ def _json_docs(stream: object) -> list[dict[str, object]]:
 
 
 def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: str,
-             app_bin: str) -> tuple[object, dict[str, str]]:
+             app_bin: str, root_args: list[str]) -> tuple[object, dict[str, str]]:
     """The sandbox description and the environment bwrap starts with."""
     from sandbox import permissions
     from sandbox.bwrap import Bind, Sandbox
@@ -276,7 +354,7 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
     if os.path.isdir(lib):
         runtime.append(lib)
     sb = Sandbox(
-        root_args=["--bind", inst.mount, "/"],
+        root_args=root_args,
         identity=ident, host_uid=os.getuid(), host_gid=os.getgid(), shell=shell,
         passwd=inst.passwd, runtime_dirs=runtime, files={inst.bashrc: inst.bashrc},
         binds=binds, permission_args=perm_args, unshare_args=unshare,
@@ -289,7 +367,6 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
-    from fimfs.fuse import umount
     from sandbox import bwrap, janitor
 
     app_bin = os.environ["FIM_DIR_APP_BIN"]
@@ -305,23 +382,21 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     ident = identity(ctx, root, shell, os.environ)
     inst = Instance(os.environ["FIM_DIR_INSTANCE"])
     inst.create()
-    watcher = None
+    watcher = root_fs = None
     try:
         _write_identity(inst, ident, _env_value(ctx, "PS1"))
-        _mount_fimfs(ctx, inst, ident)
-        watcher = janitor.start(os.getpid(), [inst.mount], inst.path)
+        root_fs = _mount_root(ctx, inst, ident)
+        watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
-        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin)
+        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
         status_r, status_w = os.pipe()
         args = bwrap.argv(sb, bwrap_path, program, status_fd=status_w)  # type: ignore[arg-type]
         log.emit("D", f"bwrap: {args}", "run.py")
         code = _run_bwrap(args, env, status_r, status_w)
     finally:
-        try:
-            umount(inst.mount)
-        except Exception:
-            janitor.detach(inst.mount)
+        if root_fs is not None:
+            root_fs.close()  # type: ignore[operator]
         if watcher is not None:
             janitor.stop(watcher)
         inst.remove()
