@@ -183,3 +183,20 @@ def debootstrap(target: str, suite: str, variant: str, mirror: str | None) -> No
     if result.returncode != 0:
         tail = "\n".join(result.stdout.splitlines()[-5:])
         raise FimError(f"debootstrap failed (exit {result.returncode}):\n{tail}")
+
+
+#: apt.conf.d drop-in of `fim build debian` images. A normal user's container maps one
+#: uid only, so apt cannot switch to its `_apt` sandbox user (FlatImage issue #9): apt
+#: then downloads as root, which inside is the caller.
+APT_SANDBOX_CONF = ("etc/apt/apt.conf.d/99fim-sandbox",
+                    '// fim: one-uid user namespaces have no _apt user to switch to\n'
+                    'APT::Sandbox::User "root";\n')
+
+
+def add_apt_config(root: str) -> None:
+    """Write :data:`APT_SANDBOX_CONF` into a root that has apt."""
+    relative, text = APT_SANDBOX_CONF
+    directory = os.path.join(root, os.path.dirname(relative))
+    if os.path.isdir(directory):
+        with open(os.path.join(root, relative), "w", encoding="utf-8") as f:
+            f.write(text)

@@ -281,28 +281,45 @@ def _wait_gone(pid: int) -> None:
         os.close(fd)
 
 
-def _run_bwrap(args: list[str], env: dict[str, str], status_r: int, status_w: int) -> int:
+class _Pipes:
+    """bwrap's status pipe (the child's pid) and the sandbox's "started" pipe."""
+
+    def __init__(self) -> None:
+        self.status_r, self.status_w = os.pipe()
+        self.started_r, self.started_w = os.pipe()
+
+    def close_writers(self) -> None:
+        for fd in (self.status_w, self.started_w):
+            os.close(fd)
+
+    def started(self) -> bool:
+        with os.fdopen(self.started_r, "rb") as f:
+            return f.read(1) == b"."
+
+
+def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
     """Start bwrap, forward signals to the program, return the exit code (spec 1.3)."""
     from sandbox.bwrap import explain_failure
 
     with _Forwarder() as fwd:
         try:
-            proc = subprocess.Popen(args, env=env, pass_fds=(status_w,),
+            proc = subprocess.Popen(args, env=env, pass_fds=(pipes.status_w, pipes.started_w),
                                     preexec_fn=_restore_signals)
         except OSError as exc:
-            os.close(status_w)
+            pipes.close_writers()
             raise Fatal(f"Could not start bwrap: {exc.strerror}") from None
-        os.close(status_w)
+        pipes.close_writers()
         child: int | None = None
-        with os.fdopen(status_r, "rb") as status:
+        with os.fdopen(pipes.status_r, "rb") as status:
             for line in _json_docs(status):
                 if "child-pid" in line:
                     child = fwd.pid = int(line["child-pid"])
                     break
             code = proc.wait()
-    if child is None:
+    if not pipes.started():
         log.emit("C", explain_failure(os.getuid()), "run.py")
         return log.EXIT_FAILURE
+    assert child is not None
     if code < 0:  # bwrap itself was killed (a terminal's SIGINT reaches its group too)
         _wait_gone(child)
         return 128 - code
@@ -390,10 +407,11 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
-        status_r, status_w = os.pipe()
-        args = bwrap.argv(sb, bwrap_path, program, status_fd=status_w)  # type: ignore[arg-type]
+        pipes = _Pipes()
+        args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,  # type: ignore[arg-type]
+                          started_fd=pipes.started_w)
         log.emit("D", f"bwrap: {args}", "run.py")
-        code = _run_bwrap(args, env, status_r, status_w)
+        code = _run_bwrap(args, env, pipes)
     finally:
         if root_fs is not None:
             root_fs.close()  # type: ignore[operator]

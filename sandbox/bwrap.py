@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 #: How the program starts: bash looks it up in the sandbox's PATH and reports a
-#: missing one as "bash: NAME: command not found", exit 127 (spec 2.3); for a single
-#: command bash execs it, so no shell stays between bwrap and the program.
+#: missing one as "bash: NAME: command not found", exit 127 (spec 2.3); bash execs the
+#: last command, so no shell stays between bwrap and the program. First it writes one
+#: byte to the run's "started" pipe: an exit without it is bwrap's own failure.
 RUN_PROGRAM = '"$@"'
+STARTED = 'printf . >&{fd}; exec {fd}>&-; '
 BIND_FLAGS = {"ro": "--ro-bind-try", "rw": "--bind-try", "dev": "--dev-bind-try"}
 
 
@@ -99,10 +101,11 @@ def _base_args(sb: Sandbox) -> list[str]:
 
 
 def argv(sb: Sandbox, bwrap: str, program: Sequence[str], *,
-         status_fd: int | None = None) -> list[str]:
+         status_fd: int | None = None, started_fd: int | None = None) -> list[str]:
     """The full command line: ``bwrap <sandbox> bash -c '"$@"' bash PROGRAM...``.
 
-    ``status_fd``: bwrap's ``--json-status-fd`` (the child's pid, then its exit code).
+    ``status_fd``: bwrap's ``--json-status-fd`` (the child's pid, then its exit code);
+    ``started_fd``: written to once the sandbox is set up (see :data:`STARTED`).
     """
     # the sandbox does not outlive the run that serves its root (also when it is killed)
     args = [bwrap, "--die-with-parent"]
@@ -117,7 +120,8 @@ def argv(sb: Sandbox, bwrap: str, program: Sequence[str], *,
     args += sb.unshare_args
     for name, value in sb.setenv.items():
         args += ["--setenv", name, value]
-    return [*args, "--", sb.shell, "-c", RUN_PROGRAM, "bash", *program]
+    script = RUN_PROGRAM if started_fd is None else STARTED.format(fd=started_fd) + RUN_PROGRAM
+    return [*args, "--", sb.shell, "-c", script, "bash", *program]
 
 
 def find_bwrap(app_bin: str | None) -> str:

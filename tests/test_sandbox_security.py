@@ -118,7 +118,8 @@ def test_host_processes(runner: Runner, unshared: bool) -> None:
     try:
         if unshared:
             runner.ok("fim-unshare", "add", "pid")
-        out = runner.ok("fim-exec", "sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
+        script = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"
+        out = runner.ok("fim-exec", "sh", "-c", script)
         assert ("123.456" in out) is not unshared
     finally:
         marker.kill()

@@ -203,6 +203,7 @@ def _debian_in(args: argparse.Namespace, work: str) -> int:
     _step(f"installing Debian {args.suite}{variant} with debootstrap")
     rootfs.debootstrap(root, args.suite, args.variant, args.mirror)
     rootfs.add_skeleton(root)
+    rootfs.add_apt_config(root)
     layer = os.path.join(work, "layer.dwarfs")
     _write_layer(root, layer, root_owned=False)
     return _finish(args, layer, "DEBIAN")
