@@ -695,6 +695,20 @@ def test_import_does_not_load_libfuse() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
+    import types
+
+    from fimfs.fuse import binding
+
+    class Upstream:
+        def rename_fuse_3(self) -> None: ...
+
+    fake = types.SimpleNamespace(FUSE=Upstream, c_stat=0, set_st_attrs=0,
+                                 fuse_version_major=3, fuse_version_minor=14)
+    with pytest.raises(FimfsError, match="lacks FUSE.readdir_fuse_3, FUSE.truncate_fuse_3"):
+        binding.check_upstream(fake)  # type: ignore[arg-type]
+
+
 def test_adapter_turns_bugs_into_eio_and_keeps_errnos(caplog: pytest.LogCaptureFixture) -> None:
     fs = TreeFS()
     ops = fuse.FuseOperations(fs)
