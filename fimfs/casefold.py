@@ -31,8 +31,10 @@ own name in the same directory (``mv readme README``) changes the case of that
 entry instead (a destination typed exactly as another twin still replaces it).
 
 Through FUSE the kernel caches each spelling as a dentry of its own, so a writable
-case-folding mount should not cache entries (``entry_timeout=0``): otherwise a name
-removed through one spelling stays visible through another until the timeout.
+case-folding mount does not cache entries (``entry_timeout=0``, which
+:func:`fimfs.fuse.mount_options` sets for a Filesystem that is ``case_insensitive``):
+otherwise a name removed through one spelling would stay visible through another until
+the timeout.
 
 Cache and its assumption: the real names of each directory are read once and
 kept as a map (folded name -> real name) in an LRU bounded by the number of
@@ -52,13 +54,14 @@ once cannot make twins.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from fimfs.vfs import Attr, Filesystem, StatFs, split_path
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18
@@ -127,6 +130,8 @@ class _Dir:
 
 class CaseFold(Filesystem):
     """``inner`` seen case-insensitively; new names keep the case they were given."""
+
+    case_insensitive = True
 
     def __init__(self, inner: Filesystem, cache_names: int = DEFAULT_CACHE_NAMES) -> None:
         self.inner = inner
@@ -226,6 +231,13 @@ class CaseFold(Filesystem):
     def _target(self, parent: str, name: str) -> str:
         """The real path a creation of ``name`` in ``parent`` acts on (caller holds the lock)."""
         return self._child(parent, name) if name else parent
+
+    def _exists(self, real: str) -> bool:
+        try:
+            self.inner.getattr(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     # -- read side ----------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -350,12 +362,19 @@ class CaseFold(Filesystem):
             finally:
                 self._forget((parent, real))
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """``RENAME_NOREPLACE`` refuses any existing entry matching ``new`` ignoring case,
+        the source itself included (``mv -n readme README`` is EEXIST, as the kernel's
+        own lookup of ``README`` makes it through FUSE)."""
+        if flags & ~RENAME_NOREPLACE:
+            raise fs_error(errno.EINVAL, old)
         old_parent, old_name = self._parent(old)
         new_parent, new_name = self._parent(new)
         with self._locked(old_parent, new_parent):
             source = self._target(old_parent, old_name)
             target = self._target(new_parent, new_name)
+            if flags and self._exists(target):
+                raise fs_error(errno.EEXIST, new)
             if (
                 new_name
                 and target != _join(new_parent, new_name)  # not an exact-case match
@@ -368,6 +387,8 @@ class CaseFold(Filesystem):
             except OSError:
                 moves_dir = False  # the rename below reports why
             try:
+                # NOREPLACE was checked above under the namespace lock, which every
+                # change of the inner names takes (see "Cache and its assumption").
                 self.inner.rename(source, target)
             finally:
                 self._forget(

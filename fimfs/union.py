@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from . import whiteout as wh
-from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
+from .vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 log = logging.getLogger(__name__)
 
@@ -761,11 +761,15 @@ class Union(Filesystem):
                 self._whiteout(path)
             self._forget(path)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        if flags & ~RENAME_NOREPLACE:
+            raise fs_error(errno.EINVAL, old)
         upper = self._writable()
         with self._lock:
             onode, old = self._existing(old)
             nnode, new = self._lookup(new)
+            if flags and nnode is not None:
+                raise fs_error(errno.EEXIST, new)
             if old == new:
                 return
             if "/" in (old, new):

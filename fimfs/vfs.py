@@ -64,6 +64,10 @@ class StatFs:
     namemax: int = 255
 
 
+#: ``flags`` of :meth:`Filesystem.rename` (renameat2(2)): fail with EEXIST if ``new`` exists.
+RENAME_NOREPLACE = 1
+
+
 def split_path(path: str) -> list[str]:
     """Components of an absolute path; "/" gives []. Empty components are refused."""
     if not path.startswith("/"):
@@ -78,6 +82,10 @@ def split_path(path: str) -> list[str]:
 
 class Filesystem:
     """Base class: read methods to override, writable methods that refuse with EROFS."""
+
+    #: Several spellings of a name reach one entry (:class:`fimfs.casefold.CaseFold`):
+    #: a writable mount then must not let the kernel cache entries (see mount_options).
+    case_insensitive = False
 
     # -- read side ---------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -145,7 +153,9 @@ class Filesystem:
     def rmdir(self, path: str) -> None:
         raise fs_error(errno.EROFS, path)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """``flags``: 0 or :data:`RENAME_NOREPLACE`, which a layer checks and acts on
+        atomically (EEXIST if ``new`` exists); other renameat2 flags are EINVAL."""
         raise fs_error(errno.EROFS, old)
 
     def symlink(self, target: str, path: str) -> None:

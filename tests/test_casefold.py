@@ -18,7 +18,7 @@ from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.writer import write_image
 from fimfs.hostdir import HostDir
 from fimfs.union import Union
-from fimfs.vfs import Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Filesystem
 
 ROUNDS = 200  # of simultaneous creations
 NON_UTF8 = b"caf\xe9"  # Latin-1 "café": not valid UTF-8
@@ -251,6 +251,17 @@ def test_rename_changes_case(host: tuple[Path, CaseFold]) -> None:
     fs.rename("/DIR", "/Dir")
     assert sorted(os.listdir(root)) == ["Dir", "rEADME"]
     assert _cat(fs, "/dir/F") == b"in dir"
+
+
+def test_rename_noreplace_refuses_every_spelling(host: tuple[Path, CaseFold]) -> None:
+    root, fs = host
+    _create(fs, "/readme", b"r")
+    _create(fs, "/Other", b"o")
+    assert _errno(fs.rename, "/readme", "/OTHER", RENAME_NOREPLACE) == errno.EEXIST
+    assert _errno(fs.rename, "/readme", "/README", RENAME_NOREPLACE) == errno.EEXIST
+    assert _errno(fs.rename, "/readme", "/new", 2) == errno.EINVAL  # RENAME_EXCHANGE
+    fs.rename("/README", "/New", RENAME_NOREPLACE)
+    assert sorted(os.listdir(root)) == ["New", "Other"]
 
 
 def test_rename_onto_an_existing_name_replaces_it_under_its_real_name(

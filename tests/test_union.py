@@ -27,7 +27,7 @@ from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.writer import write_image
 from fimfs.hostdir import HostDir
 from fimfs.union import Union
-from fimfs.vfs import Attr, Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
 from tests.manifest import view_dir, view_fs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="devices, owners and trusted.* need root")
@@ -543,6 +543,37 @@ def test_rename_files_across_layers(stack: Stack) -> None:
     assert sorted(u.readdir("/")) == ["b", "d", "e", "m", "m2"]
     check_errno(errno.ENOENT, u.rename, "/missing", "/x")
     check_errno(errno.EBUSY, u.rename, "/", "/x")
+
+
+def test_rename_noreplace_is_checked_under_the_union_lock(stack: Stack) -> None:
+    stack.lower({"a": b"A", "low": b"L", "d": DIR})
+    u = stack.union()
+    new_file(u, "/up", b"U")
+    for target in ("/low", "/up", "/d", "/a"):  # lower, upper, directory, itself
+        check_errno(errno.EEXIST, u.rename, "/a", target, RENAME_NOREPLACE)
+    check_errno(errno.EINVAL, u.rename, "/a", "/b", 2)  # RENAME_EXCHANGE
+    u.unlink("/low")  # a whiteout is no entry
+    u.rename("/a", "/low", RENAME_NOREPLACE)
+    assert read_all(u, "/low") == b"A"
+    check_errno(errno.ENOENT, u.getattr, "/a")
+    # the check and the rename are one step: of racing renames onto one name, one wins
+    for i in range(8):
+        new_file(u, f"/r{i}", str(i).encode())
+    results: list[int] = []
+
+    def race(i: int) -> None:
+        try:
+            u.rename(f"/r{i}", "/won", RENAME_NOREPLACE)
+            results.append(i)
+        except FileExistsError:
+            pass
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and read_all(u, "/won") == str(results[0]).encode()
 
 
 def test_rename_directories_across_layers(stack: Stack) -> None:

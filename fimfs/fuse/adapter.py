@@ -18,11 +18,10 @@ from typing import Any
 
 from fimfs.fuse.aliases import Aliases
 from fimfs.fuse.binding import path_invalidator
-from fimfs.vfs import Attr, Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
 
 log = logging.getLogger("fimfs.fuse")
 
-_RENAME_NOREPLACE = 1
 _UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}  # libfuse's FUSE_UNKNOWN_INO
 
 
@@ -267,17 +266,14 @@ class FuseOperations:
 
     @_guarded
     def rename(self, old: str, new: str, flags: int = 0) -> int:
-        """``flags`` of renameat2: NOREPLACE is honoured, anything else (EXCHANGE) is EINVAL."""
-        if flags & ~_RENAME_NOREPLACE:
+        """``flags`` of renameat2: NOREPLACE is honoured (by the Filesystem, atomically),
+        anything else (EXCHANGE) is EINVAL."""
+        if flags & ~RENAME_NOREPLACE:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         if flags:
-            try:
-                self.fs.getattr(new)
-            except FileNotFoundError:
-                pass
-            else:
-                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-        self.fs.rename(old, new)
+            self.fs.rename(old, new, flags)
+        else:
+            self.fs.rename(old, new)  # layers that never see flags may not take them
         self._changed(old, forget=True)
         self._changed(new, forget=True)
         return 0

@@ -229,6 +229,7 @@ class _Setup:
                 fsname=self.fsname,
                 options=self.options,
                 libfuse_version=self.version,
+                case_insensitive=filesystem.case_insensitive,
             )
             _serve(filesystem, self.path, opts, on_ready)
         finally:

@@ -42,6 +42,7 @@ def mount_options(
     fsname: str = "fim",
     options: Mapping[str, Any] | None = None,
     libfuse_version: tuple[int, int] = (3, 14),
+    case_insensitive: bool = False,
 ) -> dict[str, Any]:
     """The FUSE ``-o`` options for a mount; ``options`` override them (False drops a flag).
 
@@ -59,7 +60,10 @@ def mount_options(
 
     Writable: libfuse's 1 s timeouts (the upper directory may be edited from the host),
     no ``kernel_cache``, and no ``allow_other``: the layers cannot create files owned
-    by the caller, so other users would create files as the mounting user.
+    by the caller, so other users would create files as the mounting user. Writable and
+    ``case_insensitive`` (several spellings, each a dentry of its own in the kernel):
+    ``entry_timeout=0``, or a name unlinked through one spelling would stay visible
+    through the others for a second.
     """
     opts: dict[str, Any] = {
         "fsname": _escape_option(fsname),
@@ -71,7 +75,7 @@ def mount_options(
     if libfuse_version >= (3, 12):
         opts["max_threads"] = MAX_THREADS
     if writable:
-        opts.update(attr_timeout=1, entry_timeout=1, negative_timeout=0)
+        opts.update(attr_timeout=1, entry_timeout=0 if case_insensitive else 1, negative_timeout=0)
         if libfuse_version[0] == 2:
             opts["big_writes"] = True  # libfuse 2 otherwise writes in 4 KiB requests
     else:
