@@ -56,17 +56,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cachetools import LRUCache
 
+from fimfs.paths import join, split_parent
 from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18
 #: Locks that serialise namespace changes, chosen by the hash of the parent directory.
 _STRIPES = 64
+_T = TypeVar("_T")
 
 
 def _fold(name: str) -> str:
@@ -79,15 +82,6 @@ def _fold(name: str) -> str:
         return name
     # A valid name never contains lone surrogates, so it cannot collide with the above.
     return name.casefold()
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent != "/" else f"/{name}"
-
-
-def _split_real(path: str) -> tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent or "/", name
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +183,7 @@ class CaseFold(Filesystem):
         """The real path of ``name`` in the real directory ``parent``, or the typed name."""
         entry = self._dir(parent)
         found = entry.match(name) if entry is not None else None
-        return _join(parent, found or name)
+        return join(parent, found or name)
 
     def _walk(self, parts: list[str]) -> str:
         """The real path of ``parts``; from the first component not found on, as typed.
@@ -203,7 +197,7 @@ class CaseFold(Filesystem):
             found = entry.match(name) if entry is not None else None
             if found is None:
                 return "/".join([real.rstrip("/"), *parts[i:]])
-            real = _join(real, found)
+            real = join(real, found)
         return real
 
     def _resolve(self, path: str) -> str:
@@ -297,70 +291,39 @@ class CaseFold(Filesystem):
         self.inner.removexattr(self._resolve(path), name)
 
     # -- write side: namespace ----------------------------------------------------------
-    def create(self, path: str, mode: int, flags: int) -> int:
+    def _in_parent(self, path: str, change: Callable[[str], _T]) -> _T:
+        """Apply ``change`` to the real path a namespace change of ``path`` acts on,
+        under its parent's lock, and forget the cached names it may have changed."""
         parent, name = self._parent(path)
         with self._locked(parent):
             real = self._target(parent, name)
             try:
-                return self.inner.create(real, mode, flags)
+                return change(real)
             finally:
                 self._forget((parent, real))
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        return self._in_parent(path, lambda real: self.inner.create(real, mode, flags))
 
     def mkdir(self, path: str, mode: int) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.mkdir(real, mode)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.mkdir(real, mode))
 
     def mknod(self, path: str, mode: int, rdev: int) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.mknod(real, mode, rdev)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.mknod(real, mode, rdev))
 
     def symlink(self, target: str, path: str) -> None:
         """``target`` is the link's content, stored as given (it is resolved when followed)."""
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.symlink(target, real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.symlink(target, real))
 
     def link(self, existing: str, path: str) -> None:
         source = self._resolve(existing)
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.link(source, real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.link(source, real))
 
     def unlink(self, path: str) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.unlink(real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, self.inner.unlink)
 
     def rmdir(self, path: str) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.rmdir(real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, self.inner.rmdir)
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         """``RENAME_NOREPLACE`` refuses any existing entry matching ``new`` ignoring case,
@@ -377,11 +340,11 @@ class CaseFold(Filesystem):
                 raise fs_error(errno.EEXIST, new)
             if (
                 new_name
-                and target != _join(new_parent, new_name)  # not an exact-case match
+                and target != join(new_parent, new_name)  # not an exact-case match
                 and new_parent == old_parent
-                and _fold(new_name) == _fold(_split_real(source)[1])
+                and _fold(new_name) == _fold(split_parent(source)[1])
             ):
-                target = _join(new_parent, new_name)  # a case change of the source itself
+                target = join(new_parent, new_name)  # a case change of the source itself
             try:
                 moves_dir = self.inner.getattr(source).is_dir
             except OSError:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from . import whiteout as wh
+from .paths import join, read_chunks, split_parent
 from .vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,6 @@ class _LowerDir:
         self.opaque = opaque
         # (names shown, names whited out), computed on the first readdir
         self.listing: tuple[tuple[str, ...], frozenset[str]] | None = None
-
-
-def _split(path: str) -> tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent or "/", name
-
-
-def _join(directory: str, name: str) -> str:
-    return directory + name if directory == "/" else directory + "/" + name
 
 
 def _xattr_opaque(layer: Filesystem, path: str) -> bool:
@@ -169,7 +161,7 @@ class Union(Filesystem):
     def _opaque(self, i: int, path: str) -> bool:
         if i != self._upi:
             return self._lower_dir(i, path).opaque
-        return (self._upper_attr(_join(path, wh.OPAQUE_MARKER)) is not None
+        return (self._upper_attr(join(path, wh.OPAQUE_MARKER)) is not None
                 or _xattr_opaque(self._layers[i], path))
 
     def _probe(self, i: int, path: str, parent: str, name: str) -> Attr | None:
@@ -177,7 +169,7 @@ class Union(Filesystem):
         if i == self._upi:
             a = self._upper_attr(path)
             if a is None:
-                marker = self._upper_attr(_join(parent, wh.PREFIX + name))
+                marker = self._upper_attr(join(parent, wh.PREFIX + name))
                 return None if marker is None else _WHITEOUT
         else:
             d = self._lower_dir(i, parent)
@@ -259,7 +251,7 @@ class Union(Filesystem):
                 raise fs_error(errno.ENOENT, path)
             if not node.dirs:
                 raise fs_error(errno.ENOTDIR, path)
-            child = _join(cur, name)
+            child = join(cur, name)
             found = self._nodes.get(child, _MISS)
             if found is _MISS:
                 found = self._resolve(node, child, cur, name)
@@ -278,13 +270,13 @@ class Union(Filesystem):
         node, path = self._lookup(path)
         if node is not None:
             raise fs_error(errno.EEXIST, path)
-        if _split(path)[1].startswith(wh.PREFIX):
+        if split_parent(path)[1].startswith(wh.PREFIX):
             raise fs_error(errno.EPERM, path)
         return path
 
     def _lower_has(self, path: str) -> bool:
         """Whether the lowers show an entry at ``path`` (which then needs hiding)."""
-        parent_path, name = _split(path)
+        parent_path, name = split_parent(path)
         parent, _ = self._lookup(parent_path)
         for i in parent.dirs if parent is not None else ():
             if i != self._upi:
@@ -329,7 +321,7 @@ class Union(Filesystem):
                     hidden.add(name[len(wh.PREFIX):])
                 continue
             try:
-                a = layer.getattr(_join(path, name))
+                a = layer.getattr(join(path, name))
             except FileNotFoundError:
                 continue  # removed while listing
             if wh.is_whiteout(a):
@@ -407,7 +399,7 @@ class Union(Filesystem):
         return self.upper
 
     def _temp_name(self, directory: str) -> str:
-        return _join(directory, wh.TEMP_PREFIX + secrets.token_hex(8))
+        return join(directory, wh.TEMP_PREFIX + secrets.token_hex(8))
 
     def _copy_up(self, path: str, node: _Node, limit: int | None = None) -> None:
         """Make sure the upper has ``path`` (and its parents); ``limit``: bytes of content."""
@@ -415,7 +407,7 @@ class Union(Filesystem):
             return
         cur = "/"
         for name in split_path(path)[:-1]:
-            cur = _join(cur, name)
+            cur = join(cur, name)
             parent, _ = self._lookup(cur)
             if parent is not None and parent.layer != self._upi:
                 self._copy_up_one(cur, parent, None)
@@ -430,7 +422,7 @@ class Union(Filesystem):
         src = self._layers[node.layer]
         a = node.attr
         assert a is not None
-        parent = _split(path)[0]
+        parent = split_parent(path)[0]
         parent_attr = upper.getattr(parent)
         tmp = self._temp_name(parent)
         key = None
@@ -467,10 +459,7 @@ class Union(Filesystem):
                 sfh = src.open(path, os.O_RDONLY)
                 try:
                     off = 0
-                    while off < size:
-                        chunk = src.read(path, min(COPY_CHUNK, size - off), off, sfh)
-                        if not chunk:
-                            break
+                    for chunk in read_chunks(src, path, sfh, size, COPY_CHUNK):
                         if chunk != (_ZEROS if len(chunk) == COPY_CHUNK else bytes(len(chunk))):
                             data, pos = chunk, off
                             while data:  # a short write is rare but allowed
@@ -515,7 +504,7 @@ class Union(Filesystem):
             if len(node.dirs) < 2:
                 continue  # nothing below the upper
             for name in self.readdir(cur):
-                child = _join(cur, name)
+                child = join(cur, name)
                 cnode, _ = self._existing(child)
                 if cnode.dirs:
                     stack.append(child)
@@ -536,7 +525,7 @@ class Union(Filesystem):
         """Empty an upper directory (in the union's view it holds only hidden entries)."""
         upper = self._layers[self._upi]
         for name in upper.readdir(path):
-            self._remove_upper(_join(path, name))
+            self._remove_upper(join(path, name))
 
     def _discard(self, tmp: str) -> None:
         try:
@@ -548,7 +537,7 @@ class Union(Filesystem):
     def _whiteout(self, path: str, replace: bool = False) -> None:
         """Hide the lowers' ``path``; ``replace``: atomically replace the upper file there."""
         upper = self._layers[self._upi]
-        target = self._temp_name(_split(path)[0]) if replace else path
+        target = self._temp_name(split_parent(path)[0]) if replace else path
         try:
             upper.mknod(target, stat.S_IFCHR, 0)
         except PermissionError as e:
@@ -556,8 +545,8 @@ class Union(Filesystem):
                 raise
             if replace:
                 upper.unlink(path)
-            parent, name = _split(path)
-            marker = _join(parent, wh.PREFIX + name)
+            parent, name = split_parent(path)
+            marker = join(parent, wh.PREFIX + name)
             upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
             return
         if replace:
@@ -576,7 +565,7 @@ class Union(Filesystem):
         while stack:
             cur = stack.pop()
             for name in upper.readdir(cur):
-                child = _join(cur, name)
+                child = join(cur, name)
                 if name == wh.OPAQUE_MARKER:
                     continue
                 a = upper.getattr(child)
@@ -587,8 +576,8 @@ class Union(Filesystem):
 
     def _drop_file_whiteout(self, path: str) -> None:
         """Remove a ``.wh.NAME`` whiteout of ``path`` from the upper, if there is one."""
-        parent, name = _split(path)
-        marker = _join(parent, wh.PREFIX + name)
+        parent, name = split_parent(path)
+        marker = join(parent, wh.PREFIX + name)
         if self._upper_attr(marker) is not None:
             self._layers[self._upi].unlink(marker)
 
@@ -598,7 +587,7 @@ class Union(Filesystem):
             upper.setxattr(path, wh.OPAQUE_XATTR, b"y", 0)
         except OSError as e:
             log.debug("%s: opaque marker entry instead of the xattr: %s", path, e.strerror)
-            marker = _join(path, wh.OPAQUE_MARKER)
+            marker = join(path, wh.OPAQUE_MARKER)
             upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
 
     def _place(self, path: str, make: Callable[[str], None], is_dir: bool = False) -> None:
@@ -607,10 +596,10 @@ class Union(Filesystem):
         directory over a device whiteout needs the device removed first). A directory
         made over a whiteout is opaque, so nothing of the deleted one comes back."""
         upper = self._layers[self._upi]
-        parent = _split(path)[0]
+        parent = split_parent(path)[0]
         self._ensure_upper_dir(parent)
         existing = self._upper_attr(path)  # None, or a whiteout (the name is free)
-        marker = self._upper_attr(_join(parent, wh.PREFIX + _split(path)[1]))
+        marker = self._upper_attr(join(parent, wh.PREFIX + split_parent(path)[1]))
         if existing is None and (marker is None or not is_dir):
             make(path)
         else:
@@ -734,7 +723,7 @@ class Union(Filesystem):
                     upper.unlink(path)
                 self._drop_ino(a)
             else:
-                self._ensure_upper_dir(_split(path)[0])
+                self._ensure_upper_dir(split_parent(path)[0])
                 self._whiteout(path)
             self._forget(path)
 
@@ -757,7 +746,7 @@ class Union(Filesystem):
                 if lower:
                     self._whiteout(path)
             else:
-                self._ensure_upper_dir(_split(path)[0])
+                self._ensure_upper_dir(split_parent(path)[0])
                 self._whiteout(path)
             self._forget(path)
 
@@ -774,7 +763,7 @@ class Union(Filesystem):
                 return
             if "/" in (old, new):
                 raise fs_error(errno.EBUSY, "/")
-            if _split(new)[1].startswith(wh.PREFIX):
+            if split_parent(new)[1].startswith(wh.PREFIX):
                 raise fs_error(errno.EPERM, new)
             if onode.dirs and new.startswith(old + "/"):
                 raise fs_error(errno.EINVAL, new)  # into itself
@@ -795,7 +784,7 @@ class Union(Filesystem):
                     self._set_opaque(old)
             else:
                 self._copy_up(old, onode)
-            self._ensure_upper_dir(_split(new)[0])
+            self._ensure_upper_dir(split_parent(new)[0])
             # 2. free the name new in the upper
             replaced = self._upper_attr(new)
             if replaced is not None and replaced.is_dir:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
-from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_image, parse_size
+from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_image, size_arg
 
 if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache-size",
         metavar="SIZE",
-        type=_size,
+        type=size_arg,
         help="block cache size, e.g. 512m (same as -o cachesize=SIZE; per layer)",
     )
     p.add_argument(
@@ -109,13 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="detach now even if files in it are still open",
     )
     p.set_defaults(func=_umount)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _mount(args: argparse.Namespace) -> int:

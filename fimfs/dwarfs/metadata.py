@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from ..errors import ImageError, UnsupportedError
+from ..paths import type_name
 from . import fsst
 from .frozen import Table, Zeros
 
@@ -545,18 +546,9 @@ class Metadata:
         out: dict[str, int] = {}
         for i in range(self.num_inodes):
             mode = self.modes[self.inodes.mode_index[self.inode_record(i)]]
-            kind = _TYPE_NAMES[stat.S_IFMT(mode)]
+            kind = type_name(mode)
             out[kind] = out.get(kind, 0) + 1
         return out
-
-
-_TYPE_NAMES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink",
-               stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
-               stat.S_IFSOCK: "socket"}
-
-
-def type_name(mode: int) -> str:
-    return _TYPE_NAMES.get(stat.S_IFMT(mode), "unknown")
 
 
 __all__ = ["Metadata", "MetadataError", "StringTable", "Zeros", "type_name"]
