@@ -104,5 +104,20 @@ def read_chunks(fs: Filesystem, path: str, fh: int, size: int,
         yield data
 
 
-__all__ = ["MAX_SYMLINK_HOPS", "READ_CHUNK", "join", "read_chunks", "resolve", "split_parent",
-           "type_name"]
+def remove_tree(fs: Filesystem, path: str) -> None:
+    """Remove the entry ``path``; a directory with everything it holds."""
+    if fs.getattr(path).is_dir:
+        empty_dir(fs, path)
+        fs.rmdir(path)
+    else:
+        fs.unlink(path)
+
+
+def empty_dir(fs: Filesystem, path: str) -> None:
+    """Remove everything the directory ``path`` holds."""
+    for name in fs.readdir(path):
+        remove_tree(fs, join(path, name))
+
+
+__all__ = ["MAX_SYMLINK_HOPS", "READ_CHUNK", "empty_dir", "join", "read_chunks", "remove_tree",
+           "resolve", "split_parent", "type_name"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import union as union_mod
+from fimfs import copyup
 from fimfs import whiteout as wh
 from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.writer import write_image
@@ -35,7 +35,7 @@ T1 = 1_500_000_000 * 10**9
 T2 = 1_600_000_000 * 10**9
 DIR = "<dir>"
 WHITEOUT = "<whiteout>"
-BIG = bytes((i * 7 + i // 4096) & 0xFF for i in range(3 * union_mod.COPY_CHUNK + 12345))
+BIG = bytes((i * 7 + i // 4096) & 0xFF for i in range(3 * copyup.COPY_CHUNK + 12345))
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ def _lower_attrs(tree: Path) -> None:
 
 
 def test_copy_up_keeps_content_mode_owner_times(stack: Stack) -> None:
-    with_hole = b"head" + bytes(5 * union_mod.COPY_CHUNK) + b"tail"
+    with_hole = b"head" + bytes(5 * copyup.COPY_CHUNK) + b"tail"
     stack.lower({"d/f": b"content", "d/big": BIG, "d/sparse": with_hole, "d/l": Sym("f")},
                 _lower_attrs)
     u = stack.union()
@@ -285,7 +285,7 @@ def test_copy_up_keeps_content_mode_owner_times(stack: Stack) -> None:
     assert read_all(u, "/d/f") == b"content"
     assert read_all(u, "/d/big") == b"X" + BIG[1:]
     assert read_all(u, "/d/sparse") == with_hole
-    assert os.stat(stack.upper / "d/sparse").st_blocks * 512 < 2 * union_mod.COPY_CHUNK
+    assert os.stat(stack.upper / "d/sparse").st_blocks * 512 < 2 * copyup.COPY_CHUNK
     assert u.readlink("/d/l") == "f" and os.readlink(stack.upper / "d/l") == "f"
     if os.geteuid() == 0:
         assert os.stat(stack.upper / "d/f").st_uid == 1234
