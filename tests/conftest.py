@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_image_format import fresh_copy, template_image
+from tests.images import fresh_copy, template_image
 
 
 @pytest.fixture(scope="session")

@@ -399,8 +399,13 @@ def test_native_tools_accept_our_images(level: int, src: Path, tmp_path: Path) -
     dest = tmp_path / "extracted"
     dest.mkdir()
     subprocess.run(["dwarfsextract", "-i", str(out), "-o", str(dest)], check=True)
-    assert compare([{k: v for k, v in e.items() if k != "_ino"} for e in view_dir(src)],
-                   view_dir(dest), inodes=False) == []
+
+    def comparable(view: list[dict]) -> list[dict]:
+        # dwarfsextract does not set the root directory's time: dest keeps its own mtime.
+        return [{k: v for k, v in e.items()
+                 if k != "_ino" and not (e["path"] == "/" and k == "mtime")} for e in view]
+
+    assert compare(comparable(view_dir(src)), comparable(view_dir(dest)), inodes=False) == []
     assert stat.S_ISFIFO(os.lstat(dest / "fifo").st_mode)
 
 
