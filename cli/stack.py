@@ -74,7 +74,7 @@ def build_stack(
     try:
         for layer in layers:
             try:
-                opened.append(DwarfsImage.open(layer, offset=offset, **kwargs))
+                opened.append(DwarfsImage.from_path(layer, offset=offset, **kwargs))
             except (FimfsError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc

@@ -59,7 +59,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def layer(image: Path) -> Iterator[CaseFold]:
     """CaseFold over a bare DwarFS layer."""
-    fs = CaseFold(DwarfsImage.open(image))
+    fs = CaseFold(DwarfsImage.from_path(image))
     yield fs
     fs.close()
 
@@ -332,7 +332,7 @@ def test_cache_forgets_unlinked_and_renamed_entries(host: tuple[Path, CaseFold])
 
 
 def test_over_a_union_of_a_host_dir_and_a_layer(image: Path, tmp_path: Path) -> None:
-    fs = CaseFold(Union(HostDir(str(tmp_path)), [DwarfsImage.open(image)]))
+    fs = CaseFold(Union(HostDir(str(tmp_path)), [DwarfsImage.from_path(image)]))
     try:
         _create(fs, "/NewFile.md", b"new")
         assert fs.getattr("/newFILE.MD").size == 3

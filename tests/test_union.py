@@ -87,7 +87,7 @@ class Stack:
         self.images.append(image)
 
     def union(self, writable: bool = True, upper: Filesystem | None = None) -> Union:
-        lowers = [DwarfsImage.open(p) for p in self.images]
+        lowers = [DwarfsImage.from_path(p) for p in self.images]
         u = Union((upper or HostDir(self.upper)) if writable else None, lowers)
         self.unions.append(u)
         return u
@@ -204,7 +204,7 @@ def test_whiteouts_and_opaque_dirs_in_a_dwarfs_lower(stack: Stack) -> None:
                  "e/x": b"x"})
     stack.lower({"gone": b"1", "gone2": DIR, "gone2/y": b"y", "d/b": b"B", "e/y": b"y",
                  "kept": b"k"})
-    image = DwarfsImage.open(stack.images[0])  # the writer keeps both forms
+    image = DwarfsImage.from_path(stack.images[0])  # the writer keeps both forms
     assert stat.S_ISCHR(image.getattr("/gone").mode) and image.getattr("/gone").rdev == 0
     assert wh.OPAQUE_MARKER in image.readdir("/d")
     image.close()
@@ -243,7 +243,7 @@ def test_root_and_statfs(stack: Stack) -> None:
     assert u.statfs().blocks == os.statvfs(stack.upper).f_blocks
     ro = stack.union(writable=False)
     assert ro.getattr("/").ino == 0
-    assert ro.statfs() == DwarfsImage.open(stack.images[0]).statfs()
+    assert ro.statfs() == DwarfsImage.from_path(stack.images[0]).statfs()
     with pytest.raises(ValueError):
         Union(None, [])
 
@@ -338,7 +338,7 @@ class UnreadableData(Filesystem):
 
 def test_failed_copy_up_leaves_nothing(stack: Stack) -> None:
     stack.lower({"d/f": b"data"})
-    u = Union(HostDir(stack.upper), [UnreadableData(DwarfsImage.open(stack.images[0]))])
+    u = Union(HostDir(stack.upper), [UnreadableData(DwarfsImage.from_path(stack.images[0]))])
     check_errno(errno.EIO, u.open, "/d/f", os.O_WRONLY)
     assert sorted(os.listdir(stack.upper / "d")) == []
     assert u.getattr("/d/f").is_reg
@@ -658,7 +658,7 @@ def test_read_only_union_refuses_every_write(stack: Stack) -> None:
     for w in writes:
         check_errno(errno.EROFS, w)
     with pytest.raises(ValueError):
-        Union(DwarfsImage.open(stack.images[0]), [])
+        Union(DwarfsImage.from_path(stack.images[0]), [])
 
 
 def test_parallel_writers_readers_and_renames(stack: Stack) -> None:

@@ -108,7 +108,7 @@ def open_image(args: argparse.Namespace) -> DwarfsImage:
         kwargs["cache_bytes"] = options["cachesize"]  # type: ignore[assignment]
     offset = options.get("offset")
     try:
-        return DwarfsImage.open(args.image, offset=offset, **kwargs)  # type: ignore[arg-type]
+        return DwarfsImage.from_path(args.image, offset=offset, **kwargs)  # type: ignore[arg-type]
     except FimfsError as exc:
         raise FimError(f"{args.image}: {exc}") from exc
 

@@ -43,17 +43,6 @@ _CORRUPTION = (IndexError, KeyError, ValueError, struct.error, OverflowError, Ty
                MemoryError, RecursionError, ZeroDivisionError)
 
 
-class _ClassOrInstance:
-    """``DwarfsImage.open(image_path, ...)`` opens an image; ``img.open(path, flags)`` is the
-    Filesystem method that opens a file in it. One name, dispatched on how it is reached."""
-
-    def __init__(self, on_class: str, on_instance: str) -> None:
-        self.on_class, self.on_instance = on_class, on_instance
-
-    def __get__(self, obj: object, cls: type):  # noqa: ANN204
-        return getattr(cls, self.on_class) if obj is None else getattr(obj, self.on_instance)
-
-
 @dataclass(slots=True)
 class _Handle:
     """An open regular file: its chunks with their start offsets in the file."""
@@ -85,9 +74,9 @@ class DwarfsImage(Filesystem):
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def _open_image(cls, path: str | os.PathLike, offset: int | None = None,
-                    size: int | None = None,
-                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
+    def from_path(cls, path: str | os.PathLike, offset: int | None = None,
+                  size: int | None = None,
+                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
         """Open the image at ``offset`` in ``path`` (None: auto-detect), of ``size`` bytes
         (None: up to the end of the file)."""
         f = sections.ImageFile(path)
@@ -189,7 +178,7 @@ class DwarfsImage(Filesystem):
                       files=m.num_inodes, ffree=0, namemax=255)
 
     # -- file data ----------------------------------------------------------------------
-    def _open_file(self, path: str, flags: int) -> int:
+    def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise fs_error(errno.EROFS, path)
         h = self._handle(self._entry(path), path)
@@ -209,8 +198,6 @@ class DwarfsImage(Filesystem):
         chunks = list(m.file_chunks(m.chunk_index(ino)))
         starts = [0, *accumulate(n for _, _, n in chunks)]
         return _Handle(starts, chunks, starts[-1])
-
-    open = _ClassOrInstance("_open_image", "_open_file")
 
     def release(self, path: str, fh: int) -> None:
         with self._lock:
