@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli import image, runtime
-from cli.image import ImageError
+from cli.image import FimImageError
 from tests.images import (
     IMAGE_NAME,
     SYSTEM_PYTHON,
@@ -120,16 +120,16 @@ def test_append_refuses_what_discovery_would_hide(tmp_path: Path, layers: list[P
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"not a dwarfs image")
     before = Path(path).read_bytes()
-    with pytest.raises(ImageError, match="not a DwarFS image"):
+    with pytest.raises(FimImageError, match="not a DwarFS image"):
         image.append_layer(layout, str(bogus))
-    with pytest.raises(ImageError, match="Could not read layer"):
+    with pytest.raises(FimImageError, match="Could not read layer"):
         image.append_layer(layout, str(tmp_path / "missing"))
     assert Path(path).read_bytes() == before
 
 
 @pytest.mark.parametrize("size", [0, 4096, 12345, 8192 + 1])
 def test_reserved_size_must_be_whole_pages(tmp_path: Path, size: int) -> None:
-    with pytest.raises(ImageError, match="reserved size"):
+    with pytest.raises(FimImageError, match="reserved size"):
         image.create(str(tmp_path / "x"), LAUNCHER, b"p", reserved_size=size, dist="ROOTFS")
     assert not list(tmp_path.iterdir())
 
@@ -137,7 +137,7 @@ def test_reserved_size_must_be_whole_pages(tmp_path: Path, size: int) -> None:
 def test_create_refuses_bad_layers_and_leaves_nothing(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"nope")
-    with pytest.raises(ImageError, match="not a DwarFS image"):
+    with pytest.raises(FimImageError, match="not a DwarFS image"):
         image.create(str(tmp_path / "x"), LAUNCHER, b"p", layers=[str(bogus)], dist="ROOTFS")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus"]
 
@@ -146,14 +146,14 @@ def test_files_that_are_not_images(tmp_path: Path, layers: list[Path]) -> None:
     script = tmp_path / "script"
     script.write_text("#!/bin/sh\necho hello\n" + " " * 200)
     for path in (script, layers[0]):
-        with pytest.raises(ImageError, match="is not a fim image"):
+        with pytest.raises(FimImageError, match="is not a fim image"):
             image.read_layout(str(path))
-    with pytest.raises(ImageError, match="Could not read image"):
+    with pytest.raises(FimImageError, match="Could not read image"):
         image.read_layout(str(tmp_path / "missing"))
     full = str(tmp_path / "x")
     layout = image.create(full, LAUNCHER, b"p", reserved_size=8192, dist="ROOTFS")
     os.truncate(full, layout.layers_offset - 1)
-    with pytest.raises(ImageError, match="truncated"):
+    with pytest.raises(FimImageError, match="truncated"):
         image.read_layout(full)
 
 

@@ -1,7 +1,11 @@
-"""Plumbing shared by the `fim` subcommands that work on one DwarFS image.
+"""The `fim` tool: the host-side developer command (`fim create|ls|cat|extract|mount|
+image|build`), one module per subcommand, registered by :mod:`cli.fim`. Not to be
+confused with :mod:`cli.commands`, the ``fim-*`` commands that run inside a built image.
+
+This module is the plumbing shared by the `fim` subcommands that work on one DwarFS image.
 
 Every subcommand that takes an IMAGE declares it with :func:`add_image_args` and
-opens it with :func:`open_image`, so ``-o offset=N|auto`` and friends mean the
+opens it with :func:`open_dwarfs`, so ``-o offset=N|auto`` and friends mean the
 same thing everywhere. This module is imported at start-up: keep it light (the
 DwarFS reader is imported only when an image is opened).
 """
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from fimfs.dwarfs import DwarfsImage
     from fimfs.vfs import Filesystem
 
-#: ``-o`` options understood by :func:`open_image`.
+#: ``-o`` options understood by :func:`open_dwarfs`.
 IMAGE_OPTIONS = ("offset", "cachesize")
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -97,7 +101,7 @@ def image_options(args: argparse.Namespace) -> dict[str, object]:
     return merged
 
 
-def open_image(args: argparse.Namespace) -> DwarfsImage:
+def open_dwarfs(args: argparse.Namespace) -> DwarfsImage:
     """Open ``args.image`` the way every subcommand does; a bad image is a FimError."""
     from fimfs.dwarfs import DwarfsImage
     from fimfs.errors import FimfsError

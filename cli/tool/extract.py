@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
-from cli.tool import add_image_args, image_path, open_image, read_chunks
+from cli.tool import add_image_args, image_path, open_dwarfs, read_chunks
 from fimfs.paths import join, resolve
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ def extract_tree(
 
 
 def _extract(args: argparse.Namespace) -> int:
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         try:
             src, attr = resolve(fs, image_path(args.path), follow=False)
         except OSError as exc:

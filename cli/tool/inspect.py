@@ -10,7 +10,7 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from cli.errors import FimError
-from cli.tool import add_image_args, image_path, open_image, read_chunks
+from cli.tool import add_image_args, image_path, open_dwarfs, read_chunks
 from fimfs.paths import join, resolve, type_name
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def entry_json(fs: Filesystem, path: str, a: Attr) -> dict[str, Any]:
 def _ls(args: argparse.Namespace) -> int:
     import json
 
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         path = image_path(args.path)
         real, attr = _lookup(fs, path, follow=False)
         if stat.S_ISLNK(attr.mode) and not args.long and not args.json:
@@ -184,7 +184,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace) -> int:
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         path, attr = _lookup(fs, image_path(args.path), follow=True)
         if stat.S_ISDIR(attr.mode):
             raise FimError(f"{args.path}: Is a directory")
@@ -283,7 +283,7 @@ def info_lines(info: dict[str, Any]) -> list[str]:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    with closing(open_image(args)) as img:
+    with closing(open_dwarfs(args)) as img:
         info = img.info()
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
@@ -297,7 +297,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Problems on stdout, one per line; a failed verdict is the one line on stderr."""
-    with closing(open_image(args)) as img:
+    with closing(open_dwarfs(args)) as img:
         problems = img.check(full=args.full)
     kind = "full check" if args.full else "check"
     if problems:

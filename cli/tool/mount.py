@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
-from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_image, size_arg
+from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
 
 if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
@@ -154,7 +154,7 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         raise FimError("--upper and --casefold work on a stack: give the image as --layer", 2)
     os.stat(args.image)  # a missing image is reported before anything is forked
     args.image = os.path.abspath(args.image)
-    return functools.partial(open_image, args), args.image
+    return functools.partial(open_dwarfs, args), args.image
 
 
 def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
