@@ -14,7 +14,7 @@ from array import array
 from itertools import accumulate
 
 from .filedata import HOLE, Chunks, Content
-from .frozen import Table
+from .frozen_decode import Table
 from .options import WriteOptions
 from .scan import FileData, Node, Tree, preorder
 
@@ -81,7 +81,7 @@ def _ranked(tree: Tree, contents: list[Content]
 
 def build(tree: Tree, contents: list[Content], chunks: Chunks, num_blocks: int,
           opts: WriteOptions, version: str) -> dict:
-    """The ``metadata`` struct (as :mod:`fimfs.dwarfs.freeze` takes it)."""
+    """The ``metadata`` struct (as :mod:`fimfs.dwarfs.frozen_encode` takes it)."""
     dirs, links, files, devices, others, first = _ranked(tree, contents)
     ino: dict[int, int] = {}
     for i, n in enumerate(dirs + links):

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from ..errors import ImageError, UnsupportedError
 from ..paths import type_name
 from . import fsst
-from .frozen import Table, Zeros
+from .frozen_decode import Table, Zeros
 
 KNOWN_FEATURES = frozenset({b"sparsefiles"})
 LARGE_HOLE = 0xFFFFFFFF

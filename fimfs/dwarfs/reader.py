@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from ..errors import ImageError
 from ..vfs import Attr, Filesystem, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift
-from .frozen import Decoder, parse_schema
+from .frozen_decode import Decoder, parse_schema
 from .metadata import Metadata, type_name
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Frozen2 writer: lay out and freeze a metadata value, and save its schema.
 
-The inverse of :mod:`fimfs.dwarfs.frozen`, following format doc 4.6 (the
+The inverse of :mod:`fimfs.dwarfs.frozen_decode`, following format doc 4.6 (the
 algorithm of Frozen2's ``LayoutRoot``/``FreezeRoot``): one mutable layout per
 field occurrence grows until a whole layout pass changes nothing; then the value
 is written depth-first into an append-only buffer and the layouts are saved
@@ -10,7 +10,7 @@ for byte.
 Values are plain Python: dicts for structs (missing keys mean the default, None
 means an unset optional), ints, bools, bytes for strings, sequences for lists and
 sets, dicts for maps. A list of plain-integer structs may also be given as a
-:class:`fimfs.dwarfs.frozen.Table` (columns), which is how the writer passes its
+:class:`fimfs.dwarfs.frozen_decode.Table` (columns), which is how the writer passes its
 big tables and how the decoder returns them.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import thrift
-from .frozen import Table, Zeros
+from .frozen_decode import Table, Zeros
 from .idl import FROZEN_SCHEMA, Struct
 
 _INT, _BOOL, _STRUCT, _OPT, _STRING, _LIST, _MAP, _PAIR = range(8)
