@@ -205,6 +205,8 @@ class CaseFold(Filesystem):
 
     def _resolve_fh(self, path: str | None) -> str | None:
         # Calls that carry a file handle may come without a path (e.g. ftruncate via FUSE).
+        # The vfs types those paths as str, hence the `type: ignore[arg-type]` where the
+        # result is passed on: the inner layer then goes by the handle.
         return None if path is None else self._resolve(path)
 
     def _parent(self, path: str) -> tuple[str, str]:

@@ -111,12 +111,12 @@ def _columns(item: _Layout, value: Sequence) -> list[tuple[_Layout, Sequence[int
     out = []
     for f in item.fields:
         if isinstance(value, Table):
-            col = value.columns.get(f.key)
+            col = value.columns.get(f.key)  # type: ignore[arg-type]  # plain-struct fields have str keys
             col = Zeros(len(value)) if col is None else col
         else:
-            col = [d.get(f.key, 0) for d in value]
+            col = [d.get(f.key, 0) for d in value]  # type: ignore[assignment]  # a column: any int sequence
         out.append((f.layout, col))
-    return out
+    return out  # type: ignore[return-value]  # a column: any int sequence
 
 
 def _max_bits(col: Sequence[int]) -> int:
@@ -227,7 +227,7 @@ class Freezer:
         pb, pbit = self._field(byte, bit, pb, pbit, count, n)
         if n == 0:
             return self._field(byte, bit, pb, pbit, distance, 0)
-        item = lay.item.layout
+        item = lay.item.layout  # type: ignore[union-attr]  # a list layout has an item
         ib = item.size
         ibits = 0 if ib else item.bits
         nbytes = (n * ibits + 7) // 8 if ibits else n * ib
@@ -240,7 +240,7 @@ class Freezer:
         else:
             base = byte + d
             for i, e in enumerate(items):
-                self._field(base + i * ib, i * ibits, 0, 0, lay.item, e)
+                self._field(base + i * ib, i * ibits, 0, 0, lay.item, e)  # type: ignore[arg-type]  # a list layout has an item
         return pb, pbit
 
     def _lay_columns(self, item: _Layout, cols: list[tuple[_Layout, Sequence[int]]]) -> None:
@@ -315,7 +315,7 @@ class Freezer:
         items = _items(lay, value)
         n = len(items)
         self._freeze(count.layout, n, byte + count.byte, bit + count.bit)
-        item = lay.item.layout
+        item = lay.item.layout  # type: ignore[union-attr]  # a list layout has an item
         ib = item.size
         ibits = 0 if ib else item.bits
         nbytes = (n * ibits + 7) // 8 if ibits else n * ib

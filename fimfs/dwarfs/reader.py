@@ -271,7 +271,7 @@ class DwarfsImage(Filesystem):
                 raise fs_error(errno.EIO, path)
             fut = self._loading.get(n)
             owner = fut is None
-            if owner:
+            if fut is None:
                 fut = self._loading[n] = Future()
         if not owner:
             try:
@@ -320,7 +320,7 @@ class DwarfsImage(Filesystem):
 
     def history(self) -> list[dict]:
         """Entries of the HISTORY sections (informational; undecodable ones are skipped)."""
-        out = []
+        out: list = []
         for s in self.layout.sections:
             if s.type != sections.HISTORY:
                 continue

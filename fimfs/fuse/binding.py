@@ -93,7 +93,7 @@ def fuse_class() -> type:
     mfusepy = load_mfusepy()
     check_upstream(mfusepy)
 
-    class _FUSE(mfusepy.FUSE):  # type: ignore[misc,name-defined]
+    class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
             return self.operations.rename(
@@ -135,7 +135,7 @@ def fuse_class() -> type:
             times: tuple[int | None, int | None] | None = None
             if buf:
                 now = time.time_ns()
-                vals = []
+                vals: list[int | None] = []
                 for ts in (buf.contents.actime, buf.contents.modtime):
                     if ts.tv_nsec == _UTIME_OMIT:
                         vals.append(None)

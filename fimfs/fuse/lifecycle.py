@@ -61,7 +61,7 @@ def _detach(path: str, lazy: bool) -> None:
     candidates = [["fusermount3", "-u", *flag], ["fusermount", "-u", *flag]]
     if os.geteuid() == 0:
         candidates.append(["umount", "-l"] if lazy else ["umount"])
-    reason = "no fusermount3, fusermount or umount found"
+    reason: str | None = "no fusermount3, fusermount or umount found"
     for argv in candidates:
         if shutil.which(argv[0]) is None:
             continue
@@ -222,7 +222,7 @@ class _Setup:
 
     def run(self, on_ready: Callable[[], None] | None) -> None:
         owned = not isinstance(self.fs, Filesystem)
-        filesystem = self.fs() if owned else self.fs  # type: ignore[operator]
+        filesystem = self.fs if isinstance(self.fs, Filesystem) else self.fs()
         try:
             opts = mount_options(
                 filesystem.writable,
