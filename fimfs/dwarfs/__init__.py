@@ -1,4 +1,4 @@
-"""The DwarFS format in pure Python: a reader and a writer (format: docs/dwarfs-format.md).
+"""The DwarFS format in pure Python: a reader and a writer ("format doc": see docs/architecture.md).
 
 The public surface is small: :class:`DwarfsImage` (``DwarfsImage.from_path(path)``, a
 read-only :class:`fimfs.vfs.Filesystem`) and, for writing,
