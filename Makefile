@@ -6,7 +6,7 @@ VENV ?= .venv
 SRC  ?= /usr/share/doc
 WORK ?= /tmp/fim-demo
 
-.PHONY: deps run test bench lint
+.PHONY: deps run test bench lint typecheck
 deps:
 	@VENV=$(VENV) scripts/install-deps.sh
 
@@ -21,3 +21,6 @@ bench: deps
 
 lint: deps
 	$(VENV)/bin/ruff check .
+
+typecheck: deps
+	$(VENV)/bin/mypy

@@ -1,4 +1,9 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test directory, and the suite's PATH.
+
+The native DwarFS tools (mkdwarfs, dwarfsck, dwarfsextract, dwarfs) in
+``../shared/native/bin``, when that directory exists, are put on PATH for the whole
+suite, so the tests that compare with them run wherever they are available (CI).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from fimfs.fuse.mounttable import unescape_mountinfo
+
+NATIVE_BIN = Path(__file__).resolve().parent.parent / "shared" / "native" / "bin"
+if NATIVE_BIN.is_dir() and str(NATIVE_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join(filter(None, [os.environ.get("PATH"), str(NATIVE_BIN)]))
+
 
 def _in_mount_table(path: str) -> bool:
     # Not os.path.ismount: a FUSE mount whose server died cannot be stat-ed.
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return any(line.split(" ")[4] == path for line in f)
+        return any(
+            len(fields := line.split(" ")) > 4 and unescape_mountinfo(fields[4]) == path
+            for line in f
+        )
 
 
 @pytest.fixture

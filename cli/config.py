@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cli.image import ImageError, Layout, locked, open_image, write_at
+from cli.image import FimImageError, Layout, locked, open_image_fd, write_at
 from cli.log import CommandError
 
 # Bit order of FlatImage's mask (spec 3.3 and 4), which is also the order in which
@@ -256,7 +256,7 @@ def _write(fd: int, layout: Layout, cfg: Config, slot: int, generation: int) -> 
 
 def load(layout: Layout) -> Config:
     """The configuration of the image (the defaults if none was ever written)."""
-    fd = open_image(layout.path)
+    fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=False):
             return _read(fd, layout)[0]
@@ -268,7 +268,7 @@ def load(layout: Layout) -> Config:
 def edit(layout: Layout) -> Iterator[Config]:
     """Yield the current configuration to change; store it when the block ends
     without an exception. Edits of one image by several processes are serialized."""
-    fd = open_image(layout.path)
+    fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=True):
             cfg, slot, generation = _read(fd, layout)
@@ -276,7 +276,7 @@ def edit(layout: Layout) -> Iterator[Config]:
             try:
                 _write(fd, layout, cfg, 0 if slot is None else 1 - slot, generation + 1)
             except OSError as exc:
-                raise ImageError(f"Could not write the configuration of '{layout.path}': "
+                raise FimImageError(f"Could not write the configuration of '{layout.path}': "
                                  f"{exc.strerror}") from None
     finally:
         os.close(fd)

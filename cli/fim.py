@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import traceback
@@ -19,8 +18,7 @@ from collections.abc import Sequence
 from cli.errors import FimError
 
 _TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image",
-          "cli.tool.build")
-_OPTIONAL_TOOLS = ("cli.tool.create",)  # registered only when installed
+          "cli.tool.build", "cli.tool.create")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in _TOOLS:
         importlib.import_module(name).register(subparsers)
-    for name in _OPTIONAL_TOOLS:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(subparsers)
     return parser
 
 

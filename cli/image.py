@@ -57,7 +57,7 @@ _COPY_CHUNK = 1 << 20
 _BUSY_WAIT = 10.0  # seconds to wait for an exec of the image to finish before writing
 
 
-class ImageError(CommandError):
+class FimImageError(CommandError):
     """The file is not a fim image, or it cannot be read or changed."""
 
 
@@ -111,7 +111,7 @@ def _header_line(fields: Sequence[object]) -> bytes:
     line = b" ".join([MAGIC, *(str(f).encode("ascii") for f in fields)])
     width = HEADER_END - len(SHEBANG) - 1
     if len(line) > width:
-        raise ImageError(f"Image header too long ({len(line)} bytes, at most {width})")
+        raise FimImageError(f"Image header too long ({len(line)} bytes, at most {width})")
     return line.ljust(width) + b"\n"
 
 
@@ -120,29 +120,29 @@ def parse_header(head: bytes, path: str) -> Layout:
     start = len(SHEBANG)
     if (len(head) < HEADER_END or not head.startswith(SHEBANG)
             or head[start:start + len(MAGIC)] != MAGIC or head[HEADER_END - 1:HEADER_END] != b"\n"):
-        raise ImageError(f"'{path}' is not a fim image")
+        raise FimImageError(f"'{path}' is not a fim image")
     fields = head[start + len(MAGIC):HEADER_END].split()
     try:
         p_off, p_size, r_off, r_size = (int(f) for f in fields[:4])
         dist, build = (f.decode("ascii") for f in fields[4:])
     except ValueError:
-        raise ImageError(f"'{path}' has a malformed fim header") from None
+        raise FimImageError(f"'{path}' has a malformed fim header") from None
     if p_off < HEADER_END or r_off < p_off + p_size or r_off % ALIGN or r_size % ALIGN:
-        raise ImageError(f"'{path}' has an inconsistent fim header")
+        raise FimImageError(f"'{path}' has an inconsistent fim header")
     return Layout(path, p_off, p_size, r_off, r_size, dist, build)
 
 
 def read_layout(path: str) -> Layout:
-    """Open ``path`` and read its header; any failure is an ImageError."""
+    """Open ``path`` and read its header; any failure is an FimImageError."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_END)
             end = os.fstat(f.fileno()).st_size
     except OSError as exc:
-        raise ImageError(f"Could not read image '{path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not read image '{path}': {exc.strerror}") from None
     layout = parse_header(head, path)
     if end < layout.layers_offset:
-        raise ImageError(f"'{path}' is truncated: {end} bytes, the reserved space "
+        raise FimImageError(f"'{path}' is truncated: {end} bytes, the reserved space "
                          f"ends at {layout.layers_offset}")
     return layout
 
@@ -159,13 +159,13 @@ def locked(fd: int, exclusive: bool) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def open_image(path: str) -> int:
+def open_image_fd(path: str) -> int:
     """A read-only descriptor of the image: reads, the lock, and fsync (which Linux
     allows on it) all go through this one."""
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ImageError(f"Could not read image '{path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not read image '{path}': {exc.strerror}") from None
 
 
 def open_for_writing(path: str) -> int:
@@ -180,7 +180,7 @@ def open_for_writing(path: str) -> int:
             return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
             if exc.errno != errno.ETXTBSY or time.monotonic() > deadline:
-                raise ImageError(f"Failed to open input file '{path}': {exc.strerror}") from None
+                raise FimImageError(f"Failed to open input file '{path}': {exc.strerror}") from None
         time.sleep(0.002)
 
 
@@ -213,7 +213,7 @@ def _scan_layers(fd: int, layout: Layout) -> tuple[list[Layer], int]:
 
 def list_layers(layout: Layout) -> list[Layer]:
     """The layers embedded in the image, base layer first (what `fim-layer list` shows)."""
-    fd = open_image(layout.path)
+    fd = open_image_fd(layout.path)
     try:
         return _scan_layers(fd, layout)[0]
     finally:
@@ -221,15 +221,15 @@ def list_layers(layout: Layout) -> list[Layer]:
 
 
 def _check_layer_file(path: str) -> int:
-    """The size of the DwarFS file ``path``; an ImageError if it is not one."""
+    """The size of the DwarFS file ``path``; an FimImageError if it is not one."""
     try:
         with open(path, "rb") as f:
             magic = f.read(len(LAYER_MAGIC))
             size = os.fstat(f.fileno()).st_size
     except OSError as exc:
-        raise ImageError(f"Could not read layer '{path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not read layer '{path}': {exc.strerror}") from None
     if magic != LAYER_MAGIC:
-        raise ImageError(f"'{path}' is not a DwarFS image (it must start with 'DWARFS')")
+        raise FimImageError(f"'{path}' is not a DwarFS image (it must start with 'DWARFS')")
     return size
 
 
@@ -246,7 +246,7 @@ def _copy(src: str, dst_fd: int, offset: int) -> int:
 def append_layer(layout: Layout, source: str) -> Layer:
     """Append the DwarFS file ``source`` as the new top layer, crash safe (see above)."""
     _check_layer_file(source)
-    fd = open_image(layout.path)
+    fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=True):
             layers, end = _scan_layers(fd, layout)
@@ -259,12 +259,12 @@ def append_layer(layout: Layout, source: str) -> Layer:
                 os.close(wfd)
             os.fsync(fd)
             if os.pread(fd, len(LAYER_MAGIC), end + _SIZE.size) != LAYER_MAGIC:
-                raise ImageError(f"'{source}' changed while it was being appended")
+                raise FimImageError(f"'{source}' changed while it was being appended")
             write_at(layout.path, _SIZE.pack(size), end)
             os.fsync(fd)
             return Layer(len(layers), end + _SIZE.size, size)
     except OSError as exc:
-        raise ImageError(f"Could not append layer to '{layout.path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not append layer to '{layout.path}': {exc.strerror}") from None
     finally:
         os.close(fd)
 
@@ -279,17 +279,17 @@ def create(path: str, launcher: str, payload: bytes, *, dist: str,
     after the header line), ``payload``, a zeroed reserved space (the default config)
     and the DwarFS files ``layers`` in order. ``path`` appears only once complete."""
     if reserved_size < 2 * ALIGN or reserved_size % ALIGN:
-        raise ImageError(f"The reserved size must be a multiple of {ALIGN} and at least "
+        raise FimImageError(f"The reserved size must be a multiple of {ALIGN} and at least "
                          f"{2 * ALIGN} bytes, not {reserved_size}")
     if not (dist.isascii() and dist.isalnum()):
-        raise ImageError(f"Invalid distribution name '{dist}'")
+        raise FimImageError(f"Invalid distribution name '{dist}'")
     import hashlib
 
     build_id = hashlib.sha256(payload).hexdigest()[:16]
     sizes = [_check_layer_file(p) for p in layers]
     body = launcher.encode()
     if not body.endswith(b"\n"):
-        raise ImageError("The launcher must end with a newline")
+        raise FimImageError("The launcher must end with a newline")
     payload_offset = HEADER_END + len(body)
     reserved_offset = _align(payload_offset + len(payload))
     header = _header_line(
@@ -307,7 +307,7 @@ def create(path: str, launcher: str, payload: bytes, *, dist: str,
             for source, size in zip(layers, sizes):
                 os.pwrite(fd, _SIZE.pack(size), pos)
                 if _copy(source, fd, pos + _SIZE.size) != size:
-                    raise ImageError(f"'{source}' changed while it was being copied")
+                    raise FimImageError(f"'{source}' changed while it was being copied")
                 pos += _SIZE.size + size
             os.fsync(fd)
         finally:
@@ -315,7 +315,7 @@ def create(path: str, launcher: str, payload: bytes, *, dist: str,
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
     except OSError as exc:
-        raise ImageError(f"Could not write image '{path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not write image '{path}': {exc.strerror}") from None
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)

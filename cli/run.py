@@ -168,7 +168,7 @@ def _open_owned_layer(uid: int, gid: int, path: str, offset: int) -> object:
     from fimfs.dwarfs import DwarfsImage
     from fimfs.owners import OwnerView
 
-    return OwnerView(DwarfsImage.open(path, offset=offset), uid, gid)
+    return OwnerView(DwarfsImage.from_path(path, offset=offset), uid, gid)
 
 
 def _mount_external(backend: str, inst: Instance, ident: Identity,

@@ -94,7 +94,7 @@ def build_stack(
         for source in layers:
             layer, start = _split(source, offset)
             try:
-                opened.append(DwarfsImage.open(layer, offset=start, **kwargs))
+                opened.append(DwarfsImage.from_path(layer, offset=start, **kwargs))
             except (FimfsError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc

@@ -31,8 +31,10 @@ own name in the same directory (``mv readme README``) changes the case of that
 entry instead (a destination typed exactly as another twin still replaces it).
 
 Through FUSE the kernel caches each spelling as a dentry of its own, so a writable
-case-folding mount should not cache entries (``entry_timeout=0``): otherwise a name
-removed through one spelling stays visible through another until the timeout.
+case-folding mount does not cache entries (``entry_timeout=0``, which
+:func:`fimfs.fuse.mount_options` sets for a Filesystem that is ``case_insensitive``):
+otherwise a name removed through one spelling would stay visible through another until
+the timeout.
 
 Cache and its assumption: the real names of each directory are read once and
 kept as a map (folded name -> real name) in an LRU bounded by the number of
@@ -52,18 +54,22 @@ once cannot make twins.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cachetools import LRUCache
 
-from fimfs.vfs import Attr, Filesystem, StatFs, split_path
+from fimfs.paths import join, split_parent
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18
 #: Locks that serialise namespace changes, chosen by the hash of the parent directory.
 _STRIPES = 64
+_T = TypeVar("_T")
 
 
 def _fold(name: str) -> str:
@@ -76,15 +82,6 @@ def _fold(name: str) -> str:
         return name
     # A valid name never contains lone surrogates, so it cannot collide with the above.
     return name.casefold()
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent != "/" else f"/{name}"
-
-
-def _split_real(path: str) -> tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent or "/", name
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +124,8 @@ class _Dir:
 
 class CaseFold(Filesystem):
     """``inner`` seen case-insensitively; new names keep the case they were given."""
+
+    case_insensitive = True
 
     def __init__(self, inner: Filesystem, cache_names: int = DEFAULT_CACHE_NAMES) -> None:
         self.inner = inner
@@ -184,7 +183,7 @@ class CaseFold(Filesystem):
         """The real path of ``name`` in the real directory ``parent``, or the typed name."""
         entry = self._dir(parent)
         found = entry.match(name) if entry is not None else None
-        return _join(parent, found or name)
+        return join(parent, found or name)
 
     def _walk(self, parts: list[str]) -> str:
         """The real path of ``parts``; from the first component not found on, as typed.
@@ -198,7 +197,7 @@ class CaseFold(Filesystem):
             found = entry.match(name) if entry is not None else None
             if found is None:
                 return "/".join([real.rstrip("/"), *parts[i:]])
-            real = _join(real, found)
+            real = join(real, found)
         return real
 
     def _resolve(self, path: str) -> str:
@@ -206,6 +205,8 @@ class CaseFold(Filesystem):
 
     def _resolve_fh(self, path: str | None) -> str | None:
         # Calls that carry a file handle may come without a path (e.g. ftruncate via FUSE).
+        # The vfs types those paths as str, hence the `type: ignore[arg-type]` where the
+        # result is passed on: the inner layer then goes by the handle.
         return None if path is None else self._resolve(path)
 
     def _parent(self, path: str) -> tuple[str, str]:
@@ -226,6 +227,13 @@ class CaseFold(Filesystem):
     def _target(self, parent: str, name: str) -> str:
         """The real path a creation of ``name`` in ``parent`` acts on (caller holds the lock)."""
         return self._child(parent, name) if name else parent
+
+    def _exists(self, real: str) -> bool:
+        try:
+            self.inner.getattr(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     # -- read side ----------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -285,89 +293,67 @@ class CaseFold(Filesystem):
         self.inner.removexattr(self._resolve(path), name)
 
     # -- write side: namespace ----------------------------------------------------------
-    def create(self, path: str, mode: int, flags: int) -> int:
+    def _in_parent(self, path: str, change: Callable[[str], _T]) -> _T:
+        """Apply ``change`` to the real path a namespace change of ``path`` acts on,
+        under its parent's lock, and forget the cached names it may have changed."""
         parent, name = self._parent(path)
         with self._locked(parent):
             real = self._target(parent, name)
             try:
-                return self.inner.create(real, mode, flags)
+                return change(real)
             finally:
                 self._forget((parent, real))
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        return self._in_parent(path, lambda real: self.inner.create(real, mode, flags))
 
     def mkdir(self, path: str, mode: int) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.mkdir(real, mode)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.mkdir(real, mode))
 
     def mknod(self, path: str, mode: int, rdev: int) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.mknod(real, mode, rdev)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.mknod(real, mode, rdev))
 
     def symlink(self, target: str, path: str) -> None:
         """``target`` is the link's content, stored as given (it is resolved when followed)."""
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.symlink(target, real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.symlink(target, real))
 
     def link(self, existing: str, path: str) -> None:
         source = self._resolve(existing)
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.link(source, real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, lambda real: self.inner.link(source, real))
 
     def unlink(self, path: str) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.unlink(real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, self.inner.unlink)
 
     def rmdir(self, path: str) -> None:
-        parent, name = self._parent(path)
-        with self._locked(parent):
-            real = self._target(parent, name)
-            try:
-                self.inner.rmdir(real)
-            finally:
-                self._forget((parent, real))
+        self._in_parent(path, self.inner.rmdir)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """``RENAME_NOREPLACE`` refuses any existing entry matching ``new`` ignoring case,
+        the source itself included (``mv -n readme README`` is EEXIST, as the kernel's
+        own lookup of ``README`` makes it through FUSE)."""
+        if flags & ~RENAME_NOREPLACE:
+            raise fs_error(errno.EINVAL, old)
         old_parent, old_name = self._parent(old)
         new_parent, new_name = self._parent(new)
         with self._locked(old_parent, new_parent):
             source = self._target(old_parent, old_name)
             target = self._target(new_parent, new_name)
+            if flags and self._exists(target):
+                raise fs_error(errno.EEXIST, new)
             if (
                 new_name
-                and target != _join(new_parent, new_name)  # not an exact-case match
+                and target != join(new_parent, new_name)  # not an exact-case match
                 and new_parent == old_parent
-                and _fold(new_name) == _fold(_split_real(source)[1])
+                and _fold(new_name) == _fold(split_parent(source)[1])
             ):
-                target = _join(new_parent, new_name)  # a case change of the source itself
+                target = join(new_parent, new_name)  # a case change of the source itself
             try:
                 moves_dir = self.inner.getattr(source).is_dir
             except OSError:
                 moves_dir = False  # the rename below reports why
             try:
+                # NOREPLACE was checked above under the namespace lock, which every
+                # change of the inner names takes (see "Cache and its assumption").
                 self.inner.rename(source, target)
             finally:
                 self._forget(

@@ -180,7 +180,7 @@ def default_open_layer(path: str, offset: int) -> Filesystem:
     """fim's DwarFS reader on the image at ``offset`` in ``path``."""
     from fimfs.dwarfs import DwarfsImage
 
-    return DwarfsImage.open(path, offset=offset)
+    return DwarfsImage.from_path(path, offset=offset)
 
 
 # -- child processes ---------------------------------------------------------------------
@@ -527,37 +527,12 @@ def start(
 
     stack = ExternalStack(backend, upper, work)
     try:
-        for i, (path, offset) in enumerate(specs):
-            mp = _fresh_dir(os.path.join(runtime_dir, "layers", str(i)))
-            log_path = os.path.join(logs, f"layer-{i}.log")
-            if dwarfs_path is not None:
-                argv = dwarfs_argv(path, offset, image_size(path, offset), mp, uid=uid, gid=gid,
-                                   program=dwarfs_path)
-                server = _spawn(f"dwarfs (layer {i})", argv, mp, log_path)
-            else:
-                server = _fork_fim(f"fim (layer {i})", _bind(opener, path, offset), mp, log_path,
-                                   fsname=path, options={"use_ino": True})
-            stack._add(server)
-            stack.layer_dirs.append(mp)
+        _mount_layers(stack, specs, opener, dwarfs_path, runtime_dir, logs, uid, gid)
         if backend == "bwrap":
             stack.extra_bwrap_args = bwrap_overlay_args(stack.layer_dirs, upper, work)
-            return stack
-        mp = _fresh_dir(os.path.join(runtime_dir, "mount"))
-        log_path = os.path.join(logs, f"{backend}.log")
-        assert program is not None and program_path is not None
-        if backend == "overlayfs":
-            argv = fuse_overlayfs_argv(stack.layer_dirs, upper, work, mp, uid=uid, gid=gid,
-                                       program=program_path)
         else:
-            argv = unionfs_argv(stack.layer_dirs, upper, mp, program=program_path)
-        stack._add(_spawn(program, argv, mp, log_path))
-        stack.root = mp
-        if casefold:
-            cf = _fresh_dir(os.path.join(runtime_dir, "casefold"))
-            stack._add(_fork_fim("fim (casefold)", _casefold_over(mp), cf,
-                                 os.path.join(logs, "casefold.log"), fsname=f"casefold:{mp}",
-                                 options={"entry_timeout": 0, "negative_timeout": 0}))
-            stack.root = cf
+            assert program is not None and program_path is not None
+            _mount_union(stack, program, program_path, runtime_dir, logs, uid, gid, casefold)
         return stack
     except BaseException:
         try:
@@ -565,6 +540,45 @@ def start(
         except FimfsError as e:
             log.warning("%s", e)
         raise
+
+
+def _mount_layers(stack: ExternalStack, specs: Sequence[tuple[str, int]], opener: OpenLayer,
+                  dwarfs_path: str | None, runtime_dir: str, logs: str,
+                  uid: int | None, gid: int | None) -> None:
+    """One read-only mount per layer, bottom first, on ``RUNTIME/layers/<i>``."""
+    for i, (path, offset) in enumerate(specs):
+        mp = _fresh_dir(os.path.join(runtime_dir, "layers", str(i)))
+        log_path = os.path.join(logs, f"layer-{i}.log")
+        if dwarfs_path is not None:
+            argv = dwarfs_argv(path, offset, image_size(path, offset), mp, uid=uid, gid=gid,
+                               program=dwarfs_path)
+            server = _spawn(f"dwarfs (layer {i})", argv, mp, log_path)
+        else:
+            server = _fork_fim(f"fim (layer {i})", _bind(opener, path, offset), mp, log_path,
+                               fsname=path, options={"use_ino": True})
+        stack._add(server)
+        stack.layer_dirs.append(mp)
+
+
+def _mount_union(stack: ExternalStack, program: str, program_path: str, runtime_dir: str,
+                 logs: str, uid: int | None, gid: int | None, casefold: bool) -> None:
+    """The union program over the layer mounts on ``RUNTIME/mount``, and the casefold
+    view over it on ``RUNTIME/casefold``."""
+    mp = _fresh_dir(os.path.join(runtime_dir, "mount"))
+    log_path = os.path.join(logs, f"{stack.backend}.log")
+    if stack.backend == "overlayfs":
+        argv = fuse_overlayfs_argv(stack.layer_dirs, stack.upper, stack.work, mp, uid=uid,
+                                   gid=gid, program=program_path)
+    else:
+        argv = unionfs_argv(stack.layer_dirs, stack.upper, mp, program=program_path)
+    stack._add(_spawn(program, argv, mp, log_path))
+    stack.root = mp
+    if casefold:
+        cf = _fresh_dir(os.path.join(runtime_dir, "casefold"))
+        stack._add(_fork_fim("fim (casefold)", _casefold_over(mp), cf,
+                             os.path.join(logs, "casefold.log"), fsname=f"casefold:{mp}",
+                             options={"entry_timeout": 0, "negative_timeout": 0}))
+        stack.root = cf
 
 
 def _bind(opener: OpenLayer, path: str, offset: int) -> Callable[[], Filesystem]:

@@ -260,7 +260,10 @@ class HostDir(Filesystem):
     def rmdir(self, path: str) -> None:
         os.rmdir(self._host(path))
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        # Python has no renameat2: RENAME_NOREPLACE is the union's job, under its lock
+        if flags:
+            raise fs_error(errno.EINVAL, new)
         os.rename(self._host(old), self._host(new))
 
     def symlink(self, target: str, path: str) -> None:

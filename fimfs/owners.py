@@ -65,10 +65,10 @@ class OwnerView(Filesystem):
     def open(self, path: str, flags: int) -> int:
         return self.inner.open(path, flags)
 
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.inner.read(path, size, offset, fh)
 
-    def release(self, path: str | None, fh: int) -> None:
+    def release(self, path: str, fh: int) -> None:
         self.inner.release(path, fh)
 
     def statfs(self) -> StatFs:
@@ -84,16 +84,16 @@ class OwnerView(Filesystem):
     def create(self, path: str, mode: int, flags: int) -> int:
         return self.inner.create(path, mode, flags)
 
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         return self.inner.write(path, data, offset, fh)
 
-    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self.inner.truncate(path, length, fh)
 
-    def flush(self, path: str | None, fh: int) -> None:
+    def flush(self, path: str, fh: int) -> None:
         self.inner.flush(path, fh)
 
-    def fsync(self, path: str | None, datasync: bool, fh: int) -> None:
+    def fsync(self, path: str, datasync: bool, fh: int) -> None:
         self.inner.fsync(path, datasync, fh)
 
     def mkdir(self, path: str, mode: int) -> None:
@@ -108,8 +108,8 @@ class OwnerView(Filesystem):
     def rmdir(self, path: str) -> None:
         self.inner.rmdir(path)
 
-    def rename(self, old: str, new: str) -> None:
-        self.inner.rename(old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        self.inner.rename(old, new, flags)
 
     def symlink(self, target: str, path: str) -> None:
         self.inner.symlink(target, path)

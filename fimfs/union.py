@@ -1,6 +1,7 @@
 """Union: a copy-on-write union of one writable upper and N read-only lower layers.
 
-Semantics follow overlayfs (on-disk formats in :mod:`fimfs.whiteout`): the topmost
+Semantics follow overlayfs (on-disk formats, and their writers, in :mod:`fimfs.whiteout`;
+the copying of one entry in :mod:`fimfs.copyup`): the topmost
 layer wins; a directory present in several layers is merged until a layer where it
 is opaque; a non-directory or a whiteout hides everything below it. Changes go to
 the upper: a lower entry is copied up on its first write or metadata change (content,
@@ -47,24 +48,24 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from . import whiteout as wh
-from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
+from .copyup import copy_entry
+from .paths import empty_dir, join, split_parent
+from .vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
 
 log = logging.getLogger(__name__)
 
-#: Bytes copied per read during copy-up; an all-zero chunk is skipped (left as a hole).
-COPY_CHUNK = 1 << 20
-_ZEROS = bytes(COPY_CHUNK)
 #: Bounds of the caches (entries); a full cache is simply emptied.
 _NODES_MAX = 1 << 17
 _LOWER_DIRS_MAX = 1 << 14
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
+#: Index of the upper layer in Union._layers (when the union has one).
+UPPER = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,26 +95,6 @@ class _LowerDir:
         self.listing: tuple[tuple[str, ...], frozenset[str]] | None = None
 
 
-def _split(path: str) -> tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent or "/", name
-
-
-def _join(directory: str, name: str) -> str:
-    return directory + name if directory == "/" else directory + "/" + name
-
-
-def _xattr_opaque(layer: Filesystem, path: str) -> bool:
-    try:
-        names = layer.listxattr(path)
-        for name in wh.OPAQUE_XATTRS:
-            if name in names and layer.getxattr(path, name) == b"y":
-                return True
-    except OSError:
-        pass  # a layer without xattrs
-    return False
-
-
 class Union(Filesystem):
     """``lowers[0]`` is the topmost lower layer (overlayfs' lowerdir order); no upper: read-only."""
 
@@ -126,7 +107,10 @@ class Union(Filesystem):
         self.lowers = tuple(lowers)
         self._layers: list[Filesystem] = ([upper] if upper is not None else []) + list(lowers)
         self._n = len(self._layers)
-        self._upi = 0 if upper is not None else -1  # index of the upper in _layers
+        # The upper, if any, is _layers[UPPER]; the lowers follow from _first_lower on.
+        # Without one, _upper is the base Filesystem, whose every call fails.
+        self._upper: Filesystem = upper if upper is not None else Filesystem()
+        self._first_lower = 0 if upper is None else 1
         self._lock = threading.RLock()
         self._cache_lock = threading.Lock()
         self._nodes: dict[str, _Node | None] = {}
@@ -153,7 +137,7 @@ class Union(Filesystem):
         if d is None:
             layer = self._layers[i]
             names = frozenset(layer.readdir(path))
-            d = _LowerDir(names, wh.OPAQUE_MARKER in names or _xattr_opaque(layer, path))
+            d = _LowerDir(names, wh.OPAQUE_MARKER in names or wh.xattr_opaque(layer, path))
             if len(self._lower_dirs) >= _LOWER_DIRS_MAX:
                 self._lower_dirs.clear()
             self._lower_dirs[(i, path)] = d
@@ -162,22 +146,22 @@ class Union(Filesystem):
     def _upper_attr(self, path: str) -> Attr | None:
         """The upper's entry at ``path`` (whiteouts included), None if there is none."""
         try:
-            return self._layers[self._upi].getattr(path)
+            return self._upper.getattr(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def _opaque(self, i: int, path: str) -> bool:
-        if i != self._upi:
+        if i >= self._first_lower:
             return self._lower_dir(i, path).opaque
-        return (self._upper_attr(_join(path, wh.OPAQUE_MARKER)) is not None
-                or _xattr_opaque(self._layers[i], path))
+        return (self._upper_attr(join(path, wh.OPAQUE_MARKER)) is not None
+                or wh.xattr_opaque(self._layers[i], path))
 
     def _probe(self, i: int, path: str, parent: str, name: str) -> Attr | None:
         """Layer ``i``'s entry at ``path``: its Attr, _WHITEOUT, or None."""
-        if i == self._upi:
+        if i < self._first_lower:
             a = self._upper_attr(path)
             if a is None:
-                marker = self._upper_attr(_join(parent, wh.PREFIX + name))
+                marker = self._upper_attr(join(parent, wh.PREFIX + name))
                 return None if marker is None else _WHITEOUT
         else:
             d = self._lower_dir(i, parent)
@@ -191,7 +175,7 @@ class Union(Filesystem):
             return None
         top, attr = hits[0]
         dirs = tuple(i for i, _ in hits) if attr.is_dir else ()
-        if top == self._upi:
+        if top < self._first_lower:
             return _Node(top, dirs, None, -1)
         return _Node(top, dirs, attr, self._ino_for(top, attr.ino))
 
@@ -259,7 +243,7 @@ class Union(Filesystem):
                 raise fs_error(errno.ENOENT, path)
             if not node.dirs:
                 raise fs_error(errno.ENOTDIR, path)
-            child = _join(cur, name)
+            child = join(cur, name)
             found = self._nodes.get(child, _MISS)
             if found is _MISS:
                 found = self._resolve(node, child, cur, name)
@@ -278,16 +262,16 @@ class Union(Filesystem):
         node, path = self._lookup(path)
         if node is not None:
             raise fs_error(errno.EEXIST, path)
-        if _split(path)[1].startswith(wh.PREFIX):
+        if split_parent(path)[1].startswith(wh.PREFIX):
             raise fs_error(errno.EPERM, path)
         return path
 
     def _lower_has(self, path: str) -> bool:
         """Whether the lowers show an entry at ``path`` (which then needs hiding)."""
-        parent_path, name = _split(path)
+        parent_path, name = split_parent(path)
         parent, _ = self._lookup(parent_path)
         for i in parent.dirs if parent is not None else ():
-            if i != self._upi:
+            if i >= self._first_lower:
                 r = self._probe(i, path, parent_path, name)
                 if r is not None:
                     return r is not _WHITEOUT
@@ -300,17 +284,17 @@ class Union(Filesystem):
         if a is not None:
             ino = node.ino
         else:
-            a = self._layers[self._upi].getattr(path)
+            a = self._upper.getattr(path)
             if wh.is_whiteout(a):  # deleted a moment ago
                 raise fs_error(errno.ENOENT, path)
-            ino = self._ino_for(self._upi, a.ino)
+            ino = self._ino_for(UPPER, a.ino)
         nlink = 1 if len(node.dirs) > 1 else a.nlink
         return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
                     a.rdev, ino, a.blocks)
 
     def _listing(self, i: int, path: str) -> tuple[tuple[str, ...], frozenset[str]]:
         """Layer ``i``'s directory at ``path``: (names shown, names it whites out)."""
-        if i != self._upi:
+        if i >= self._first_lower:
             d = self._lower_dir(i, path)
             if d.listing is None:
                 d.listing = self._classify(self._layers[i], path, d.names)
@@ -329,7 +313,7 @@ class Union(Filesystem):
                     hidden.add(name[len(wh.PREFIX):])
                 continue
             try:
-                a = layer.getattr(_join(path, name))
+                a = layer.getattr(join(path, name))
             except FileNotFoundError:
                 continue  # removed while listing
             if wh.is_whiteout(a):
@@ -368,13 +352,13 @@ class Union(Filesystem):
                 if node.dirs:
                     raise fs_error(errno.EISDIR, path)
                 self._copy_up(path, node, 0 if flags & os.O_TRUNC else None)
-            return upper.open(path, flags) * self._n + self._upi
+            return upper.open(path, flags) * self._n + UPPER
         node, path = self._existing(path)
         try:
             return self._layers[node.layer].open(path, flags) * self._n + node.layer
         except OSError as e:
             # Only a whiteout gives ENXIO (FUSE never opens devices): deleted a moment ago.
-            if e.errno == errno.ENXIO and node.layer == self._upi:
+            if e.errno == errno.ENXIO and node.layer < self._first_lower:
                 raise fs_error(errno.ENOENT, path) from None
             raise
 
@@ -406,18 +390,15 @@ class Union(Filesystem):
             raise fs_error(errno.EROFS)
         return self.upper
 
-    def _temp_name(self, directory: str) -> str:
-        return _join(directory, wh.TEMP_PREFIX + secrets.token_hex(8))
-
     def _copy_up(self, path: str, node: _Node, limit: int | None = None) -> None:
         """Make sure the upper has ``path`` (and its parents); ``limit``: bytes of content."""
-        if node.layer == self._upi:
+        if node.layer < self._first_lower:
             return
         cur = "/"
         for name in split_path(path)[:-1]:
-            cur = _join(cur, name)
+            cur = join(cur, name)
             parent, _ = self._lookup(cur)
-            if parent is not None and parent.layer != self._upi:
+            if parent is not None and parent.layer >= self._first_lower:
                 self._copy_up_one(cur, parent, None)
         self._copy_up_one(path, node, limit)
 
@@ -426,25 +407,17 @@ class Union(Filesystem):
         self._copy_up(path, node)
 
     def _copy_up_one(self, path: str, node: _Node, limit: int | None) -> None:
-        upper = self._layers[self._upi]
+        upper = self._upper
         src = self._layers[node.layer]
         a = node.attr
         assert a is not None
-        parent = _split(path)[0]
+        parent = split_parent(path)[0]
         parent_attr = upper.getattr(parent)
-        tmp = self._temp_name(parent)
+        tmp = wh.temp_name(parent)
         key = None
         try:
-            if a.is_dir:
-                upper.mkdir(tmp, 0o700)
-            elif a.is_reg:
-                self._copy_data(src, path, tmp, a.size if limit is None else min(limit, a.size))
-            elif a.is_lnk:
-                upper.symlink(src.readlink(path), tmp)
-            else:
-                upper.mknod(tmp, stat.S_IFMT(a.mode) | 0o600, a.rdev)
-            self._copy_meta(src, path, tmp, a)
-            key = (self._upi, upper.getattr(tmp).ino)
+            copy_entry(src, upper, path, tmp, a, a.size if limit is None else min(limit, a.size))
+            key = (UPPER, upper.getattr(tmp).ino)
             with self._ino_lock:
                 self._inos[key] = node.ino  # before it shows: the path keeps its number
             upper.rename(tmp, path)
@@ -452,57 +425,11 @@ class Union(Filesystem):
             if key is not None:
                 with self._ino_lock:
                     self._inos.pop(key, None)
-            self._discard(tmp)
+            wh.discard(upper, tmp)
             raise
         # Overlayfs too leaves the parent's times as they were: a copy-up is no change.
         upper.utimens(parent, parent_attr.atime_ns, parent_attr.mtime_ns)
         self._forget(path)
-
-    def _copy_data(self, src: Filesystem, path: str, tmp: str, size: int) -> None:
-        """Copy ``size`` bytes of ``path`` into a new upper file; zero chunks stay holes."""
-        upper = self._layers[self._upi]
-        ufh = upper.create(tmp, 0o600, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            if size:
-                sfh = src.open(path, os.O_RDONLY)
-                try:
-                    off = 0
-                    while off < size:
-                        chunk = src.read(path, min(COPY_CHUNK, size - off), off, sfh)
-                        if not chunk:
-                            break
-                        if chunk != (_ZEROS if len(chunk) == COPY_CHUNK else bytes(len(chunk))):
-                            data, pos = chunk, off
-                            while data:  # a short write is rare but allowed
-                                n = upper.write(tmp, data, pos, ufh)
-                                data, pos = data[n:], pos + n
-                        off += len(chunk)
-                finally:
-                    src.release(path, sfh)
-            upper.truncate(tmp, size, ufh)  # the length, holes at the end included
-        finally:
-            upper.release(tmp, ufh)
-
-    def _copy_meta(self, src: Filesystem, path: str, tmp: str, a: Attr) -> None:
-        """Owner, xattrs, mode, times: in this order (chown clears set-id bits and
-        capabilities; a non-root owner needs write permission to set user xattrs)."""
-        upper = self._layers[self._upi]
-        try:
-            upper.chown(tmp, a.uid, a.gid)
-        except PermissionError:
-            log.debug("copy-up of %s: cannot keep owner %d:%d", path, a.uid, a.gid)
-        for name in src.listxattr(path):
-            if wh.is_private_xattr(name):
-                continue
-            try:
-                upper.setxattr(tmp, name, src.getxattr(path, name), 0)
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP):
-                    raise
-                log.debug("copy-up of %s: cannot keep xattr %s: %s", path, name, e.strerror)
-        if not a.is_lnk:
-            upper.chmod(tmp, stat.S_IMODE(a.mode))
-        upper.utimens(tmp, a.atime_ns, a.mtime_ns)
 
     def _copy_up_tree(self, path: str) -> None:
         """Copy a directory and everything the lowers show under it into the upper."""
@@ -515,125 +442,47 @@ class Union(Filesystem):
             if len(node.dirs) < 2:
                 continue  # nothing below the upper
             for name in self.readdir(cur):
-                child = _join(cur, name)
+                child = join(cur, name)
                 cnode, _ = self._existing(child)
                 if cnode.dirs:
                     stack.append(child)
                 else:
                     self._copy_up(child, cnode)
 
-    # -- upper helpers ---------------------------------------------------------------
-    def _remove_upper(self, path: str) -> None:
-        """Remove an upper entry, a directory with all it holds."""
-        upper = self._layers[self._upi]
-        if upper.getattr(path).is_dir:
-            self._purge(path)
-            upper.rmdir(path)
-        else:
-            upper.unlink(path)
-
-    def _purge(self, path: str) -> None:
-        """Empty an upper directory (in the union's view it holds only hidden entries)."""
-        upper = self._layers[self._upi]
-        for name in upper.readdir(path):
-            self._remove_upper(_join(path, name))
-
-    def _discard(self, tmp: str) -> None:
-        try:
-            self._remove_upper(tmp)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.warning("cannot remove the temporary entry %s: %s", tmp, e.strerror)
-
-    def _whiteout(self, path: str, replace: bool = False) -> None:
-        """Hide the lowers' ``path``; ``replace``: atomically replace the upper file there."""
-        upper = self._layers[self._upi]
-        target = self._temp_name(_split(path)[0]) if replace else path
-        try:
-            upper.mknod(target, stat.S_IFCHR, 0)
-        except PermissionError as e:
-            if e.errno != errno.EPERM:
-                raise
-            if replace:
-                upper.unlink(path)
-            parent, name = _split(path)
-            marker = _join(parent, wh.PREFIX + name)
-            upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
-            return
-        if replace:
-            try:
-                upper.rename(target, path)
-            except BaseException:
-                self._discard(target)
-                raise
-
-    def _drop_stale_whiteouts(self, path: str) -> None:
-        """Remove the whiteouts in a moved upper tree: nothing is below it any more (it is
-        opaque or new to the lowers), and kernel overlayfs lists whiteouts in such
-        directories as if they were entries."""
-        upper = self._layers[self._upi]
-        stack = [path]
-        while stack:
-            cur = stack.pop()
-            for name in upper.readdir(cur):
-                child = _join(cur, name)
-                if name == wh.OPAQUE_MARKER:
-                    continue
-                a = upper.getattr(child)
-                if name.startswith(wh.PREFIX) or wh.is_whiteout(a):
-                    self._remove_upper(child)
-                elif a.is_dir:
-                    stack.append(child)
-
-    def _drop_file_whiteout(self, path: str) -> None:
-        """Remove a ``.wh.NAME`` whiteout of ``path`` from the upper, if there is one."""
-        parent, name = _split(path)
-        marker = _join(parent, wh.PREFIX + name)
-        if self._upper_attr(marker) is not None:
-            self._layers[self._upi].unlink(marker)
-
-    def _set_opaque(self, path: str) -> None:
-        upper = self._layers[self._upi]
-        try:
-            upper.setxattr(path, wh.OPAQUE_XATTR, b"y", 0)
-        except OSError as e:
-            log.debug("%s: opaque marker entry instead of the xattr: %s", path, e.strerror)
-            marker = _join(path, wh.OPAQUE_MARKER)
-            upper.release(marker, upper.create(marker, 0o600, os.O_WRONLY | os.O_CREAT))
-
+    # -- upper helpers (with the whiteout writers of fimfs.whiteout) -------------------
     def _place(self, path: str, make: Callable[[str], None], is_dir: bool = False) -> None:
         """Create a new upper entry at the free name ``path`` with ``make``. A whiteout
         there is replaced by a rename over it, so the hidden entry never shows (only a
         directory over a device whiteout needs the device removed first). A directory
         made over a whiteout is opaque, so nothing of the deleted one comes back."""
-        upper = self._layers[self._upi]
-        parent = _split(path)[0]
+        upper = self._upper
+        parent = split_parent(path)[0]
         self._ensure_upper_dir(parent)
         existing = self._upper_attr(path)  # None, or a whiteout (the name is free)
-        marker = self._upper_attr(_join(parent, wh.PREFIX + _split(path)[1]))
+        marker = self._upper_attr(join(parent, wh.PREFIX + split_parent(path)[1]))
         if existing is None and (marker is None or not is_dir):
             make(path)
         else:
-            tmp = self._temp_name(parent)
+            tmp = wh.temp_name(parent)
             make(tmp)
             try:
                 if is_dir:
-                    self._set_opaque(tmp)
+                    wh.set_opaque(upper, tmp)
                     if existing is not None:
                         upper.unlink(path)  # a directory cannot be renamed over a device
                 upper.rename(tmp, path)
             except BaseException:
-                self._discard(tmp)
+                wh.discard(upper, tmp)
                 raise
         if marker is not None:
-            self._drop_file_whiteout(path)
+            wh.drop_file_whiteout(upper, path)
         self._forget(path)
 
     def _drop_ino(self, a: Attr) -> None:
         """Forget the number of an upper inode that is gone (its number may be reused)."""
         if a.is_dir or a.nlink <= 1:
             with self._ino_lock:
-                self._inos.pop((self._upi, a.ino), None)
+                self._inos.pop((UPPER, a.ino), None)
 
     # -- write side ------------------------------------------------------------------
     @property
@@ -657,14 +506,14 @@ class Union(Filesystem):
                     for fh in fhs:
                         upper.release(path, fh)
                     raise
-                return fhs[0] * self._n + self._upi
+                return fhs[0] * self._n + UPPER
             if flags & os.O_EXCL:
                 raise fs_error(errno.EEXIST, path)
         return self.open(path, flags & ~os.O_CREAT)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         inner, i = divmod(fh, self._n)
-        if i != self._upi:
+        if i >= self._first_lower:
             raise fs_error(errno.EBADF, path)
         return self._layers[i].write(path, data, offset, inner)
 
@@ -672,7 +521,7 @@ class Union(Filesystem):
         upper = self._writable()
         if fh is not None:
             inner, i = divmod(fh, self._n)
-            if i == self._upi:
+            if i < self._first_lower:
                 upper.truncate(path, length, inner)
                 return
         with self._lock:
@@ -726,16 +575,16 @@ class Union(Filesystem):
             node, path = self._existing(path)
             if node.dirs:
                 raise fs_error(errno.EISDIR, path)
-            if node.layer == self._upi:
+            if node.layer < self._first_lower:
                 a = upper.getattr(path)
                 if self._lower_has(path):
-                    self._whiteout(path, replace=True)
+                    wh.write_whiteout(upper, path, replace=True)
                 else:
                     upper.unlink(path)
                 self._drop_ino(a)
             else:
-                self._ensure_upper_dir(_split(path)[0])
-                self._whiteout(path)
+                self._ensure_upper_dir(split_parent(path)[0])
+                wh.write_whiteout(upper, path)
             self._forget(path)
 
     def rmdir(self, path: str) -> None:
@@ -749,76 +598,98 @@ class Union(Filesystem):
             if self.readdir(path):
                 raise fs_error(errno.ENOTEMPTY, path)
             lower = self._lower_has(path)
-            if node.layer == self._upi:
+            if node.layer < self._first_lower:
                 a = upper.getattr(path)
-                self._purge(path)
+                empty_dir(upper, path)
                 upper.rmdir(path)
                 self._drop_ino(a)
                 if lower:
-                    self._whiteout(path)
+                    wh.write_whiteout(upper, path)
             else:
-                self._ensure_upper_dir(_split(path)[0])
-                self._whiteout(path)
+                self._ensure_upper_dir(split_parent(path)[0])
+                wh.write_whiteout(upper, path)
             self._forget(path)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """In three steps, each its own method: (1) all of ``old`` into the upper, (2) the
+        move there, over whatever the upper has at ``new``, (3) hide the lowers' ``old``.
+        ``flags``: RENAME_NOREPLACE, checked under the lock (atomic)."""
+        if flags & ~RENAME_NOREPLACE:
+            raise fs_error(errno.EINVAL, old)
         upper = self._writable()
         with self._lock:
             onode, old = self._existing(old)
             nnode, new = self._lookup(new)
-            if old == new:
+            if flags and nnode is not None:
+                raise fs_error(errno.EEXIST, new)
+            if not self._rename_allowed(onode, old, nnode, new):
                 return
-            if "/" in (old, new):
-                raise fs_error(errno.EBUSY, "/")
-            if _split(new)[1].startswith(wh.PREFIX):
-                raise fs_error(errno.EPERM, new)
-            if onode.dirs and new.startswith(old + "/"):
-                raise fs_error(errno.EINVAL, new)  # into itself
-            if nnode is not None:
-                if self._same_inode(onode, old, nnode, new):
-                    return  # two links of one file: POSIX says do nothing
-                if onode.dirs and not nnode.dirs:
-                    raise fs_error(errno.ENOTDIR, new)
-                if not onode.dirs and nnode.dirs:
-                    raise fs_error(errno.EISDIR, new)
-                if nnode.dirs and self.readdir(new):
-                    raise fs_error(errno.ENOTEMPTY, new)
-            # 1. all of old in the upper (opaque if the lowers have something under the new
-            # name, so nothing of that shows through at any moment); the parent of new too
-            if onode.dirs:
-                self._copy_up_tree(old)
-                if self._lower_has(new):
-                    self._set_opaque(old)
-            else:
-                self._copy_up(old, onode)
-            self._ensure_upper_dir(_split(new)[0])
-            # 2. free the name new in the upper
-            replaced = self._upper_attr(new)
-            if replaced is not None and replaced.is_dir:
-                self._purge(new)  # only hidden entries: then the host rename replaces it
-            elif replaced is not None and onode.dirs:
-                upper.unlink(new)  # a whiteout; a directory cannot be renamed over it
-                replaced = None
-            upper.rename(old, new)
-            if replaced is not None and not wh.is_whiteout(replaced):
-                self._drop_ino(replaced)
-            # 3. hide what the lowers have under the old name
-            if self._lower_has(old):
-                self._whiteout(old)
-            self._drop_file_whiteout(new)
-            if onode.dirs:
-                self._drop_stale_whiteouts(new)
+            self._rename_copy_up(upper, onode, old, new)
+            self._rename_move(upper, onode, old, new)
+            self._rename_hide_old(upper, onode, old, new)
             if onode.dirs:
                 self._forget_all()  # every path below both names
             else:
                 self._forget(old, new)
+
+    def _rename_allowed(self, onode: _Node, old: str, nnode: _Node | None, new: str) -> bool:
+        """The checks of rename(2): an OSError, or False when there is nothing to do."""
+        if old == new:
+            return False
+        if "/" in (old, new):
+            raise fs_error(errno.EBUSY, "/")
+        if split_parent(new)[1].startswith(wh.PREFIX):
+            raise fs_error(errno.EPERM, new)
+        if onode.dirs and new.startswith(old + "/"):
+            raise fs_error(errno.EINVAL, new)  # into itself
+        if nnode is not None:
+            if self._same_inode(onode, old, nnode, new):
+                return False  # two links of one file: POSIX says do nothing
+            if onode.dirs and not nnode.dirs:
+                raise fs_error(errno.ENOTDIR, new)
+            if not onode.dirs and nnode.dirs:
+                raise fs_error(errno.EISDIR, new)
+            if nnode.dirs and self.readdir(new):
+                raise fs_error(errno.ENOTEMPTY, new)
+        return True
+
+    def _rename_copy_up(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+        """1. all of old in the upper (opaque if the lowers have something under the new
+        name, so nothing of that shows through at any moment); the parent of new too."""
+        if onode.dirs:
+            self._copy_up_tree(old)
+            if self._lower_has(new):
+                wh.set_opaque(upper, old)
+        else:
+            self._copy_up(old, onode)
+        self._ensure_upper_dir(split_parent(new)[0])
+
+    def _rename_move(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+        """2. free the name new in the upper, and move old there."""
+        replaced = self._upper_attr(new)
+        if replaced is not None and replaced.is_dir:
+            empty_dir(upper, new)  # only hidden entries: then the host rename replaces it
+        elif replaced is not None and onode.dirs:
+            upper.unlink(new)  # a whiteout; a directory cannot be renamed over it
+            replaced = None
+        upper.rename(old, new)
+        if replaced is not None and not wh.is_whiteout(replaced):
+            self._drop_ino(replaced)
+
+    def _rename_hide_old(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+        """3. hide what the lowers have under the old name; drop whiteouts made stale."""
+        if self._lower_has(old):
+            wh.write_whiteout(upper, old)
+        wh.drop_file_whiteout(upper, new)
+        if onode.dirs:
+            wh.drop_stale_whiteouts(upper, new)
 
     def _same_inode(self, a: _Node, a_path: str, b: _Node, b_path: str) -> bool:
         if a.layer != b.layer:
             return False
         if a.attr is not None and b.attr is not None:
             return a.attr.ino == b.attr.ino
-        upper = self._layers[self._upi]
+        upper = self._upper
         return upper.getattr(a_path).ino == upper.getattr(b_path).ino
 
     def _change(self, path: str, apply: Callable[[Filesystem, str], None]) -> None:

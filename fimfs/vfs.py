@@ -64,6 +64,10 @@ class StatFs:
     namemax: int = 255
 
 
+#: ``flags`` of :meth:`Filesystem.rename` (renameat2(2)): fail with EEXIST if ``new`` exists.
+RENAME_NOREPLACE = 1
+
+
 def split_path(path: str) -> list[str]:
     """Components of an absolute path; "/" gives []. Empty components are refused."""
     if not path.startswith("/"):
@@ -83,6 +87,9 @@ class Filesystem:
     #: getattr, unless a layer sets this (a view whose getattr does not show the
     #: stored owner, :class:`fimfs.owners.OwnerView`) and resolves -1 itself.
     chown_accepts_unchanged: bool = False
+    #: Several spellings of a name reach one entry (:class:`fimfs.casefold.CaseFold`):
+    #: a writable mount then must not let the kernel cache entries (see mount_options).
+    case_insensitive = False
 
     # -- read side ---------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -150,7 +157,9 @@ class Filesystem:
     def rmdir(self, path: str) -> None:
         raise fs_error(errno.EROFS, path)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """``flags``: 0 or :data:`RENAME_NOREPLACE`, which a layer checks and acts on
+        atomically (EEXIST if ``new`` exists); other renameat2 flags are EINVAL."""
         raise fs_error(errno.EROFS, old)
 
     def symlink(self, target: str, path: str) -> None:

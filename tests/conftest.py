@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.containers import build_frozen_blueprint, remove_runtime, runner  # noqa: F401
-from tests.test_image_format import fresh_copy, template_image
+from tests.images import fresh_copy, template_image
 
 
 @pytest.fixture(scope="session")

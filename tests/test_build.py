@@ -19,7 +19,7 @@ import zstandard
 
 from cli import image, rootfs, runtime
 from cli.tool.build import compression_level
-from tests.test_image_format import run
+from tests.images import run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -18,7 +18,7 @@ from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.writer import write_image
 from fimfs.hostdir import HostDir
 from fimfs.union import Union
-from fimfs.vfs import Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Filesystem
 
 ROUNDS = 200  # of simultaneous creations
 NON_UTF8 = b"caf\xe9"  # Latin-1 "café": not valid UTF-8
@@ -59,7 +59,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def layer(image: Path) -> Iterator[CaseFold]:
     """CaseFold over a bare DwarFS layer."""
-    fs = CaseFold(DwarfsImage.open(image))
+    fs = CaseFold(DwarfsImage.from_path(image))
     yield fs
     fs.close()
 
@@ -253,6 +253,17 @@ def test_rename_changes_case(host: tuple[Path, CaseFold]) -> None:
     assert _cat(fs, "/dir/F") == b"in dir"
 
 
+def test_rename_noreplace_refuses_every_spelling(host: tuple[Path, CaseFold]) -> None:
+    root, fs = host
+    _create(fs, "/readme", b"r")
+    _create(fs, "/Other", b"o")
+    assert _errno(fs.rename, "/readme", "/OTHER", RENAME_NOREPLACE) == errno.EEXIST
+    assert _errno(fs.rename, "/readme", "/README", RENAME_NOREPLACE) == errno.EEXIST
+    assert _errno(fs.rename, "/readme", "/new", 2) == errno.EINVAL  # RENAME_EXCHANGE
+    fs.rename("/README", "/New", RENAME_NOREPLACE)
+    assert sorted(os.listdir(root)) == ["New", "Other"]
+
+
 def test_rename_onto_an_existing_name_replaces_it_under_its_real_name(
     host: tuple[Path, CaseFold],
 ) -> None:
@@ -321,7 +332,7 @@ def test_cache_forgets_unlinked_and_renamed_entries(host: tuple[Path, CaseFold])
 
 
 def test_over_a_union_of_a_host_dir_and_a_layer(image: Path, tmp_path: Path) -> None:
-    fs = CaseFold(Union(HostDir(str(tmp_path)), [DwarfsImage.open(image)]))
+    fs = CaseFold(Union(HostDir(str(tmp_path)), [DwarfsImage.from_path(image)]))
     try:
         _create(fs, "/NewFile.md", b"new")
         assert fs.getattr("/newFILE.MD").size == 3

@@ -86,7 +86,7 @@ def test_ls_long_special_bits_and_byte_names(capsysbinary, monkeypatch) -> None:
             os.fsdecode(b"/bad\xff\nname"): f(5, b""),
         }
     )
-    monkeypatch.setattr(inspect_mod, "open_image", lambda args: fs)
+    monkeypatch.setattr(inspect_mod, "open_dwarfs", lambda args: fs)
     code, out, _ = run(capsysbinary, "ls", "-l", "image")
     assert code == 0
     for mode in (b"-rwsr-xr-x ", b"-rw-r-Sr-- ", b"drwxr-x--T ", b"-rw-r--r-- "):
@@ -278,9 +278,9 @@ def test_interrupt_and_internal_errors(capsysbinary, monkeypatch) -> None:
     def buggy(args):
         raise ValueError("boom")
 
-    monkeypatch.setattr(inspect_mod, "open_image", interrupted)
+    monkeypatch.setattr(inspect_mod, "open_dwarfs", interrupted)
     assert run(capsysbinary, "ls", "image") == (130, b"", "fim: interrupted\n")
-    monkeypatch.setattr(inspect_mod, "open_image", buggy)
+    monkeypatch.setattr(inspect_mod, "open_dwarfs", buggy)
     code, _, err = run(capsysbinary, "ls", "image")
     assert code == 1 and one_error_line(err) and "internal error: ValueError: boom" in err
 
@@ -300,6 +300,6 @@ def test_ls_long_device(capsysbinary, monkeypatch) -> None:
     fs = TreeFS(
         {"/": d(1, ["tty"]), "/tty": (_attr(stat.S_IFCHR, 0o620, 2, rdev=os.makedev(4, 1)), None)}
     )
-    monkeypatch.setattr(inspect_mod, "open_image", lambda args: fs)
+    monkeypatch.setattr(inspect_mod, "open_dwarfs", lambda args: fs)
     code, out, _ = run(capsysbinary, "ls", "-l", "image")
     assert code == 0 and out.split()[:6] == [b"crw--w----", b"1", b"1234", b"5678", b"4,", b"1"]

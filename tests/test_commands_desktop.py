@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_image_format import fails, ok, stored
+from tests.images import fails, ok, stored
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 SETUP_FAILED = "Failed to setup desktop integration"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_image_format import (
+from tests.images import (
     fails,
     ok,
     run,

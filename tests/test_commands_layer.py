@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli import image
-from tests.test_image_format import fails, make_layer, ok, run
+from tests.images import fails, make_layer, ok, run
 
 
 @pytest.fixture(scope="module")

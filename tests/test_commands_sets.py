@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cli import config
-from tests.test_image_format import fails, ok, stored
+from tests.images import fails, ok, stored
 
 
 def lines(*names: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli import image
-from tests.test_image_format import (
+from tests.images import (
     fails,
     ok,
     run,

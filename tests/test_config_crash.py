@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.test_image_format import ok, run
+from tests.images import ok, run
 
 KILLS = 100
 VALUE = "v" * 2000  # a larger document: more of each edit is spent writing

@@ -207,6 +207,6 @@ def test_a_read_only_image_cannot_be_edited(tmp_path: Path) -> None:
     os.chmod(layout.path, 0o444)
     if os.access(layout.path, os.W_OK):
         pytest.skip("root can write a read-only file")
-    with pytest.raises(image.ImageError, match="Failed to open input file"), \
+    with pytest.raises(image.FimImageError, match="Failed to open input file"), \
             config.edit(layout):
         pass

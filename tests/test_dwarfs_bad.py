@@ -27,7 +27,7 @@ GiB = 1 << 30
 def exercise(path: os.PathLike) -> str:
     """Open, check, walk and read everything; 'ok' or the one-line error."""
     try:
-        with DwarfsImage.open(path) as img:
+        with DwarfsImage.from_path(path) as img:
             problems = img.check(full=True)
             if problems:
                 return problems[0]

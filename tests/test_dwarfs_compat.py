@@ -28,7 +28,7 @@ def test_offset_autodetection_with_headers(name: str, tmp_path) -> None:
     for i, prefix in enumerate(_prefixes(name)):
         p = tmp_path / f"{i}.img"
         p.write_bytes(prefix + data)
-        with DwarfsImage.open(p) as img:
+        with DwarfsImage.from_path(p) as img:
             assert img.layout.offset == len(prefix), prefix
             assert compare(load(name), view_fs(img)) == []
 
@@ -36,7 +36,7 @@ def test_offset_autodetection_with_headers(name: str, tmp_path) -> None:
 @pytest.mark.parametrize("name", COMPAT)
 def test_compat_statvfs_index_and_format_sh(name: str) -> None:
     version = tuple(int(x) for x in name.split("-v")[1].split("."))
-    with DwarfsImage.open(image_path(name)) as img:
+    with DwarfsImage.from_path(image_path(name)) as img:
         st = img.statfs()
         assert (st.bsize, st.frsize) == (1, 1)
         assert st.blocks == (10614 if version < (0, 5, 0) else 2747)
@@ -62,19 +62,19 @@ def test_compat_statvfs_index_and_format_sh(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in MANIFEST_NAMES])
 def test_full_check_of_every_good_image(name: str) -> None:
-    with DwarfsImage.open(image_path(name)) as img:
+    with DwarfsImage.from_path(image_path(name)) as img:
         assert img.check(full=True) == []
 
 
 def test_setuidgid_legacy_owner_in_index() -> None:
     for v in ("0.4.1", "0.5.6"):
-        with DwarfsImage.open(DWARFS / "compat" / f"setuidgid-v{v}.dwarfs") as img:
+        with DwarfsImage.from_path(DWARFS / "compat" / f"setuidgid-v{v}.dwarfs") as img:
             a = img.getattr("/dwarfs/version.h")
             assert (a.uid, a.gid, a.size) == (33333, 44444, 311)
 
 
 def test_windows_symlinks_raw_and_converted() -> None:
-    with DwarfsImage.open(DWARFS / "winlink.dwarfs") as img:
+    with DwarfsImage.from_path(DWARFS / "winlink.dwarfs") as img:
         assert img.readlink("/link.txt") == "subdir/test.txt"
         assert img.readlink("/dir/link.txt") == "../subdir/test.txt"
         raw = img.readlink_bytes(img.meta.lookup([b"dir", b"link.txt"]), raw=True)
@@ -83,25 +83,25 @@ def test_windows_symlinks_raw_and_converted() -> None:
 
 
 def test_sentinel_self_entry_only_warns() -> None:
-    with DwarfsImage.open(DWARFS / "dir-sentinel-self-entry-nonzero.dwarfs") as img:
+    with DwarfsImage.from_path(DWARFS / "dir-sentinel-self-entry-nonzero.dwarfs") as img:
         assert img.check(full=True) == []
         assert any("sentinel" in w for w in img.warnings)
 
 
 def test_gh307_totals_reported_as_stored() -> None:
-    with DwarfsImage.open(DWARFS / "gh307.dwarfs") as img:
+    with DwarfsImage.from_path(DWARFS / "gh307.dwarfs") as img:
         info = img.info()
         assert (info["total_fs_size"], info["total_hardlink_size"],
                 info["total_allocated_fs_size"]) == (7481, 3222, 401)
 
 
 def test_nested_image_read_from_outer(tmp_path) -> None:
-    with DwarfsImage.open(DWARFS / "datadata.dwarfs") as outer:
+    with DwarfsImage.from_path(DWARFS / "datadata.dwarfs") as outer:
         fh = outer.open("/data.dwarfs", os.O_RDONLY)
         inner = outer.read("/data.dwarfs", 1 << 20, 0, fh)
     p = tmp_path / "inner.dwarfs"
     p.write_bytes(inner)
-    with DwarfsImage.open(p) as img:
+    with DwarfsImage.from_path(p) as img:
         assert compare(load("data"), view_fs(img)) == []
 
 
@@ -110,13 +110,13 @@ def test_image_inside_a_larger_file_with_size(tmp_path) -> None:
     data = image_path("compat-v0.9.10").read_bytes()
     p = tmp_path / "embedded"
     p.write_bytes(b"x" * 100 + data + b"trailing garbage" * 10)
-    with DwarfsImage.open(p, offset=100, size=len(data)) as img:
+    with DwarfsImage.from_path(p, offset=100, size=len(data)) as img:
         assert img.layout.indexed
         assert compare(load("compat-v0.9.10"), view_fs(img)) == []
 
 
 def test_info_describes_the_image() -> None:
-    with DwarfsImage.open(image_path("compat-v0.9.10")) as img:
+    with DwarfsImage.from_path(image_path("compat-v0.9.10")) as img:
         info = img.info()
     assert info["format_version"] == "2.5"
     assert [s["type"] for s in info["sections"]] == [

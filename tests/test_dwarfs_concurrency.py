@@ -11,11 +11,11 @@ from .manifest import image_path
 
 def test_concurrent_random_reads_are_correct() -> None:
     path = image_path("small-blocks")  # 16 KiB blocks: reads cross many blocks
-    with DwarfsImage.open(path) as ref:
+    with DwarfsImage.from_path(path) as ref:
         files = {p: ref.read_entry(e, ref.attr_of(e).size, 0)
                  for p, e in ref.walk() if ref.attr_of(e).is_reg and ref.attr_of(e).size}
     names = sorted(files)
-    with DwarfsImage.open(path, cache_bytes=64 << 10) as img:  # 4 blocks of cache
+    with DwarfsImage.from_path(path, cache_bytes=64 << 10) as img:  # 4 blocks of cache
 
         def worker(seed: int) -> int:
             rnd = random.Random(seed)
@@ -39,11 +39,11 @@ def test_concurrent_random_reads_are_correct() -> None:
 
 def test_concurrent_sequential_readers_with_prefetch() -> None:
     path = image_path("small-blocks")
-    with DwarfsImage.open(path) as img:
+    with DwarfsImage.from_path(path) as img:
         big = max((e for _, e in img.walk() if img.attr_of(e).is_reg),
                   key=lambda e: img.attr_of(e).size)
         want = img.read_entry(big, img.attr_of(big).size, 0)
-    with DwarfsImage.open(path, cache_bytes=128 << 10) as img:
+    with DwarfsImage.from_path(path, cache_bytes=128 << 10) as img:
         fpath = next(p for p, e in img.walk() if e == big)
 
         def reader(_: int) -> bytes:

@@ -11,23 +11,23 @@ from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_di
 
 @pytest.mark.parametrize("name", MANIFEST_NAMES)
 def test_api_view_equals_manifest(name: str) -> None:
-    with DwarfsImage.open(image_path(name)) as img:
+    with DwarfsImage.from_path(image_path(name)) as img:
         assert compare(load(name), view_fs(img)) == []
 
 
 def test_future_features_refused() -> None:
     with pytest.raises(UnsupportedError, match="this-feature-will-never-exist"):
-        DwarfsImage.open(DWARFS / "future-features.dwarfs")
+        DwarfsImage.from_path(DWARFS / "future-features.dwarfs")
 
 
 def test_header_image_needs_and_gets_offset_detection() -> None:
     path = image_path("header")
-    with DwarfsImage.open(path) as img:
+    with DwarfsImage.from_path(path) as img:
         assert img.layout.offset == 39
-    with DwarfsImage.open(path, offset=39) as img:
+    with DwarfsImage.from_path(path, offset=39) as img:
         assert compare(load("header"), view_fs(img)) == []
     with pytest.raises(Exception, match="no DwarFS image at offset 0"):
-        DwarfsImage.open(path, offset=0)
+        DwarfsImage.from_path(path, offset=0)
 
 
 @pytest.mark.fuse

@@ -37,7 +37,7 @@ def test_block_of_unsupported_codec_fails_only_its_reads(tmp_path, caplog) -> No
                     lambda i, s, p: (6 if i == 1 else s.compression, p))
     path = tmp_path / "flac.dwarfs"
     path.write_bytes(data)
-    with DwarfsImage.open(path) as img:
+    with DwarfsImage.from_path(path) as img:
         readable, failed = 0, 0
         for _, e in img.walk():
             a = img.attr_of(e)
@@ -59,13 +59,13 @@ def test_block_of_unsupported_codec_fails_only_its_reads(tmp_path, caplog) -> No
 
 
 def test_valid_index_is_used_and_broken_index_falls_back(tmp_path) -> None:
-    with DwarfsImage.open(COMPAT) as img:
+    with DwarfsImage.from_path(COMPAT) as img:
         assert img.layout.indexed
     data = bytearray(COMPAT.read_bytes())
     data[-8] ^= 0x01  # the index's own entry no longer points at itself: index ignored
     path = tmp_path / "badindex.dwarfs"
     path.write_bytes(bytes(data))
-    with DwarfsImage.open(path) as img:
+    with DwarfsImage.from_path(path) as img:
         assert not img.layout.indexed
         assert compare(load("compat-v0.9.10"), view_fs(img)) == []
 
@@ -75,11 +75,11 @@ def test_truncated_image_is_a_clear_error(tmp_path) -> None:
     path = tmp_path / "cut.dwarfs"
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(sections.ImageError, match="truncated"):
-        DwarfsImage.open(path, offset=0)
+        DwarfsImage.from_path(path, offset=0)
 
 
 def test_read_past_eof_and_odd_offsets() -> None:
-    with DwarfsImage.open(image_path("small-blocks")) as img:
+    with DwarfsImage.from_path(image_path("small-blocks")) as img:
         fh = img.open("/big.log", os.O_RDONLY)
         size = img.getattr("/big.log").size
         whole = img.read("/big.log", size, 0, fh)

@@ -430,7 +430,7 @@ def test_layer_fails_tears_down(layers: list[tuple[str, int]], dirs: dict[str, P
     def open_layer(path: str, offset: int) -> DwarfsImage:
         if path == layers[1][0]:
             raise FimfsError("layer refuses to open")
-        return DwarfsImage.open(path, offset=offset)
+        return DwarfsImage.from_path(path, offset=offset)
 
     with pytest.raises(FimfsError) as e:
         external.start("overlayfs", layers, str(dirs["upper"]), str(dirs["work"]),

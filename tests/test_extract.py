@@ -317,6 +317,6 @@ def test_read_error_names_the_path(tmp_path: Path, monkeypatch, capsys) -> None:
             raise fs_error(errno.EIO, path)
 
     fs = BrokenFS({"/": d(1, ["dir"]), "/dir": d(2, ["broken"]), "/dir/broken": f(3, b"x" * 10)})
-    monkeypatch.setattr(extract_mod, "open_image", lambda args: fs)
+    monkeypatch.setattr(extract_mod, "open_dwarfs", lambda args: fs)
     assert fim.main(["extract", "image.dwarfs", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == "fim: /dir/broken: read error: Input/output error\n"

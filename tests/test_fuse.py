@@ -209,12 +209,14 @@ class WritableTreeFS(TreeFS):
             del parent.children[name]
             parent.nlink -= 1
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
         with self.lock:
             op, oname = self.parent(old)
             np, nname = self.parent(new)
             n = self.node(old)
             existing = np.children.get(nname)
+            if flags and existing is not None:
+                raise fs_error(errno.EEXIST, new)
             if existing is not None and stat.S_ISDIR(existing.mode) and existing.children:
                 raise fs_error(errno.ENOTEMPTY, new)
             del op.children[oname]
@@ -501,6 +503,29 @@ def test_rename_flags_are_honoured_or_refused(rw_mount: Path) -> None:
 
 @pytest.mark.fuse
 @needs_fuse
+def test_casefold_unlink_through_another_spelling_is_seen_at_once(
+    fuse_mountpoint: Path, tmp_path: Path
+) -> None:
+    from fimfs.casefold import CaseFold
+    from fimfs.hostdir import HostDir
+
+    (tmp_path / "upper").mkdir()
+    fuse.mount(lambda: CaseFold(HostDir(str(tmp_path / "upper"))), str(fuse_mountpoint),
+               foreground=False)
+    try:
+        (fuse_mountpoint / "ReadMe").write_bytes(b"x")
+        spellings = [fuse_mountpoint / name for name in ("README", "readme", "ReadMe")]
+        assert all(p.read_bytes() == b"x" for p in spellings)  # each one a cached dentry
+        os.unlink(fuse_mountpoint / "readme")
+        assert [p.exists() for p in spellings] == [False, False, False]
+        (fuse_mountpoint / "README").write_bytes(b"y")  # and a new one, through another
+        assert all(p.read_bytes() == b"y" for p in spellings)
+    finally:
+        fuse.umount(str(fuse_mountpoint))
+
+
+@pytest.mark.fuse
+@needs_fuse
 def test_writable_metadata(rw_mount: Path) -> None:
     p = rw_mount / "hello.txt"
     os.chmod(p, 0o640)
@@ -695,6 +720,20 @@ def test_import_does_not_load_libfuse() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
+    import types
+
+    from fimfs.fuse import binding
+
+    class Upstream:
+        def rename_fuse_3(self) -> None: ...
+
+    fake = types.SimpleNamespace(FUSE=Upstream, c_stat=0, set_st_attrs=0,
+                                 fuse_version_major=3, fuse_version_minor=14)
+    with pytest.raises(FimfsError, match="lacks FUSE.readdir_fuse_3, FUSE.truncate_fuse_3"):
+        binding.check_upstream(fake)  # type: ignore[arg-type]
+
+
 def test_adapter_turns_bugs_into_eio_and_keeps_errnos(caplog: pytest.LogCaptureFixture) -> None:
     fs = TreeFS()
     ops = fuse.FuseOperations(fs)
@@ -748,6 +787,10 @@ def test_mount_options() -> None:
     assert "kernel_cache" not in custom and custom["debug"] is True and custom["uid"] == 5
     assert "big_writes" in fuse.mount_options(True, libfuse_version=(2, 9))
     assert "max_threads" not in fuse.mount_options(True, libfuse_version=(2, 9))
+    # several spellings of one name: no entry caching on a writable mount, as casefold says
+    assert rw["entry_timeout"] == 1
+    assert fuse.mount_options(True, case_insensitive=True)["entry_timeout"] == 0
+    assert fuse.mount_options(False, case_insensitive=True)["entry_timeout"] == 3600
 
 
 # -- the `fim mount` / `fim umount` commands ----------------------------------------------

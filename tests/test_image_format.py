@@ -1,10 +1,8 @@
 """cli.image: the single-file layout, layer discovery, crash-safe appends, the launcher,
-`fim image new|info`. Also the helpers the other image tests import (real images built
-with `fim create` + `fim image new`, run as subprocesses)."""
+`fim image new|info`. The helpers the image tests share are in tests/images.py."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shlex
@@ -12,118 +10,22 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cli import config, image, runtime
-from cli.image import ImageError
-
-IMAGE_NAME = "app.flatimage"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def fim(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `fim` tool; fails the test if it fails."""
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", *args], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def make_layer(directory: Path, name: str = "base", files: dict[str, str] | None = None) -> Path:
-    """A DwarFS layer made by `fim create` from a small tree."""
-    src = directory / f"{name}-tree"
-    for rel, text in (files or {"etc/os-release": "NAME=test\n", "usr/bin/hello": "hi\n"}).items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(text)
-    out = directory / f"{name}.dwarfs"
-    fim("create", str(src), str(out))
-    return out
-
-
-def new_image(path: Path, *layers: Path, reserved: str = "4m") -> Path:
-    """An image made by `fim image new`."""
-    fim("image", "new", str(path), "--reserved-size", reserved,
-        *(a for la in layers for a in ("--layer", str(la))))
-    return path
-
-
-def template_image(factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """For the ``template`` fixture (tests/conftest.py): an image with one layer, its
-    extraction directory removed at the end."""
-    d = factory.mktemp("template")
-    path = new_image(d / IMAGE_NAME, make_layer(d))
-    yield path
-    shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id), ignore_errors=True)
-
-
-def stored(app: Path) -> config.Config:
-    """The configuration stored in an image, read directly."""
-    return config.load(image.read_layout(str(app)))
-
-
-def fresh_copy(tmp_path: Path, template: Path) -> Path:
-    """A copy of the template image, as ./app.flatimage beside an empty ./home."""
-    path = tmp_path / IMAGE_NAME
-    shutil.copy2(template, path)
-    (tmp_path / "home").mkdir()
-    return path
-
-
-def with_reserved_size(template: Path, path: Path, reserved_size: int) -> Path:
-    """An image with the template's launcher and payload (so no new extraction) but
-    another reserved size and no layer."""
-    layout = image.read_layout(str(template))
-    data = template.read_bytes()
-    launcher = data[image.HEADER_END:layout.payload_offset].decode()
-    payload = data[layout.payload_offset:layout.payload_offset + layout.payload_size]
-    image.create(str(path), launcher, payload, reserved_size=reserved_size, dist=layout.dist)
-    (path.parent / "home").mkdir(exist_ok=True)
-    return path
-
-
-
-def run(app: Path, *args: str, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the image with a clean environment (no FIM_* from the caller)."""
-    base = {"PATH": os.environ["PATH"], "HOME": str(app.parent / "home"), "LANG": "C.UTF-8"}
-    for _ in range(500):
-        try:
-            return subprocess.run([str(app), *args], env={**base, **(env or {})},
-                                  capture_output=True, text=True, cwd=cwd or app.parent,
-                                  timeout=60)
-        except OSError as exc:
-            # Linux does not execute a file while it is open for writing: an edit running
-            # at this very moment (the writer holds it for microseconds; cli.image).
-            if exc.errno != errno.ETXTBSY:
-                raise
-            time.sleep(0.01)
-    raise AssertionError(f"{app} stayed busy")
-
-
-def ok(app: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run a command that must succeed without any warning; its stdout."""
-    proc = run(app, *args, env=env)
-    assert (proc.returncode, proc.stderr) == (0, ""), proc
-    return proc.stdout
-
-
-def fails(app: Path, *args: str, message: str, level: str | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command that must fail with exit 125 and ``message`` on stderr (in a log
-    line of ``level`` if given), ending with the spec's last line."""
-    proc = run(app, *args, env=env)
-    assert proc.returncode == 125, proc
-    found = [line for line in proc.stderr.splitlines() if message in line]
-    assert found, proc.stderr
-    assert level is None or found[0].startswith(f"{level}::"), proc.stderr
-    assert proc.stderr.splitlines()[-1].endswith("::The program exited with an error")
-    return proc
-
+from cli import image, runtime
+from cli.image import FimImageError
+from tests.images import (
+    IMAGE_NAME,
+    SYSTEM_PYTHON,
+    fim,
+    make_layer,
+    new_image,
+    ok,
+    run,
+)
 
 # -- the format, in-process -----------------------------------------------------------------
 
@@ -218,16 +120,16 @@ def test_append_refuses_what_discovery_would_hide(tmp_path: Path, layers: list[P
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"not a dwarfs image")
     before = Path(path).read_bytes()
-    with pytest.raises(ImageError, match="not a DwarFS image"):
+    with pytest.raises(FimImageError, match="not a DwarFS image"):
         image.append_layer(layout, str(bogus))
-    with pytest.raises(ImageError, match="Could not read layer"):
+    with pytest.raises(FimImageError, match="Could not read layer"):
         image.append_layer(layout, str(tmp_path / "missing"))
     assert Path(path).read_bytes() == before
 
 
 @pytest.mark.parametrize("size", [0, 4096, 12345, 8192 + 1])
 def test_reserved_size_must_be_whole_pages(tmp_path: Path, size: int) -> None:
-    with pytest.raises(ImageError, match="reserved size"):
+    with pytest.raises(FimImageError, match="reserved size"):
         image.create(str(tmp_path / "x"), LAUNCHER, b"p", reserved_size=size, dist="ROOTFS")
     assert not list(tmp_path.iterdir())
 
@@ -235,7 +137,7 @@ def test_reserved_size_must_be_whole_pages(tmp_path: Path, size: int) -> None:
 def test_create_refuses_bad_layers_and_leaves_nothing(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"nope")
-    with pytest.raises(ImageError, match="not a DwarFS image"):
+    with pytest.raises(FimImageError, match="not a DwarFS image"):
         image.create(str(tmp_path / "x"), LAUNCHER, b"p", layers=[str(bogus)], dist="ROOTFS")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus"]
 
@@ -244,14 +146,14 @@ def test_files_that_are_not_images(tmp_path: Path, layers: list[Path]) -> None:
     script = tmp_path / "script"
     script.write_text("#!/bin/sh\necho hello\n" + " " * 200)
     for path in (script, layers[0]):
-        with pytest.raises(ImageError, match="is not a fim image"):
+        with pytest.raises(FimImageError, match="is not a fim image"):
             image.read_layout(str(path))
-    with pytest.raises(ImageError, match="Could not read image"):
+    with pytest.raises(FimImageError, match="Could not read image"):
         image.read_layout(str(tmp_path / "missing"))
     full = str(tmp_path / "x")
     layout = image.create(full, LAUNCHER, b"p", reserved_size=8192, dist="ROOTFS")
     os.truncate(full, layout.layers_offset - 1)
-    with pytest.raises(ImageError, match="truncated"):
+    with pytest.raises(FimImageError, match="truncated"):
         image.read_layout(full)
 
 

@@ -248,7 +248,7 @@ from fimfs.hostdir import OWNER_XATTR, HostDir
 from fimfs.union import Union
 
 up, layer = sys.argv[1:3]
-u = Union(HostDir(up, owner_xattr=True, create_owner=(0, 0)), [DwarfsImage.open(layer)])
+u = Union(HostDir(up, owner_xattr=True, create_owner=(0, 0)), [DwarfsImage.from_path(layer)])
 out = {"uid": os.getuid()}
 
 def see(name, path):

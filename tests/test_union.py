@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import union as union_mod
+from fimfs import copyup
 from fimfs import whiteout as wh
 from fimfs.dwarfs import DwarfsImage
 from fimfs.dwarfs.writer import write_image
 from fimfs.hostdir import HostDir
 from fimfs.union import Union
-from fimfs.vfs import Attr, Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
 from tests.manifest import view_dir, view_fs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="devices, owners and trusted.* need root")
@@ -35,7 +35,7 @@ T1 = 1_500_000_000 * 10**9
 T2 = 1_600_000_000 * 10**9
 DIR = "<dir>"
 WHITEOUT = "<whiteout>"
-BIG = bytes((i * 7 + i // 4096) & 0xFF for i in range(3 * union_mod.COPY_CHUNK + 12345))
+BIG = bytes((i * 7 + i // 4096) & 0xFF for i in range(3 * copyup.COPY_CHUNK + 12345))
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Stack:
         self.images.append(image)
 
     def union(self, writable: bool = True, upper: Filesystem | None = None) -> Union:
-        lowers = [DwarfsImage.open(p) for p in self.images]
+        lowers = [DwarfsImage.from_path(p) for p in self.images]
         u = Union((upper or HostDir(self.upper)) if writable else None, lowers)
         self.unions.append(u)
         return u
@@ -204,7 +204,7 @@ def test_whiteouts_and_opaque_dirs_in_a_dwarfs_lower(stack: Stack) -> None:
                  "e/x": b"x"})
     stack.lower({"gone": b"1", "gone2": DIR, "gone2/y": b"y", "d/b": b"B", "e/y": b"y",
                  "kept": b"k"})
-    image = DwarfsImage.open(stack.images[0])  # the writer keeps both forms
+    image = DwarfsImage.from_path(stack.images[0])  # the writer keeps both forms
     assert stat.S_ISCHR(image.getattr("/gone").mode) and image.getattr("/gone").rdev == 0
     assert wh.OPAQUE_MARKER in image.readdir("/d")
     image.close()
@@ -243,7 +243,7 @@ def test_root_and_statfs(stack: Stack) -> None:
     assert u.statfs().blocks == os.statvfs(stack.upper).f_blocks
     ro = stack.union(writable=False)
     assert ro.getattr("/").ino == 0
-    assert ro.statfs() == DwarfsImage.open(stack.images[0]).statfs()
+    assert ro.statfs() == DwarfsImage.from_path(stack.images[0]).statfs()
     with pytest.raises(ValueError):
         Union(None, [])
 
@@ -264,7 +264,7 @@ def _lower_attrs(tree: Path) -> None:
 
 
 def test_copy_up_keeps_content_mode_owner_times(stack: Stack) -> None:
-    with_hole = b"head" + bytes(5 * union_mod.COPY_CHUNK) + b"tail"
+    with_hole = b"head" + bytes(5 * copyup.COPY_CHUNK) + b"tail"
     stack.lower({"d/f": b"content", "d/big": BIG, "d/sparse": with_hole, "d/l": Sym("f")},
                 _lower_attrs)
     u = stack.union()
@@ -285,7 +285,7 @@ def test_copy_up_keeps_content_mode_owner_times(stack: Stack) -> None:
     assert read_all(u, "/d/f") == b"content"
     assert read_all(u, "/d/big") == b"X" + BIG[1:]
     assert read_all(u, "/d/sparse") == with_hole
-    assert os.stat(stack.upper / "d/sparse").st_blocks * 512 < 2 * union_mod.COPY_CHUNK
+    assert os.stat(stack.upper / "d/sparse").st_blocks * 512 < 2 * copyup.COPY_CHUNK
     assert u.readlink("/d/l") == "f" and os.readlink(stack.upper / "d/l") == "f"
     if os.geteuid() == 0:
         assert os.stat(stack.upper / "d/f").st_uid == 1234
@@ -338,7 +338,7 @@ class UnreadableData(Filesystem):
 
 def test_failed_copy_up_leaves_nothing(stack: Stack) -> None:
     stack.lower({"d/f": b"data"})
-    u = Union(HostDir(stack.upper), [UnreadableData(DwarfsImage.open(stack.images[0]))])
+    u = Union(HostDir(stack.upper), [UnreadableData(DwarfsImage.from_path(stack.images[0]))])
     check_errno(errno.EIO, u.open, "/d/f", os.O_WRONLY)
     assert sorted(os.listdir(stack.upper / "d")) == []
     assert u.getattr("/d/f").is_reg
@@ -545,6 +545,37 @@ def test_rename_files_across_layers(stack: Stack) -> None:
     check_errno(errno.EBUSY, u.rename, "/", "/x")
 
 
+def test_rename_noreplace_is_checked_under_the_union_lock(stack: Stack) -> None:
+    stack.lower({"a": b"A", "low": b"L", "d": DIR})
+    u = stack.union()
+    new_file(u, "/up", b"U")
+    for target in ("/low", "/up", "/d", "/a"):  # lower, upper, directory, itself
+        check_errno(errno.EEXIST, u.rename, "/a", target, RENAME_NOREPLACE)
+    check_errno(errno.EINVAL, u.rename, "/a", "/b", 2)  # RENAME_EXCHANGE
+    u.unlink("/low")  # a whiteout is no entry
+    u.rename("/a", "/low", RENAME_NOREPLACE)
+    assert read_all(u, "/low") == b"A"
+    check_errno(errno.ENOENT, u.getattr, "/a")
+    # the check and the rename are one step: of racing renames onto one name, one wins
+    for i in range(8):
+        new_file(u, f"/r{i}", str(i).encode())
+    results: list[int] = []
+
+    def race(i: int) -> None:
+        try:
+            u.rename(f"/r{i}", "/won", RENAME_NOREPLACE)
+            results.append(i)
+        except FileExistsError:
+            pass
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and read_all(u, "/won") == str(results[0]).encode()
+
+
 def test_rename_directories_across_layers(stack: Stack) -> None:
     stack.lower({"src/f": b"top", "src/sub/g": b"g", "dst/old": b"o", "empty": DIR})
     stack.lower({"src/h": b"bottom", "src/sub/i": b"i", "dst/lower": b"l"})
@@ -627,7 +658,7 @@ def test_read_only_union_refuses_every_write(stack: Stack) -> None:
     for w in writes:
         check_errno(errno.EROFS, w)
     with pytest.raises(ValueError):
-        Union(DwarfsImage.open(stack.images[0]), [])
+        Union(DwarfsImage.from_path(stack.images[0]), [])
 
 
 def test_parallel_writers_readers_and_renames(stack: Stack) -> None:

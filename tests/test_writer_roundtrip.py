@@ -157,7 +157,7 @@ def image_of(entries: list[Entry], opts: WriteOptions) -> Iterator[tuple[Path, P
 
 def check_image(src: Path, out: Path, before: dict[str, os.stat_result],
                 opts: WriteOptions) -> None:
-    with DwarfsImage.open(out) as img:
+    with DwarfsImage.from_path(out) as img:
         assert img.check(full=True) == []
         assert compare(manifest_of_dir(src), view_fs(img)) == []
         for path, st_ in before.items():
@@ -197,7 +197,7 @@ def _fuse_round_trip(entries: list[Entry], opts: WriteOptions) -> None:
     from fimfs import fuse
 
     with image_of(entries, opts) as (src, out), tempfile.TemporaryDirectory() as mnt:
-        fuse.mount(lambda: DwarfsImage.open(out), mnt, foreground=False,
+        fuse.mount(lambda: DwarfsImage.from_path(out), mnt, foreground=False,
                    options={"use_ino": True})
         try:
             assert compare(manifest_of_dir(src), view_dir(Path(mnt))) == []
@@ -247,7 +247,7 @@ def test_python_stdlib_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "stdlib.dwarfs"
     stats = write_image(src, out, WriteOptions(level=1, block_size_bits=22))
     assert stats.entries > 1000
-    with DwarfsImage.open(out) as img:
+    with DwarfsImage.from_path(out) as img:
         assert img.check(full=True) == []
         assert compare(manifest_of_dir(src), view_fs(img)) == []
 

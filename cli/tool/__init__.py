@@ -1,7 +1,11 @@
-"""Plumbing shared by the `fim` subcommands that work on one DwarFS image.
+"""The `fim` tool: the host-side developer command (`fim create|ls|cat|extract|mount|
+image|build`), one module per subcommand, registered by :mod:`cli.fim`. Not to be
+confused with :mod:`cli.commands`, the ``fim-*`` commands that run inside a built image.
+
+This module is the plumbing shared by the `fim` subcommands that work on one DwarFS image.
 
 Every subcommand that takes an IMAGE declares it with :func:`add_image_args` and
-opens it with :func:`open_image`, so ``-o offset=N|auto`` and friends mean the
+opens it with :func:`open_dwarfs`, so ``-o offset=N|auto`` and friends mean the
 same thing everywhere. This module is imported at start-up: keep it light (the
 DwarFS reader is imported only when an image is opened).
 """
@@ -9,9 +13,7 @@ DwarFS reader is imported only when an image is opened).
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import stat
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
@@ -19,13 +21,12 @@ from cli.errors import FimError
 
 if TYPE_CHECKING:
     from fimfs.dwarfs import DwarfsImage
-    from fimfs.vfs import Attr, Filesystem
+    from fimfs.vfs import Filesystem
 
-#: ``-o`` options understood by :func:`open_image`.
+#: ``-o`` options understood by :func:`open_dwarfs`.
 IMAGE_OPTIONS = ("offset", "cachesize")
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_MAX_SYMLINK_HOPS = 40  # what Linux allows before ELOOP
 
 
 def parse_size(text: str) -> int:
@@ -100,7 +101,7 @@ def image_options(args: argparse.Namespace) -> dict[str, object]:
     return merged
 
 
-def open_image(args: argparse.Namespace) -> DwarfsImage:
+def open_dwarfs(args: argparse.Namespace) -> DwarfsImage:
     """Open ``args.image`` the way every subcommand does; a bad image is a FimError."""
     from fimfs.dwarfs import DwarfsImage
     from fimfs.errors import FimfsError
@@ -111,7 +112,7 @@ def open_image(args: argparse.Namespace) -> DwarfsImage:
         kwargs["cache_bytes"] = options["cachesize"]  # type: ignore[assignment]
     offset = options.get("offset")
     try:
-        return DwarfsImage.open(args.image, offset=offset, **kwargs)  # type: ignore[arg-type]
+        return DwarfsImage.from_path(args.image, offset=offset, **kwargs)  # type: ignore[arg-type]
     except FimfsError as exc:
         raise FimError(f"{args.image}: {exc}") from exc
 
@@ -122,73 +123,35 @@ def image_path(text: str) -> str:
     return "/" + "/".join(parts)
 
 
-def join_path(parent: str, name: str) -> str:
-    """Path of ``name`` inside the directory ``parent`` (both Filesystem paths)."""
-    return parent + name if parent.endswith("/") else f"{parent}/{name}"
-
-
-def resolve(fs: Filesystem, path: str, follow: bool = True) -> tuple[str, Attr]:
-    """Resolve symlinks inside the image, component by component, like the kernel.
-
-    Symlinks in the middle of ``path`` are always followed (absolute targets are
-    taken relative to the image root, ``..`` stops at the root); the last one only
-    when ``follow``. Returns the symlink-free path and its Attr. Failures are
-    OSError with the errno the kernel would give (ENOENT, ENOTDIR, ELOOP).
-    """
-    from fimfs.vfs import fs_error
-
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    pending.reverse()  # a stack: the next component is at the end
-    done: list[str] = []
-    attr = fs.getattr("/")
-    hops = 0
-    while pending:
-        if not stat.S_ISDIR(attr.mode):
-            raise fs_error(errno.ENOTDIR, path)
-        name = pending.pop()
-        if name == "..":
-            if done:
-                done.pop()
-            attr = fs.getattr("/" + "/".join(done))
-            continue
-        current = "/" + "/".join([*done, name])
-        attr = fs.getattr(current)
-        if stat.S_ISLNK(attr.mode) and (pending or follow):
-            hops += 1
-            if hops > _MAX_SYMLINK_HOPS:
-                raise fs_error(errno.ELOOP, path)
-            target = fs.readlink(current)
-            if target.startswith("/"):
-                done = []
-            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-            attr = fs.getattr("/" + "/".join(done))
-            continue
-        done.append(name)
-    return "/" + "/".join(done), attr
-
-
-READ_CHUNK = 1 << 20  # 1 MiB: large enough to amortise per-call overhead, small to stream
+def size_arg(text: str) -> int:
+    """:func:`parse_size` as an argparse ``type`` (a bad size is a usage error)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def read_chunks(fs: Filesystem, path: str, size: int) -> Iterator[bytes]:
-    """The ``size`` bytes of the regular file ``path``, in reads of up to 1 MiB.
+    """The ``size`` bytes of the regular file ``path``, in reads of up to 1 MiB
+    (:func:`fimfs.paths.read_chunks`).
 
     A read error or data that ends early is a FimError naming ``path``.
     """
+    from fimfs import paths
+
     try:
         fh = fs.open(path, os.O_RDONLY)
     except OSError as exc:
         raise FimError(f"{path}: {exc.strerror or exc}") from exc
     try:
         offset = 0
-        while offset < size:
-            try:
-                data = fs.read(path, min(READ_CHUNK, size - offset), offset, fh)
-            except OSError as exc:
-                raise FimError(f"{path}: read error: {exc.strerror or exc}") from exc
-            if not data:
-                raise FimError(f"{path}: data ends at byte {offset} of {size}")
-            offset += len(data)
-            yield data
+        try:
+            for data in paths.read_chunks(fs, path, fh, size):
+                offset += len(data)
+                yield data
+        except OSError as exc:
+            raise FimError(f"{path}: read error: {exc.strerror or exc}") from exc
+        if offset < size:
+            raise FimError(f"{path}: data ends at byte {offset} of {size}")
     finally:
         fs.release(path, fh)

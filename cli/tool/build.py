@@ -18,16 +18,9 @@ import time
 from collections.abc import Callable
 
 from cli.errors import FimError
-from cli.tool import parse_size
+from cli.tool import size_arg
 
 DEFAULT_LEVEL = 7
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def compression_level(environ: dict[str, str] | os._Environ[str]) -> int:
@@ -53,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the image needs no Python on the host); python: fim's code run by the host's "
         "python3. Default: frozen when PyInstaller is installed (pip install 'fim[build]'), "
         f"else python; here: {default_runtime}")
-    common.add_argument("--reserved-size", type=_size, default="4m", metavar="SIZE",
+    common.add_argument("--reserved-size", type=size_arg, default="4m", metavar="SIZE",
                         help="bytes for the configuration, a multiple of 4k (default 4m)")
     p = subparsers.add_parser(
         "build", help="build a single-file image (rootfs, blueprint or debian)",

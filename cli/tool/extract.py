@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
-from cli.tool import add_image_args, image_path, join_path, open_image, read_chunks, resolve
+from cli.tool import add_image_args, image_path, open_dwarfs, read_chunks
+from fimfs.paths import join, resolve
 
 if TYPE_CHECKING:
     from fimfs.vfs import Attr, Filesystem
@@ -140,7 +141,7 @@ class _Extractor:
 
     def _entry(self, parent: _Dir, name: str) -> _Dir | None:
         """Create one entry of ``parent``; returns the new frame for a directory."""
-        src = join_path(parent.src, name)
+        src = join(parent.src, name)
         rel = f"{parent.rel}/{name}" if parent.rel else name
         try:
             attr = self.fs.getattr(src)
@@ -317,7 +318,7 @@ def _total_bytes(fs: Filesystem, src: str, attr: Attr) -> int:
         if stat.S_ISREG(a.mode):
             total += a.size
         elif stat.S_ISDIR(a.mode):
-            children = [join_path(path, check_name(n, path)) for n in fs.readdir(path)]
+            children = [join(path, check_name(n, path)) for n in fs.readdir(path)]
             pending.extend((p, fs.getattr(p)) for p in children)
     return total
 
@@ -353,7 +354,7 @@ def extract_tree(
 
 
 def _extract(args: argparse.Namespace) -> int:
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         try:
             src, attr = resolve(fs, image_path(args.path), follow=False)
         except OSError as exc:

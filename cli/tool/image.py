@@ -6,14 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.tool import parse_size
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from cli.tool import size_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     new.add_argument("output", metavar="OUTPUT")
     new.add_argument("--layer", action="append", default=[], metavar="LAYER",
                      help="a DwarFS image (from `fim create`); repeat for more layers")
-    new.add_argument("--reserved-size", type=_size, default="4m", metavar="SIZE",
+    new.add_argument("--reserved-size", type=size_arg, default="4m", metavar="SIZE",
                      help="bytes for the configuration, a multiple of 4k (default 4m)")
     new.add_argument("--dist", default="ROOTFS", type=str.upper,
                      help="FIM_DIST of the image (default ROOTFS)")

@@ -10,20 +10,12 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from cli.errors import FimError
-from cli.tool import add_image_args, image_path, join_path, open_image, read_chunks, resolve
+from cli.tool import add_image_args, image_path, open_dwarfs, read_chunks
+from fimfs.paths import join, resolve, type_name
 
 if TYPE_CHECKING:
     from fimfs.vfs import Attr, Filesystem
 
-_TYPE_NAMES = {
-    stat.S_IFDIR: "dir",
-    stat.S_IFREG: "file",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-}
 # On a terminal, control characters in names would be interpreted: show them as "?", like ls.
 _TTY_SAFE = bytes(b if 32 <= b != 127 else ord("?") for b in range(256))
 
@@ -68,11 +60,6 @@ def _write_lines(lines: list[bytes]) -> None:
     out.write(b"".join(line + b"\n" for line in lines))
 
 
-def type_name(mode: int) -> str:
-    """dir, file, symlink, char, block, fifo or socket (the manifest vocabulary)."""
-    return _TYPE_NAMES.get(stat.S_IFMT(mode), "unknown")
-
-
 # -- ls ----------------------------------------------------------------------------
 
 
@@ -91,7 +78,7 @@ def _children(fs: Filesystem, path: str) -> list[_Entry]:
     """The entries of directory ``path``, sorted by byte name."""
     try:
         names = sorted(fs.readdir(path), key=os.fsencode)
-        return [(n, p, fs.getattr(p)) for n, p in ((n, join_path(path, n)) for n in names)]
+        return [(n, p, fs.getattr(p)) for n, p in ((n, join(path, n)) for n in names)]
     except OSError as exc:
         raise FimError(f"{path}: {exc.strerror or exc}") from exc
 
@@ -164,7 +151,7 @@ def entry_json(fs: Filesystem, path: str, a: Attr) -> dict[str, Any]:
 def _ls(args: argparse.Namespace) -> int:
     import json
 
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         path = image_path(args.path)
         real, attr = _lookup(fs, path, follow=False)
         if stat.S_ISLNK(attr.mode) and not args.long and not args.json:
@@ -197,7 +184,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace) -> int:
-    with closing(open_image(args)) as fs:
+    with closing(open_dwarfs(args)) as fs:
         path, attr = _lookup(fs, image_path(args.path), follow=True)
         if stat.S_ISDIR(attr.mode):
             raise FimError(f"{args.path}: Is a directory")
@@ -296,7 +283,7 @@ def info_lines(info: dict[str, Any]) -> list[str]:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    with closing(open_image(args)) as img:
+    with closing(open_dwarfs(args)) as img:
         info = img.info()
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
@@ -310,7 +297,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Problems on stdout, one per line; a failed verdict is the one line on stderr."""
-    with closing(open_image(args)) as img:
+    with closing(open_dwarfs(args)) as img:
         problems = img.check(full=args.full)
     kind = "full check" if args.full else "check"
     if problems:

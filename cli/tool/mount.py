@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
-from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_image, parse_size
+from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
 
 if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache-size",
         metavar="SIZE",
-        type=_size,
+        type=size_arg,
         help="block cache size, e.g. 512m (same as -o cachesize=SIZE; per layer)",
     )
     p.add_argument(
@@ -130,13 +130,6 @@ def _ids(text: str) -> tuple[int, int]:
     if not sep or not uid.isdigit() or not gid.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not UID:GID (two numbers)")
     return int(uid), int(gid)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _mount(args: argparse.Namespace) -> int:
@@ -184,7 +177,7 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         raise FimError("--owner and --inside work on a stack: give the image as --layer", 2)
     os.stat(args.image)  # a missing image is reported before anything is forked
     args.image = os.path.abspath(args.image)
-    return functools.partial(open_image, args), args.image
+    return functools.partial(open_dwarfs, args), args.image
 
 
 def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:

@@ -14,7 +14,7 @@ from array import array
 from itertools import accumulate
 
 from .filedata import HOLE, Chunks, Content
-from .frozen import Table
+from .frozen_decode import Table
 from .options import WriteOptions
 from .scan import FileData, Node, Tree, preorder
 
@@ -24,7 +24,7 @@ _NS = 10**9
 
 def _table(columns: dict[str, array]) -> Table:
     n = len(next(iter(columns.values())))
-    return Table(n, columns, frozenset(columns))
+    return Table(n, columns, frozenset(columns))  # type: ignore[arg-type]  # Table only reads its columns
 
 
 def _strings(items: list[bytes]) -> dict:
@@ -81,7 +81,7 @@ def _ranked(tree: Tree, contents: list[Content]
 
 def build(tree: Tree, contents: list[Content], chunks: Chunks, num_blocks: int,
           opts: WriteOptions, version: str) -> dict:
-    """The ``metadata`` struct (as :mod:`fimfs.dwarfs.freeze` takes it)."""
+    """The ``metadata`` struct (as :mod:`fimfs.dwarfs.frozen_encode` takes it)."""
     dirs, links, files, devices, others, first = _ranked(tree, contents)
     ino: dict[int, int] = {}
     for i, n in enumerate(dirs + links):
@@ -99,12 +99,12 @@ def build(tree: Tree, contents: list[Content], chunks: Chunks, num_blocks: int,
     m.update(_entries(dirs, ino))
     m.update(_inodes(nodes, files, len(dirs) + len(links), opts))
     m.update(_file_chunks(contents, chunks, num_blocks, opts.block_bits))
-    targets = sorted({n.target for n in links})
+    targets = sorted({n.target for n in links})  # type: ignore[type-var]  # links: target is set
     where = {t: i for i, t in enumerate(targets)}
     m["symlink_table"] = array("I", [where[n.target] for n in links])
-    m["compact_symlinks"] = _strings(targets)
+    m["compact_symlinks"] = _strings(targets)  # type: ignore[arg-type]  # links: target is set
     m["devices"] = array("Q", [n.rdev for n in devices]) if devices else None
-    link_bytes = sum(len(n.target) for n in links)
+    link_bytes = sum(len(n.target) for n in links)  # type: ignore[misc, arg-type]  # links: target is set
     m["total_fs_size"] = link_bytes + sum(f.size for f in files)
     m["total_hardlink_size"] = sum(f.size * (f.links - 1) for f in files)
     if m["hole_block_index"] is not None:
@@ -114,14 +114,14 @@ def build(tree: Tree, contents: list[Content], chunks: Chunks, num_blocks: int,
 
 
 def _entries(dirs: list[Node], ino: dict[int, int]) -> dict:
-    names = sorted({c.name for d in dirs for c in d.children})
+    names = sorted({c.name for d in dirs for c in d.children})  # type: ignore[union-attr]  # dirs: children is a list
     where = {name: i for i, name in enumerate(names)}
     ent_name, ent_ino = array("I", [0]), array("I", [0])
     n = len(dirs)
     parent, self_entry, first = array("I", [0]) * (n + 1), array("I", [0]) * (n + 1), array("I")
     for d_ino, d in enumerate(dirs):
         first.append(len(ent_ino))
-        for c in d.children:
+        for c in d.children:  # type: ignore[union-attr]  # dirs: children is a list
             if c.children is not None:
                 c_ino = ino[id(c)]
                 self_entry[c_ino] = len(ent_ino)
@@ -177,7 +177,8 @@ def _file_chunks(contents: list[Content], chunks: Chunks, num_blocks: int,
     shared = array("I")
     for g, c in enumerate(c for c in contents if len(c.files) > 1):
         shared += array("I", [g]) * len(c.files)
-    out = {"chunk_table": table, "shared_files_table": shared, "hole_block_index": None,
+    out: dict[str, object] = {"chunk_table": table, "shared_files_table": shared,
+                              "hole_block_index": None,
            "features": []}
     if chunks.holes:
         _encode_holes(blk, off, size, chunks.holes, num_blocks, block_bits, out)

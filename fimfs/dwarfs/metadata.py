@@ -21,8 +21,9 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from ..errors import ImageError, UnsupportedError
+from ..paths import type_name
 from . import fsst
-from .frozen import Table, Zeros
+from .frozen_decode import Table, Zeros
 
 KNOWN_FEATURES = frozenset({b"sparsefiles"})
 LARGE_HOLE = 0xFFFFFFFF
@@ -245,7 +246,7 @@ class Metadata:
                 raise MetadataError(f"chunk refers to missing block {b}")
 
     # -- step 6: ranks and the partitioning -----------------------------------------
-    def _build_ranks(self) -> None:
+    def _build_ranks(self) -> None:  # noqa: C901, PLR0912, PLR0915 - the checks of format doc 6, in its order
         m = self.m
         mode_index = self.inodes.mode_index
         modes = self.modes
@@ -307,7 +308,7 @@ class Metadata:
                     raise MetadataError("entry inode number outside its type's range")
 
     # -- directories -------------------------------------------------------------------
-    def _build_directories(self) -> None:
+    def _build_directories(self) -> None:  # noqa: C901, PLR0912 - the checks of format doc 6, in its order
         dirs: Table = self.m["directories"]
         n = self.num_entries
         nd = self.dir_count
@@ -318,8 +319,8 @@ class Metadata:
             first = _prefix_sums(dirs.first_entry, n, "directories")
             parent = self._recover_parents(first)
         else:
-            first = dirs.first_entry
-            parent = dirs.parent_entry
+            first = dirs.first_entry  # type: ignore[assignment]  # read-only use; Zeros is a sequence
+            parent = dirs.parent_entry  # type: ignore[assignment]  # read-only use; Zeros is a sequence
             if any(b < a for a, b in zip(first, first[1:])):
                 raise MetadataError("directory first_entry not sorted")
             for d in range(nd + 1):
@@ -351,7 +352,7 @@ class Metadata:
                     raise MetadataError("directory self entry inconsistent")
                 if self.ent_inode[self_e[d]] != d:
                     raise MetadataError("directory self entry points elsewhere")
-            self.dir_self = self_e
+            self.dir_self = self_e  # type: ignore[assignment]  # read-only use; Zeros is a sequence
         else:
             self.dir_self = self._recover_self()
         self._check_tree()
@@ -545,18 +546,9 @@ class Metadata:
         out: dict[str, int] = {}
         for i in range(self.num_inodes):
             mode = self.modes[self.inodes.mode_index[self.inode_record(i)]]
-            kind = _TYPE_NAMES[stat.S_IFMT(mode)]
+            kind = type_name(mode)
             out[kind] = out.get(kind, 0) + 1
         return out
-
-
-_TYPE_NAMES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink",
-               stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
-               stat.S_IFSOCK: "socket"}
-
-
-def type_name(mode: int) -> str:
-    return _TYPE_NAMES.get(stat.S_IFMT(mode), "unknown")
 
 
 __all__ = ["Metadata", "MetadataError", "StringTable", "Zeros", "type_name"]

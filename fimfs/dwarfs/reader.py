@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from ..errors import ImageError
 from ..vfs import Attr, Filesystem, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift
-from .frozen import Decoder, parse_schema
+from .frozen_decode import Decoder, parse_schema
 from .metadata import Metadata, type_name
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,6 @@ _SCHEMA_LIMIT = 16 << 20
 # decoder; they are reported as ImageError, never leaked to the caller.
 _CORRUPTION = (IndexError, KeyError, ValueError, struct.error, OverflowError, TypeError,
                MemoryError, RecursionError, ZeroDivisionError)
-
-
-class _ClassOrInstance:
-    """``DwarfsImage.open(image_path, ...)`` opens an image; ``img.open(path, flags)`` is the
-    Filesystem method that opens a file in it. One name, dispatched on how it is reached."""
-
-    def __init__(self, on_class: str, on_instance: str) -> None:
-        self.on_class, self.on_instance = on_class, on_instance
-
-    def __get__(self, obj: object, cls: type):  # noqa: ANN204
-        return getattr(cls, self.on_class) if obj is None else getattr(obj, self.on_instance)
 
 
 @dataclass(slots=True)
@@ -85,9 +74,9 @@ class DwarfsImage(Filesystem):
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def _open_image(cls, path: str | os.PathLike, offset: int | None = None,
-                    size: int | None = None,
-                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
+    def from_path(cls, path: str | os.PathLike, offset: int | None = None,
+                  size: int | None = None,
+                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
         """Open the image at ``offset`` in ``path`` (None: auto-detect), of ``size`` bytes
         (None: up to the end of the file)."""
         f = sections.ImageFile(path)
@@ -189,7 +178,7 @@ class DwarfsImage(Filesystem):
                       files=m.num_inodes, ffree=0, namemax=255)
 
     # -- file data ----------------------------------------------------------------------
-    def _open_file(self, path: str, flags: int) -> int:
+    def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise fs_error(errno.EROFS, path)
         h = self._handle(self._entry(path), path)
@@ -209,8 +198,6 @@ class DwarfsImage(Filesystem):
         chunks = list(m.file_chunks(m.chunk_index(ino)))
         starts = [0, *accumulate(n for _, _, n in chunks)]
         return _Handle(starts, chunks, starts[-1])
-
-    open = _ClassOrInstance("_open_image", "_open_file")
 
     def release(self, path: str, fh: int) -> None:
         with self._lock:
@@ -284,7 +271,7 @@ class DwarfsImage(Filesystem):
                 raise fs_error(errno.EIO, path)
             fut = self._loading.get(n)
             owner = fut is None
-            if owner:
+            if fut is None:
                 fut = self._loading[n] = Future()
         if not owner:
             try:
@@ -333,7 +320,7 @@ class DwarfsImage(Filesystem):
 
     def history(self) -> list[dict]:
         """Entries of the HISTORY sections (informational; undecodable ones are skipped)."""
-        out = []
+        out: list = []
         for s in self.layout.sections:
             if s.type != sections.HISTORY:
                 continue

@@ -90,7 +90,7 @@ def _children(path: bytes, skip: frozenset[tuple[int, int]]) -> list[tuple[bytes
     return out
 
 
-def scan(source: str | os.PathLike, skip: frozenset[tuple[int, int]] = frozenset(),
+def scan(source: str | bytes | os.PathLike, skip: frozenset[tuple[int, int]] = frozenset(),
          progress: Callable[[int], None] | None = None) -> Tree:
     """Read the tree under ``source``; ``skip`` names (dev, ino) pairs to leave out
     (the output file being written into the source tree, for one)."""
@@ -130,7 +130,7 @@ def scan(source: str | os.PathLike, skip: frozenset[tuple[int, int]] = frozenset
                     by_inode[key] = data
                 data.links += 1
                 child.data = data
-            node.children.append(child)
+            node.children.append(child)  # type: ignore[union-attr]  # a directory node: children is a list
             tree.entries += 1
         stack.extend(reversed(subdirs))
         if progress:

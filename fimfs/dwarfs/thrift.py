@@ -39,7 +39,7 @@ def _wire_matches(expected: Type, wire: int) -> bool:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self.pos = 0
 
@@ -118,7 +118,7 @@ class _Reader:
         ok = typ is not None and _wire_matches(typ[1], wire)
         if not ok and wire not in (TRUE, FALSE) and wire not in range(BYTE, UUID + 1):
             raise ThriftError(f"thrift: unknown compact type {wire}")
-        items = [self._elem(wire, typ[1] if ok else None, depth) for _ in range(n)]
+        items = [self._elem(wire, typ[1] if ok else None, depth) for _ in range(n)]  # type: ignore[index]  # ok implies typ is not None
         return items if ok else []
 
     def _map(self, typ: Type | None, depth: int) -> dict:
@@ -130,8 +130,8 @@ class _Reader:
         ok = typ is not None and _wire_matches(typ[1], kw) and _wire_matches(typ[2], vw)
         out: dict = {}
         for _ in range(n):
-            k = self._elem(kw, typ[1] if ok else None, depth)
-            v = self._elem(vw, typ[2] if ok else None, depth)
+            k = self._elem(kw, typ[1] if ok else None, depth)  # type: ignore[index]  # ok implies typ is not None
+            v = self._elem(vw, typ[2] if ok else None, depth)  # type: ignore[index]  # ok implies typ is not None
             if ok and k not in out:  # the first occurrence of a key wins
                 out[k] = v
         return out

@@ -22,7 +22,7 @@ from importlib import metadata as _pkg
 from ..errors import FimfsError
 from . import filedata, idl, metabuild
 from .blocks import BlockStream, SectionWriter
-from .freeze import freeze
+from .frozen_encode import freeze
 from .options import LEVELS, WriteOptions
 from .scan import scan
 from .sections import METADATA, SCHEMA

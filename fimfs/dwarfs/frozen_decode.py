@@ -15,6 +15,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import overload
 
 from . import thrift
 from .idl import FROZEN_SCHEMA, Struct
@@ -77,6 +78,10 @@ class Zeros:
     def __len__(self) -> int:
         return self.n
 
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Zeros: ...
     def __getitem__(self, i: int | slice) -> int | Zeros:
         if isinstance(i, slice):
             return Zeros(len(range(*i.indices(self.n))))
@@ -278,13 +283,13 @@ class Decoder:
         for f in typ.fields:
             c = self._child(ilay, f.id, base, 0) if lid is not None else None
             width = self.layouts[c[0]].bits if c else 0
-            if width > f.type[1]:
+            if width > f.type[1]:  # type: ignore[index]  # a plain struct: int fields
                 raise FrozenError(f"metadata: {typ.name}.{f.name} is {width} bits wide")
             if not width:
                 cols[f.name] = Zeros(count)
                 continue
             present.add(f.name)
-            cols[f.name] = self.column(c[1] * 8 + c[2], count, stride, width)
+            cols[f.name] = self.column(c[1] * 8 + c[2], count, stride, width)  # type: ignore[index]  # width > 0 implies c
         return Table(count, cols, frozenset(present))
 
     def column(self, first_bit: int, count: int, stride: int, width: int) -> Column:

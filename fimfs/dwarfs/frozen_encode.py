@@ -1,6 +1,6 @@
 """Frozen2 writer: lay out and freeze a metadata value, and save its schema.
 
-The inverse of :mod:`fimfs.dwarfs.frozen`, following format doc 4.6 (the
+The inverse of :mod:`fimfs.dwarfs.frozen_decode`, following format doc 4.6 (the
 algorithm of Frozen2's ``LayoutRoot``/``FreezeRoot``): one mutable layout per
 field occurrence grows until a whole layout pass changes nothing; then the value
 is written depth-first into an append-only buffer and the layouts are saved
@@ -10,7 +10,7 @@ for byte.
 Values are plain Python: dicts for structs (missing keys mean the default, None
 means an unset optional), ints, bools, bytes for strings, sequences for lists and
 sets, dicts for maps. A list of plain-integer structs may also be given as a
-:class:`fimfs.dwarfs.frozen.Table` (columns), which is how the writer passes its
+:class:`fimfs.dwarfs.frozen_decode.Table` (columns), which is how the writer passes its
 big tables and how the decoder returns them.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import thrift
-from .frozen import Table, Zeros
+from .frozen_decode import Table, Zeros
 from .idl import FROZEN_SCHEMA, Struct
 
 _INT, _BOOL, _STRUCT, _OPT, _STRING, _LIST, _MAP, _PAIR = range(8)
@@ -111,12 +111,12 @@ def _columns(item: _Layout, value: Sequence) -> list[tuple[_Layout, Sequence[int
     out = []
     for f in item.fields:
         if isinstance(value, Table):
-            col = value.columns.get(f.key)
+            col = value.columns.get(f.key)  # type: ignore[arg-type]  # plain-struct fields have str keys
             col = Zeros(len(value)) if col is None else col
         else:
-            col = [d.get(f.key, 0) for d in value]
+            col = [d.get(f.key, 0) for d in value]  # type: ignore[assignment]  # a column: any int sequence
         out.append((f.layout, col))
-    return out
+    return out  # type: ignore[return-value]  # a column: any int sequence
 
 
 def _max_bits(col: Sequence[int]) -> int:
@@ -227,7 +227,7 @@ class Freezer:
         pb, pbit = self._field(byte, bit, pb, pbit, count, n)
         if n == 0:
             return self._field(byte, bit, pb, pbit, distance, 0)
-        item = lay.item.layout
+        item = lay.item.layout  # type: ignore[union-attr]  # a list layout has an item
         ib = item.size
         ibits = 0 if ib else item.bits
         nbytes = (n * ibits + 7) // 8 if ibits else n * ib
@@ -240,7 +240,7 @@ class Freezer:
         else:
             base = byte + d
             for i, e in enumerate(items):
-                self._field(base + i * ib, i * ibits, 0, 0, lay.item, e)
+                self._field(base + i * ib, i * ibits, 0, 0, lay.item, e)  # type: ignore[arg-type]  # a list layout has an item
         return pb, pbit
 
     def _lay_columns(self, item: _Layout, cols: list[tuple[_Layout, Sequence[int]]]) -> None:
@@ -315,7 +315,7 @@ class Freezer:
         items = _items(lay, value)
         n = len(items)
         self._freeze(count.layout, n, byte + count.byte, bit + count.bit)
-        item = lay.item.layout
+        item = lay.item.layout  # type: ignore[union-attr]  # a list layout has an item
         ib = item.size
         ibits = 0 if ib else item.bits
         nbytes = (n * ibits + 7) // 8 if ibits else n * ib

@@ -1,0 +1,340 @@
+"""The operations adapter: one mfusepy operations object over any :class:`fimfs.vfs.Filesystem`.
+
+The adapter keeps no state of its own beyond directory snapshots and the alias table;
+the Filesystem implementations are thread-safe, so libfuse runs multithreaded. It
+imports neither mfusepy nor libfuse (see :mod:`fimfs.fuse.binding` for those).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fimfs.fuse.aliases import Aliases
+from fimfs.fuse.binding import path_invalidator
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
+
+log = logging.getLogger("fimfs.fuse")
+
+_UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}  # libfuse's FUSE_UNKNOWN_INO
+
+
+def _eio() -> OSError:
+    return OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Let OSError (with an errno) through; log anything else with the path and turn it into EIO.
+
+    mfusepy would map a stray exception to EINVAL, which misleads callers into
+    thinking they passed a bad argument; EIO says "the filesystem failed".
+    """
+    name = func.__name__
+
+    @functools.wraps(func)
+    def wrapper(self: FuseOperations, path: Any, *args: Any) -> Any:
+        try:
+            return func(self, path, *args)
+        except OSError as e:
+            if isinstance(e.errno, int) and e.errno > 0:
+                raise
+            log.error("fuse %s %r: OSError without errno: %s", name, path, e)
+            raise _eio() from None
+        except Exception:
+            log.exception("fuse %s %r failed", name, path)
+            raise _eio() from None
+
+    return wrapper
+
+
+def attr_to_stat(attr: Attr) -> dict[str, int]:
+    """The st_* dict mfusepy expects (times in ns, the adapter sets ``use_ns``).
+
+    ``st_ino`` is ``Attr.ino + 1``: layers number from 0 (DwarFS gives the root inode
+    0), but 0 means "no inode" to userspace (glibc's readdir skips such entries) and
+    the FUSE root is 1. libfuse only passes it on with the ``use_ino`` option.
+    """
+    return {
+        "st_mode": attr.mode,
+        "st_nlink": attr.nlink,
+        "st_uid": attr.uid,
+        "st_gid": attr.gid,
+        "st_size": attr.size,
+        "st_atime": attr.atime_ns,
+        "st_mtime": attr.mtime_ns,
+        "st_ctime": attr.ctime_ns,
+        "st_rdev": attr.rdev,
+        "st_ino": attr.ino + 1,
+        "st_blocks": attr.blocks,
+    }
+
+
+class FuseOperations:
+    """The mfusepy operations object for one Filesystem.
+
+    Duck-typed instead of subclassing ``mfusepy.Operations`` so that this module can
+    be imported (and the adapter unit-tested) without libfuse; mfusepy only looks
+    the methods up by name. Errors are raised as ``OSError(errno)``, which is all
+    ``mfusepy.FuseOSError`` is.
+    """
+
+    use_ns = True
+    # libfuse 2 drops an update of only one of atime/mtime unless told that utimens
+    # understands UTIME_OMIT/UTIME_NOW (libfuse 3 always passes them).
+    flag_utime_omit_ok = 1
+
+    def __init__(self, fs: Filesystem, on_ready: Callable[[], None] | None = None) -> None:
+        self.fs = fs
+        self._on_ready = on_ready
+        self._dir_handles = itertools.count(1)
+        self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
+        self._listings: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
+
+    def init(self, path: str) -> None:
+        """Called by libfuse once the kernel connection is set up: the mount is live."""
+        if self.fs.writable:
+            invalidate = path_invalidator()
+            if invalidate is not None:
+                self._aliases = Aliases(invalidate)
+        if self._on_ready is not None:
+            try:
+                self._on_ready()
+            except Exception:
+                log.exception("fuse init: readiness callback failed")
+
+    # -- read side ---------------------------------------------------------
+    @_guarded
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        attr = self.fs.getattr(path)
+        if self._aliases is not None:
+            self._aliases.seen(path, attr.ino)
+        return attr_to_stat(attr)
+
+    def _changed(self, path: str | None, forget: bool = False, itself: bool = False) -> None:
+        """A change through ``path``: refresh the kernel's view of the inode's other names."""
+        if self._aliases is not None and path is not None:
+            self._aliases.changed(path, itself)
+            if forget:
+                self._aliases.forget(path)
+
+    @_guarded
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # Materialised here so that an error while listing is caught by the guard.
+        # Plain names would reach libfuse with st_ino 0, which under use_ino becomes
+        # d_ino 0, an entry glibc's readdir silently skips; "unknown" is what libfuse
+        # reports without use_ino.
+        return [(name, _UNKNOWN_INO, 0) for name in (".", "..", *self.fs.readdir(path))]
+
+    def opendir(self, path: str) -> int:
+        return next(self._dir_handles)
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self._listings.pop(fh, None)
+        return 0
+
+    @_guarded
+    def listing(self, path: str, fh: int, offset: int, plus: bool
+                ) -> list[tuple[str, dict[str, int] | None]]:
+        """The snapshot of a directory that one open handle pages through (libfuse 3).
+
+        Taken at offset 0 (opendir or rewinddir) and kept until releasedir, so names
+        never repeat or vanish between pages while the directory changes. For
+        READDIRPLUS it carries full attributes, which spares the kernel a LOOKUP per
+        entry; if some entry's attributes cannot be had, names alone are listed, so the
+        directory still lists and only that entry's own lookup fails."""
+        entries = self._listings.get(fh) if offset else None
+        if entries is None:
+            entries = [(".", None), ("..", None)]
+            if plus:
+                try:
+                    found = self.fs.readdir_attrs(path)
+                    entries += [(n, attr_to_stat(a)) for n, a in found]
+                    if self._aliases is not None:
+                        base = path.rstrip("/")
+                        for n, a in found:
+                            self._aliases.seen(f"{base}/{n}", a.ino)
+                except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
+                    log.debug("readdirplus %r: %s; listing names only", path, e)
+                    plus = False
+            if not plus:
+                entries += [(name, None) for name in self.fs.readdir(path)]
+            self._listings[fh] = entries
+        return entries
+
+    @_guarded
+    def readlink(self, path: str) -> str:
+        return self.fs.readlink(path)
+
+    @_guarded
+    def open(self, path: str, flags: int) -> int:
+        return self.fs.open(path, flags)
+
+    @_guarded
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        data = self.fs.read(path, size, offset, fh)
+        if len(data) > size:
+            raise RuntimeError(f"read returned {len(data)} bytes for a request of {size}")
+        return data
+
+    @_guarded
+    def release(self, path: str, fh: int) -> int:
+        self.fs.release(path, fh)
+        return 0
+
+    @_guarded
+    def statfs(self, path: str) -> dict[str, int]:
+        try:
+            st = self.fs.statfs()
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            # A layer without statfs still lets df and statvfs work.
+            return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+        return {
+            "f_bsize": st.bsize,
+            "f_frsize": st.frsize,
+            "f_blocks": st.blocks,
+            "f_bfree": st.bfree,
+            "f_bavail": st.bavail,
+            "f_files": st.files,
+            "f_ffree": st.ffree,
+            "f_favail": st.ffree,
+            "f_namemax": st.namemax,
+        }
+
+    @_guarded
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.fs.getxattr(path, name)
+
+    @_guarded
+    def listxattr(self, path: str) -> list[str]:
+        return list(self.fs.listxattr(path))
+
+    # -- write side ----------------------------------------------------------
+    @_guarded
+    def create(self, path: str, mode: int, flags: int) -> int:
+        return self.fs.create(path, mode, flags)
+
+    @_guarded
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        n = self.fs.write(path, data, offset, fh)
+        self._changed(path)
+        return n
+
+    @_guarded
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self.fs.truncate(path, length, fh)
+        self._changed(path)
+        return 0
+
+    @_guarded
+    def flush(self, path: str, fh: int) -> int:
+        self.fs.flush(path, fh)
+        return 0
+
+    @_guarded
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self.fs.fsync(path, bool(datasync), fh)
+        return 0
+
+    @_guarded
+    def mkdir(self, path: str, mode: int) -> int:
+        self.fs.mkdir(path, mode)
+        return 0
+
+    @_guarded
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self.fs.mknod(path, mode, dev)
+        return 0
+
+    @_guarded
+    def unlink(self, path: str) -> int:
+        self.fs.unlink(path)
+        self._changed(path, forget=True)
+        return 0
+
+    @_guarded
+    def rmdir(self, path: str) -> int:
+        self.fs.rmdir(path)
+        return 0
+
+    @_guarded
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        """``flags`` of renameat2: NOREPLACE is honoured (by the Filesystem, atomically),
+        anything else (EXCHANGE) is EINVAL."""
+        if flags & ~RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if flags:
+            self.fs.rename(old, new, flags)
+        else:
+            self.fs.rename(old, new)  # layers that never see flags may not take them
+        self._changed(old, forget=True)
+        self._changed(new, forget=True)
+        return 0
+
+    @_guarded
+    def symlink(self, path: str, target: str) -> int:
+        # mfusepy passes (new link path, link content); the vfs takes (content, path).
+        self.fs.symlink(target, path)
+        return 0
+
+    @_guarded
+    def link(self, path: str, existing: str) -> int:
+        # mfusepy passes (new path, existing path); the vfs takes (existing, new).
+        self.fs.link(existing, path)
+        self._changed(existing, itself=True)  # the kernel keeps its old nlink otherwise
+        return 0
+
+    @_guarded
+    def chmod(self, path: str, mode: int) -> int:
+        self.fs.chmod(path, mode)
+        self._changed(path)
+        return 0
+
+    @_guarded
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        # -1 means "leave unchanged" (chown(2)); the vfs wants real ids.
+        if (uid == -1 or gid == -1) and not self.fs.chown_accepts_unchanged:
+            cur = self.fs.getattr(path)
+            uid = cur.uid if uid == -1 else uid
+            gid = cur.gid if gid == -1 else gid
+        self.fs.chown(path, uid, gid)
+        self._changed(path)
+        return 0
+
+    @_guarded
+    def utimens(self, path: str, times: tuple[int | None, int | None] | None = None) -> int:
+        """``times`` None means both now; an element None means "omit" (keep the current value)."""
+        if times is None:
+            now = time.time_ns()
+            self.fs.utimens(path, now, now)
+            self._changed(path)
+            return 0
+        atime, mtime = times
+        if atime is None and mtime is None:
+            return 0
+        if atime is None or mtime is None:
+            cur = self.fs.getattr(path)
+            atime = cur.atime_ns if atime is None else atime
+            mtime = cur.mtime_ns if mtime is None else mtime
+        self.fs.utimens(path, atime, mtime)
+        self._changed(path)
+        return 0
+
+    @_guarded
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self.fs.setxattr(path, name, value, options)
+        self._changed(path)
+        return 0
+
+    @_guarded
+    def removexattr(self, path: str, name: str) -> int:
+        self.fs.removexattr(path, name)
+        self._changed(path)
+        return 0

@@ -1,0 +1,171 @@
+"""The libfuse/mfusepy binding layer: loading mfusepy (libfuse 3 preferred), the
+patched ``mfusepy.FUSE`` subclass, and libfuse calls mfusepy does not wrap.
+
+mfusepy is imported lazily, on the first mount, so importing :mod:`fimfs.fuse` never
+fails on a machine without libfuse; any failure to load it becomes a one-line
+:class:`FimfsError`. The subclass overrides private methods of mfusepy's
+``FUSE`` (their names are in :data:`PATCHED`); pyproject pins mfusepy's major
+version, and :func:`fuse_class` refuses to build if any of them is gone upstream,
+rather than silently losing the fix.
+
+libfuse 3 is preferred over libfuse 2 when both are installed: it negotiates 1 MiB
+requests with the kernel and needs no ``big_writes``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from fimfs.errors import FimfsError
+
+# Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+_FUSE_READDIR_PLUS = 1  # libfuse 3: readdir flags bit, "the kernel asked for READDIRPLUS"
+_FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attributes"
+
+#: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides, and the mfusepy
+#: helpers they use; each must exist upstream.
+PATCHED = ("rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3", "utimens_fuse_2")
+_USED = ("FUSE", "c_stat", "set_st_attrs", "fuse_version_major", "fuse_version_minor")
+
+
+def path_invalidator() -> Callable[[str], None] | None:
+    """libfuse's ``fuse_invalidate_path`` bound to this mount, or None (libfuse 2, < 3.1).
+
+    Must be called inside a request (``init``): the ``struct fuse`` it needs is taken
+    from the request context, whose first member it is.
+    """
+    if libfuse_version()[0] != 3:
+        return None
+    lib = ctypes.CDLL(os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library("fuse3"))
+    if not hasattr(lib, "fuse_invalidate_path"):
+        return None
+    lib.fuse_get_context.restype = ctypes.POINTER(ctypes.c_void_p)
+    fuse_ptr = lib.fuse_get_context().contents.value
+    lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+    def invalidate(path: str) -> None:
+        lib.fuse_invalidate_path(fuse_ptr, os.fsencode(path))
+
+    return invalidate
+
+
+def load_mfusepy() -> ModuleType:
+    """Import mfusepy, preferring libfuse 3; any failure becomes a one-line FimfsError."""
+    if "mfusepy" in sys.modules:
+        return sys.modules["mfusepy"]
+    env_set = False
+    if ("FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ
+            and ctypes.util.find_library("fuse3")):
+        # mfusepy looks for libfuse 2 first; this makes it take libfuse 3 when present.
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+        env_set = True
+    try:
+        import mfusepy
+    except ImportError:
+        raise FimfsError("mfusepy is not installed (pip install mfusepy)") from None
+    except OSError as e:
+        raise FimfsError(f"libfuse is not available (install fuse3): {e}") from None
+    except AttributeError as e:  # mfusepy's way of refusing an unsupported libfuse
+        raise FimfsError(f"libfuse is not usable: {e}") from None
+    finally:
+        if env_set:
+            del os.environ["FUSE_LIBRARY_NAME"]
+    return mfusepy
+
+
+@functools.cache
+def fuse_class() -> type:
+    """mfusepy.FUSE with four gaps filled: rename flags, ftruncate's handle, UTIME_NOW/OMIT,
+    and READDIRPLUS answered with full attributes.
+
+    Built lazily because it needs mfusepy.
+    """
+    mfusepy = load_mfusepy()
+    check_upstream(mfusepy)
+
+    class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
+        def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+            # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
+            return self.operations.rename(
+                old.decode(self.encoding, self.errors),
+                new.decode(self.encoding, self.errors),
+                flags,
+            )
+
+        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                           fip: Any, flags: int) -> int:
+            # mfusepy lists names only and lets libfuse buffer them (its "list mode"):
+            # READDIRPLUS then carries no attributes and the kernel sends one LOOKUP
+            # per entry. libfuse makes nodes of entries with attributes only in its
+            # offset mode, so offsets here are positions in the handle's snapshot.
+            plus = bool(flags & _FUSE_READDIR_PLUS)
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            entries = self.operations.listing(decoded, fip.contents.fh, offset, plus)
+            st = mfusepy.c_stat()
+            for i in range(offset, len(entries)):
+                name, attrs = entries[i]
+                encoded = name.encode(self.encoding, self.errors)
+                if attrs is None:
+                    full = filler(buf, encoded, None, i + 1, 0)
+                else:
+                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                    full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS if plus else 0)
+                if full:
+                    break
+            return 0
+
+        def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+            # mfusepy drops the file handle of ftruncate(2).
+            fh = fip.contents.fh if fip else None
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.truncate(decoded, length, fh)
+
+        def utimens_fuse_2(self, path: bytes | None, buf: Any) -> int:
+            # mfusepy folds UTIME_NOW/UTIME_OMIT into plain numbers.
+            times: tuple[int | None, int | None] | None = None
+            if buf:
+                now = time.time_ns()
+                vals: list[int | None] = []
+                for ts in (buf.contents.actime, buf.contents.modtime):
+                    if ts.tv_nsec == _UTIME_OMIT:
+                        vals.append(None)
+                    elif ts.tv_nsec == _UTIME_NOW:
+                        vals.append(now)
+                    else:
+                        vals.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+                times = (vals[0], vals[1])
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.utimens(decoded, times)
+
+    # PATCHED is what check_upstream verifies: it must name every override here.
+    assert {n for n in vars(_FUSE) if not n.startswith("__")} == set(PATCHED)
+    return _FUSE
+
+
+def libfuse_version() -> tuple[int, int]:
+    mfusepy = load_mfusepy()
+    return int(mfusepy.fuse_version_major), int(mfusepy.fuse_version_minor)
+
+
+def check_upstream(mfusepy: ModuleType) -> None:
+    """Refuse an mfusepy whose ``FUSE`` no longer has a method :func:`fuse_class` patches
+    (or a helper it uses): the override would be dead code and the fix silently lost."""
+    missing = [name for name in _USED if not hasattr(mfusepy, name)]
+    fuse = getattr(mfusepy, "FUSE", None)
+    missing += [f"FUSE.{name}" for name in PATCHED if not callable(getattr(fuse, name, None))]
+    if missing:
+        version = getattr(mfusepy, "__version__", "?")
+        raise FimfsError(
+            f"mfusepy {version} is not supported (it lacks {', '.join(missing)}): "
+            "install mfusepy>=3,<4"
+        )

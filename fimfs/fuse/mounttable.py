@@ -1,0 +1,94 @@
+"""The mount table and pre-flight checks: is something mounted here, may we mount here,
+is FUSE usable at all."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+
+from fimfs.errors import FimfsError
+from fimfs.fuse.binding import libfuse_version
+
+
+def unescape_mountinfo(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = bytearray(), 0
+    raw = os.fsencode(field)
+    while i < len(raw):
+        octal = raw[i + 1 : i + 4]
+        if raw[i] == 0x5C and len(octal) == 3 and octal.isdigit():
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def canonical(path: str) -> str:
+    """Absolute path with the parent resolved; never touches the last component.
+
+    Stat-ing a disconnected FUSE mount fails with ENOTCONN, so the last component is
+    left alone; that is also what the mount table lists.
+    """
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if name else path
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """Whether something is mounted on ``mountpoint`` (also true for a disconnected FUSE mount)."""
+    path = canonical(mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return any(
+                len(fields := line.split(" ")) > 4 and unescape_mountinfo(fields[4]) == path
+                for line in f
+            )
+    except OSError:
+        return os.path.ismount(path)
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """Validate a mount point; return its canonical path or raise a one-line FimfsError."""
+    path = canonical(mountpoint)
+    disconnected = FimfsError(
+        f"mount point {mountpoint} is a disconnected FUSE mount "
+        f"(clean it up with: fim umount {mountpoint})"
+    )
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FimfsError(f"mount point {mountpoint} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise disconnected from None
+        raise FimfsError(f"mount point {mountpoint}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise FimfsError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(path):
+        try:
+            os.statvfs(path)  # never answered from the kernel's cache, unlike stat
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise disconnected from None
+        raise FimfsError(f"mount point {mountpoint} is busy: something is already mounted there")
+    return os.path.realpath(path)
+
+
+def check_fuse_available() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise FimfsError(
+            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse), "
+            "or give the container the device (--device /dev/fuse)"
+        )
+    major = libfuse_version()[0]
+    if os.geteuid() == 0:
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise FimfsError("/dev/fuse is not readable and writable")
+        return
+    helper = "fusermount3" if major == 3 else "fusermount"
+    if not (shutil.which(helper) or os.path.exists(f"/usr/bin/{helper}")):
+        raise FimfsError(f"{helper} is missing: install fuse3 (unprivileged mounts need it)")
