@@ -1,0 +1,100 @@
+"""Running containers (issue 8): start-up of `./app fim-exec true` against the floor
+(bare bwrap) and a bare Python start, and work inside the container per overlay
+backend (fimfs, fuse-overlayfs, unionfs-fuse, bwrap's kernel overlay).
+
+The image is a portable blueprint (`fim build blueprint --runtime frozen`) plus one
+external layer (FIM_LAYERS) holding /usr/share/doc at /usr/share/corpus, so the
+reads go through a DwarFS layer of real size. Figures and the command: bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.bwrap import find_bwrap
+
+BACKENDS = ["fimfs", "overlayfs", "unionfs", "bwrap"]
+ROUNDS = 5
+
+
+def _timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    out = d / "app.flatimage"
+    subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o", str(out),
+                    "--runtime", "frozen"], check=True, capture_output=True)
+    tree = d / "tree" / "usr" / "share"
+    tree.mkdir(parents=True)
+    shutil.copytree("/usr/share/doc", tree / "corpus", symlinks=True)
+    subprocess.run([sys.executable, "-m", "cli.fim", "create", str(d / "tree"),
+                    str(d / "corpus.dwarfs")], check=True, capture_output=True)
+    return out
+
+
+def _env(app: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(app.parent), "LANG": "C.UTF-8",
+            "FIM_LAYERS": str(app.parent / "corpus.dwarfs"), **extra}
+
+
+def test_startup(app: Path, record) -> None:  # noqa: ANN001
+    """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm,
+    against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`."""
+    from cli import image, runtime
+
+    shutil.rmtree(runtime.app_dir(image.read_layout(str(app)).build_id), ignore_errors=True)
+    env = _env(app)
+    cold = _timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent)
+    warm = _median([_timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent)
+                    for _ in range(ROUNDS * 2)])
+    bwrap = find_bwrap(None)
+    floor = _median([_timed([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                             "true"]) for _ in range(ROUNDS * 2)])
+    python = _median([_timed([sys.executable, "-c", "pass"]) for _ in range(ROUNDS * 2)])
+    for name, value in (("fim", warm), ("fim-cold", cold), ("bare-bwrap", floor),
+                        ("python3-c-pass", python)):
+        record("startup s", name, value)
+    print(f"\nfim-exec true: warm {warm * 1000:.0f} ms, cold {cold * 1000:.0f} ms; "
+          f"bare bwrap {floor * 1000:.0f} ms (warm - floor = {(warm - floor) * 1000:.0f} ms); "
+          f"python3 -c pass {python * 1000:.0f} ms")
+
+
+WORKLOADS = {
+    "read all of /usr/share/corpus": "tar -cf - /usr/share/corpus | wc -c",
+    "find / -xdev | wc -l": "find / -xdev | wc -l",
+    "create 10k small files": ("mkdir -p /bench && cd /bench && i=0; "
+                               "while [ $i -lt 10000 ]; do echo $i > f$i; i=$((i+1)); done"),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_inside(app: Path, record, backend: str, workload: str) -> None:  # noqa: ANN001
+    data = app.parent / f".{app.name}.data"
+    times = []
+    for _ in range(3):
+        shutil.rmtree(data, ignore_errors=True)
+        times.append(_timed([str(app), "fim-root", "sh", "-c", WORKLOADS[workload]],
+                            env=_env(app, FIM_OVERLAY=backend), cwd=app.parent))
+    record(workload, "fim" if backend == "fimfs" else backend, _median(times))
+    shutil.rmtree(data, ignore_errors=True)
+
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not shutil.which("fusermount3"),
+                                reason="needs FUSE")
