@@ -188,8 +188,19 @@ def runner(request: pytest.FixtureRequest, blueprint: Path) -> Iterator[Runner]:
     os.chown(workspace / IMAGE_NAME, uid, gid)
     yield Runner(who, workspace, uid, gid, home)
     subprocess.run(["rm", "-rf", str(workspace)], check=False)
-    for mp in fim_mounts():  # a test that failed half-way
-        subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)
+    for mp in fim_mounts():  # of a run that died in a test that failed half-way
+        if not _run_alive(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)
+
+
+def _run_alive(mountpoint: str) -> bool:
+    """Whether the run owning ``.../instance/<pid>/...`` still exists (other tests, or
+    other test sessions, may be running images at the same time)."""
+    parts = mountpoint.split("/")
+    if "instance" not in parts or parts.index("instance") + 1 >= len(parts):
+        return True
+    pid = parts[parts.index("instance") + 1]
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 def kill_group(popen: subprocess.Popen[str]) -> None:

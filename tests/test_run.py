@@ -146,10 +146,11 @@ def test_binds(runner: Runner) -> None:
 
 
 def test_no_mount_or_instance_dir_is_left(runner: Runner) -> None:
-    runner.ok("fim-exec", "true")
-    assert fim_mounts() == []
-    app = runner.ok("fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP"').strip()
-    assert not any(p.isdigit() for p in os.listdir(f"{app}/instance"))
+    out = runner.ok("fim-exec", "sh", "-c", 'echo "$FIM_PID $FIM_DIR_INSTANCE"')
+    pid, instance = out.split()
+    assert instance.endswith(f"/instance/{pid}")
+    assert not os.path.exists(instance)
+    assert not [m for m in fim_mounts() if m.startswith(instance + "/")]
 
 
 def test_sigterm_reaches_the_program(runner: Runner) -> None:
@@ -185,11 +186,13 @@ def test_sigkill_leaves_no_mount(runner: Runner) -> None:
     proc = runner.start("fim-exec", "sh", "-c", "echo ready; sleep 60")
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        assert fim_mounts()
         pid = image_pid(proc)
+        def mine() -> list[str]:
+            return [m for m in fim_mounts() if f"/instance/{pid}/" in m]
+        assert mine()
         os.kill(pid, signal.SIGKILL)
         start = time.monotonic()
-        assert wait_for(lambda: not fim_mounts(), timeout=2), fim_mounts()
+        assert wait_for(lambda: not mine(), timeout=2), mine()
         print(f"mount gone {time.monotonic() - start:.2f} s after SIGKILL")
     finally:
         kill_group(proc)

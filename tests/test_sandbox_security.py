@@ -166,3 +166,50 @@ def test_device_permissions(runner: Runner, perm: str, node: str) -> None:
 def test_no_host_root_inside(runner: Runner) -> None:
     out = runner.run("fim-exec", "sh", "-c", "ls /tmp/fim/run/host; cat /etc/os-release").stdout
     assert "Debian" not in out and "bookworm" not in out
+
+
+def _xdg(runner: Runner) -> Path:
+    d = runner.workspace / "xdg"
+    d.mkdir(exist_ok=True)
+    os.chown(d, runner.uid, runner.gid)
+    return d
+
+
+# permission -> (host file that only it may show, extra environment); {xdg} is a fresh
+# XDG_RUNTIME_DIR of the caller, {ws} the workspace
+MARKERS = {
+    "media": ("/mnt/fim-marker-media", {}),
+    "udev": ("/run/udev/fim-marker-udev", {}),
+    "dbus_system": ("/run/dbus/system_bus_socket", {}),
+    "shm": ("/dev/shm/fim-marker-shm", {}),
+    "audio": ("{xdg}/pulse/native", {"XDG_RUNTIME_DIR": "{xdg}"}),
+    "wayland": ("{xdg}/wayland-fim",
+                {"XDG_RUNTIME_DIR": "{xdg}", "WAYLAND_DISPLAY": "wayland-fim"}),
+    "dbus_user": ("{xdg}/bus", {"DBUS_SESSION_BUS_ADDRESS": "unix:path={xdg}/bus,guid=1"}),
+    "xorg": ("{ws}/Xauthority", {"XAUTHORITY": "{ws}/Xauthority", "DISPLAY": ":7"}),
+}
+assert MARKERS
+
+
+@pytest.mark.parametrize("perm", sorted(MARKERS))
+def test_socket_and_directory_permissions(runner: Runner, perm: str) -> None:
+    """Each permission's host path is invisible without it and visible with it."""
+    if os.geteuid() != 0:
+        pytest.skip("makes marker files in /run, /mnt and /dev/shm")
+    template, env_template = MARKERS[perm]
+    values = {"xdg": str(_xdg(runner)), "ws": str(runner.workspace)}
+    marker = Path(template.format(**values))
+    env = {k: v.format(**values) for k, v in env_template.items()}
+    existed = marker.exists()
+    if not existed:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{perm} marker\n")
+        os.chmod(marker, 0o644)
+    try:
+        check = f"test -e {marker} && echo visible || echo hidden"
+        assert runner.ok("fim-exec", "sh", "-c", check, env=env) == "hidden\n"
+        runner.ok("fim-perms", "add", perm)
+        assert runner.ok("fim-exec", "sh", "-c", check, env=env) == "visible\n"
+    finally:
+        if not existed:
+            marker.unlink()
