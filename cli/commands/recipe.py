@@ -27,6 +27,8 @@ from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cli.boot import Context
 
 RECIPE_LIMIT = 1 << 20  # bytes a recipe may have
@@ -203,7 +205,7 @@ class Source:
             raise CommandError(*exc.messages, _LOAD_FAILED) from None
 
 
-def resolve(names: list[str], get: object) -> list[Recipe]:
+def resolve(names: list[str], get: Callable[[str], Recipe]) -> list[Recipe]:
     """The recipes ``names`` reach through their dependencies, depth first, each once,
     dependencies before the recipes that need them; ``get(name)`` obtains one."""
     done: dict[str, Recipe] = {}
@@ -218,7 +220,7 @@ def resolve(names: list[str], get: object) -> list[Recipe]:
         if not valid_name(name):
             via = f" (a dependency of '{path[-1]}')" if path else ""
             raise CommandError(f"Invalid recipe name '{name}'{via}")
-        recipe = get(name)  # type: ignore[operator]
+        recipe = get(name)
         for dep in recipe.dependencies:
             visit(dep, [*path, name])
         done[name] = recipe
