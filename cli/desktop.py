@@ -207,6 +207,8 @@ def update_mime_database(xdg: str) -> None:
     import shutil
 
     log.emit("I", f"Updating mime database '{xdg}'", "desktop.py")
+    if not os.path.isdir(os.path.join(xdg, "mime")):
+        return  # nothing was ever integrated there
     tool = shutil.which("update-mime-database")
     if tool is None:
         log.emit("E", "Could not find 'update-mime-database'", "desktop.py")
