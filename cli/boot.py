@@ -38,7 +38,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-notify": "cli.commands.switch",
     "fim-overlay": "cli.commands.overlay",
     "fim-perms": "cli.commands.namesets",
-    "fim-recipe": None,
+    "fim-recipe": "cli.commands.recipe",
     "fim-remote": "cli.commands.remote",
     "fim-root": "cli.run",
     "fim-unshare": "cli.commands.namesets",

@@ -37,8 +37,13 @@ from cli.errors import FimError
 _GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
           "librt.so", "libresolv.so")
 _HIDDEN_IMPORTS = ("mfusepy", "zstandard", "lz4.frame", "lz4.block", "xxhash",
-                   "cachetools", "brotli", "tqdm")
-_EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis")
+                   "cachetools", "brotli", "tqdm",
+                   # desktop icons (cli.desktop): Pillow with the formats an icon may be
+                   "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin")
+_EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis",
+             # Pillow's parts an icon does not need (AVIF alone is 5 MB of libraries)
+             "PIL._avif", "PIL.AvifImagePlugin", "PIL._webp", "PIL.WebPImagePlugin",
+             "PIL._imagingcms", "PIL.ImageCms", "PIL._imagingtk", "PIL.ImageTk")
 # bundled tool -> (Debian package, license, license URL)
 _DEPS = {
     "bwrap": ("bubblewrap", "LGPL-2.0-or-later",

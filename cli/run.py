@@ -384,8 +384,10 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
+    from cli.desktop import integrate
     from sandbox import bwrap, janitor
 
+    integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
     if not os.access(shell, os.X_OK):

@@ -17,6 +17,8 @@ declare -A need=(
   [setfattr]=attr
   [bash-static]=bash-static
   [debootstrap]=debootstrap
+  [update-mime-database]=shared-mime-info
+  [desktop-file-validate]=desktop-file-utils
 )
 missing=()
 for cmd in "${!need[@]}"; do

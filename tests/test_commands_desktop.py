@@ -76,12 +76,12 @@ def test_dump_entry_mimetype_icon(app: Path, tmp_path: Path) -> None:
     assert ok(app, "fim-desktop", "dump", "entry") == (
         "[Desktop Entry]\nName=My App\nType=Application\n"
         'Comment=FlatImage distribution of "My App"\n'
-        f'Exec="{app}" %F\nIcon=flatimage_My App\nMimeType=application/flatimage_My App;\n'
+        f'Exec="{app}" %F\nIcon=flatimage_My App\nMimeType=application/flatimage_My_App;\n'
         "Categories=Network;System;\n")
     assert ok(app, "fim-desktop", "DUMP", "MimeType") == (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<mime-info xmlns="http://www.freedesktop.org/standards/shared-mime-info">\n'
-        '  <mime-type type="application/flatimage_My App">\n'
+        '  <mime-type type="application/flatimage_My_App">\n'
         "    <comment>FlatImage Application</comment>\n"
         '    <glob weight="100" pattern="app.flatimage"/>\n'
         '    <sub-class-of type="application/x-executable"/>\n'
@@ -185,6 +185,15 @@ def test_parse_errors(app: Path, args: list[str], message: str) -> None:
     fails(app, "fim-desktop", *args, message=message, level="C")
 
 
-def test_clean_comes_with_the_desktop_integration(app: Path) -> None:
-    fails(app, "fim-desktop", "clean",
-          message="fim-desktop clean is not available in this build of fim yet", level="C")
+def test_clean(app: Path) -> None:
+    fails(app, "fim-desktop", "clean", message="Empty json data", level="E")
+    ok(app, "fim-desktop", "setup", str(setup_file(app.parent, integrations=["ENTRY"])))
+    fails(app, "fim-desktop", "clean", "x", message="Trailing arguments for fim-desktop: ['x',]",
+          level="C")
+    xdg = app.parent / "xdg"
+    entry = xdg / "applications" / "flatimage-MyApp.desktop"
+    entry.parent.mkdir(parents=True)
+    entry.write_text("x")
+    out = ok(app, "fim-desktop", "clean", env={"XDG_DATA_HOME": str(xdg)})
+    assert out.endswith(f"::Removed file '{entry}'\n") and not entry.exists()
+    assert stored(app).desktop is not None  # the settings are kept

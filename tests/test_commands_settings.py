@@ -199,7 +199,7 @@ def test_help_unknown_topic(app: Path, topic: str) -> None:
 
 # -- dispatch, levels, errors ---------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["fim-instance", "fim-recipe"])
+@pytest.mark.parametrize("command", ["fim-instance"])
 def test_commands_of_later_issues_say_so(app: Path, command: str) -> None:
     fails(app, command, "list", message=f"{command} is not available in this build of fim yet",
           level="C")

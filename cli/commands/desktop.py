@@ -1,10 +1,11 @@
-"""`fim-desktop setup|enable|dump`: desktop-integration settings and icon stored in the image.
+"""`fim-desktop setup|enable|clean|dump`: desktop-integration settings and icon stored
+in the image.
 
-Writing the .desktop entry, MIME type and icons into the host's XDG data
-directory, and ``clean``, which removes them, come with the desktop
-integration. Deliberate differences from FlatImage: a remote icon is
-downloaded with Python (no wget needed), a JPEG icon can be dumped (upstream
-refuses it, spec 18.1 item 7), and names are XML-escaped in the MIME XML.
+The files themselves are written into the host's XDG data directory at the start of
+every run and removed by ``clean`` (cli.desktop). Deliberate differences from
+FlatImage: a remote icon is downloaded with Python (no wget needed), a JPEG icon can
+be dumped (upstream refuses it, spec 18.1 item 7), and names are XML-escaped in the
+MIME XML.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 
 from cli.commands.args import editing, keyword, pretty_json, print_lines
 from cli.config import INTEGRATIONS, Desktop
-from cli.log import CommandError, Fatal, UsageError, trailing
+from cli.desktop import clean, entry, mimetype
+from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -34,8 +36,8 @@ def _integrations(items: list[str]) -> list[str]:
     return [i for i in INTEGRATIONS if i in wanted]
 
 
-def _read_setup(path: str) -> tuple[Desktop, object]:
-    """The settings of a setup file and its raw ``icon`` field (None when absent)."""
+def _read_setup(path: str) -> object:
+    """The JSON document of a setup file."""
     try:
         with open(path, "rb") as f:
             text = f.read()
@@ -43,7 +45,14 @@ def _read_setup(path: str) -> tuple[Desktop, object]:
         raise CommandError(f"Failed to open file '{path}' for desktop integration",
                            _SETUP_FAILED) from None
     try:
-        doc = json.loads(text)
+        return json.loads(text)
+    except ValueError:
+        raise CommandError("Failed to deserialize json", _SETUP_FAILED) from None
+
+
+def _parse_setup(doc: object) -> tuple[Desktop, object]:
+    """The settings of a setup document and its raw ``icon`` field (None when absent)."""
+    try:
         name, categories = doc["name"], doc["categories"]
         integrations = doc.get("integrations", [])
         if not (isinstance(name, str) and isinstance(categories, list)
@@ -54,7 +63,7 @@ def _read_setup(path: str) -> tuple[Desktop, object]:
         desktop = Desktop(name, sorted(set(categories)), _integrations(integrations))
     except (ValueError, TypeError, KeyError, AttributeError):
         raise CommandError("Failed to deserialize json", _SETUP_FAILED) from None
-    return desktop, doc.get("icon")
+    return desktop, doc.get("icon")  # type: ignore[union-attr]
 
 
 def _icon_type(ext: str) -> str:
@@ -104,8 +113,10 @@ def _load_icon(path: str) -> tuple[str, bytes]:
                            _SETUP_FAILED) from None
 
 
-def _setup(ctx: Context, path: str) -> None:
-    desktop, icon = _read_setup(path)
+def setup(ctx: Context, doc: object) -> None:
+    """``fim-desktop setup`` of a parsed document (also a recipe's ``desktop`` object):
+    store the settings and the icon, print the settings."""
+    desktop, icon = _parse_setup(doc)
     if "/" in desktop.name:
         raise CommandError("Application name cannot contain the '/' character", _SETUP_FAILED)
     if icon is None:
@@ -135,41 +146,6 @@ def _enable(ctx: Context, args: list[str]) -> None:
             raise CommandError("Empty json data", "Failed to enable desktop integration")
         cfg.desktop.integrations = [i for i in INTEGRATIONS if i in items]
     print_lines(["NONE"] if "NONE" in items else [i for i in INTEGRATIONS if i in items])
-
-
-def _xml(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
-
-
-def entry(desktop: Desktop, image: str) -> str:
-    """The .desktop file of the application (spec 13.2; no final newline)."""
-    name = desktop.name
-    return "\n".join([
-        "[Desktop Entry]",
-        f"Name={name}",
-        "Type=Application",
-        f'Comment=FlatImage distribution of "{name}"',
-        f'Exec="{image}" %F',
-        f"Icon=flatimage_{name}",
-        f"MimeType=application/flatimage_{name};",
-        "Categories=" + "".join(f"{c};" for c in sorted(desktop.categories)),
-    ])
-
-
-def mimetype(desktop: Desktop, image: str) -> str:
-    """The MIME XML of the application (spec 13.3; no final newline)."""
-    return "\n".join([
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        '<mime-info xmlns="http://www.freedesktop.org/standards/shared-mime-info">',
-        f'  <mime-type type="application/flatimage_{_xml(desktop.name)}">',
-        "    <comment>FlatImage Application</comment>",
-        f'    <glob weight="100" pattern="{_xml(os.path.basename(image))}"/>',
-        '    <sub-class-of type="application/x-executable"/>',
-        '    <generic-icon name="application-flatimage"/>',
-        "  </mime-type>",
-        "</mime-info>",
-    ])
 
 
 def _dump(ctx: Context, args: list[str]) -> None:
@@ -219,13 +195,17 @@ def run(ctx: Context, args: list[str]) -> int:
             raise UsageError("Missing argument for 'setup' (/path/to/file.json)")
         if args[2:]:
             raise trailing("fim-desktop", args[2:])
-        _setup(ctx, args[1])
+        setup(ctx, _read_setup(args[1]))
     elif op == "ENABLE":
         _enable(ctx, args[1:])
     elif op == "DUMP":
         _dump(ctx, args[1:])
     elif op == "CLEAN":
-        raise Fatal("fim-desktop clean is not available in this build of fim yet")
+        if args[1:]:
+            raise trailing("fim-desktop", args[1:])
+        if ctx.config.desktop is None:
+            raise CommandError("Empty json data", "Failed to clean desktop integration")
+        clean(ctx.config)
     else:
         raise UsageError("Invalid desktop operation")
     return 0
