@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli import image
-from tests.test_image_format import fails, ok, run, with_reserved_size
+from tests.images import fails, ok, run, with_reserved_size
 
 DIST = "rootfs"  # the template image's FIM_DIST, in lower case
 

@@ -103,7 +103,6 @@ def parse(data: bytes, name: str, path: str) -> Recipe:
 
 def download(url: str, limit: int = RECIPE_LIMIT, timeout: float = TIMEOUT) -> bytes:
     """The body of ``url`` (HTTP or HTTPS); a one-line CommandError otherwise."""
-    import socket
     import ssl
     import urllib.error
     import urllib.request
@@ -127,18 +126,7 @@ def download(url: str, limit: int = RECIPE_LIMIT, timeout: float = TIMEOUT) -> b
     except urllib.error.HTTPError as exc:
         raise failed(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, socket.gaierror):
-            raise failed(f"could not resolve host '{urlsplit(url).hostname}' "
-                         f"({reason.strerror})") from None
-        if isinstance(reason, ssl.SSLError):
-            detail = getattr(reason, "verify_message", None) or reason.reason or reason
-            raise failed(f"TLS failure ({detail})") from None
-        if isinstance(reason, TimeoutError):
-            raise failed(f"timed out after {timeout:g} s") from None
-        if isinstance(reason, OSError) and reason.strerror:
-            raise failed(reason.strerror) from None
-        raise failed(str(reason)) from None
+        raise failed(_url_error_reason(exc.reason, url, timeout)) from None
     except ssl.SSLError as exc:
         raise failed(f"TLS failure ({exc.reason or exc})") from None
     except TimeoutError:
@@ -148,6 +136,24 @@ def download(url: str, limit: int = RECIPE_LIMIT, timeout: float = TIMEOUT) -> b
     if len(data) > limit:
         raise failed(f"larger than {limit} bytes")
     return data
+
+
+def _url_error_reason(reason: object, url: str, timeout: float) -> str:
+    """One line for what urllib wrapped in a URLError: DNS, TLS, timeout, OS error."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    if isinstance(reason, socket.gaierror):
+        return f"could not resolve host '{urlsplit(url).hostname}' ({reason.strerror})"
+    if isinstance(reason, ssl.SSLError):
+        detail = getattr(reason, "verify_message", None) or reason.reason or reason
+        return f"TLS failure ({detail})"
+    if isinstance(reason, TimeoutError):
+        return f"timed out after {timeout:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason)
 
 
 # -- the cache and the remote -------------------------------------------------------------
