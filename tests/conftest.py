@@ -30,3 +30,29 @@ def blueprint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = build_frozen_blueprint(tmp_path_factory.mktemp("blueprint"))
     yield path
     remove_runtime(path)
+
+
+@pytest.fixture(scope="session")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``fim build debian --variant minbase``, built once (debootstrap, as root; several
+    minutes). ``FIM_TEST_DEBIAN_IMAGE=/path/debian.flatimage`` reuses one built before."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    given = os.environ.get("FIM_TEST_DEBIAN_IMAGE")
+    if given:
+        yield Path(given)
+        return
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap runs as root")
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed")
+    out = tmp_path_factory.mktemp("debian") / "debian.flatimage"
+    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "debian", "--variant",
+                           "minbase", "-o", str(out)], capture_output=True, text=True,
+                          timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    yield out
+    remove_runtime(out)

@@ -167,10 +167,9 @@ def fim_mounts() -> list[str]:
     return [p for p in points if p.startswith("/tmp/fim/")]
 
 
-@pytest.fixture(params=["root", "user"])
-def runner(request: pytest.FixtureRequest, blueprint: Path) -> Iterator[Runner]:
-    """A fresh copy of the blueprint image in a workspace, run as root or as a user."""
-    who = request.param
+def workspace_runner(who: str, source: Path) -> Runner:
+    """A fresh copy of the image ``source`` in a workspace of its own, for ``who``
+    (root, or the unprivileged user: made here when the tests run as root)."""
     if who == "root" and os.geteuid() != 0:
         pytest.skip("runs as root only when the tests do")
     if who == "user" and os.geteuid() == 0:
@@ -184,13 +183,24 @@ def runner(request: pytest.FixtureRequest, blueprint: Path) -> Iterator[Runner]:
     workspace = Path(tempfile.mkdtemp(prefix="fim-run-", dir="/tmp"))
     os.chmod(workspace, 0o755)
     os.chown(workspace, uid, gid)
-    shutil.copy2(blueprint, workspace / IMAGE_NAME)
+    shutil.copy2(source, workspace / IMAGE_NAME)
     os.chown(workspace / IMAGE_NAME, uid, gid)
-    yield Runner(who, workspace, uid, gid, home)
-    subprocess.run(["rm", "-rf", str(workspace)], check=False)
+    return Runner(who, workspace, uid, gid, home)
+
+
+def remove_workspace(runner: Runner) -> None:
+    subprocess.run(["rm", "-rf", str(runner.workspace)], check=False)
     for mp in fim_mounts():  # of a run that died in a test that failed half-way
         if not _run_alive(mp):
             subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)
+
+
+@pytest.fixture(params=["root", "user"])
+def runner(request: pytest.FixtureRequest, blueprint: Path) -> Iterator[Runner]:
+    """A fresh copy of the blueprint image in a workspace, run as root or as a user."""
+    made = workspace_runner(request.param, blueprint)
+    yield made
+    remove_workspace(made)
 
 
 def _run_alive(mountpoint: str) -> bool:

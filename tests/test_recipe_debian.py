@@ -9,39 +9,16 @@ an image built before (``fim build debian --variant minbase``) instead of buildi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.containers import remove_runtime
 from tests.test_recipe import Remote, recipe, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuse]
-
-
-@pytest.fixture(scope="session")
-def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("debootstrap and this install run as root")
-    given = os.environ.get("FIM_TEST_DEBIAN_IMAGE")
-    if given:
-        yield Path(given)
-        return
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed")
-    out = tmp_path_factory.mktemp("debian") / "debian.flatimage"
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "debian", "--variant",
-                           "minbase", "-o", str(out)], capture_output=True, text=True,
-                          timeout=3600)
-    assert proc.returncode == 0, proc.stderr
-    yield out
-    remove_runtime(out)
 
 
 def test_install_a_debian_package(debian: Path, tmp_path: Path) -> None:

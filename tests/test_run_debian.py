@@ -1,0 +1,39 @@
+"""A real distribution in a container (slow: a debootstrap image, built once per session,
+and Debian's package registry): `fim-root apt-get install` with the network permission,
+as root and as a normal user (one-uid user namespace: README, "Debian images")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.containers import Runner, remove_workspace, workspace_runner
+
+pytestmark = [pytest.mark.slow, pytest.mark.fuse]
+
+
+@pytest.fixture(params=["root", "user"])
+def deb(request: pytest.FixtureRequest, debian: Path) -> Iterator[Runner]:
+    made = workspace_runner(request.param, debian)
+    yield made
+    remove_workspace(made)
+
+
+def test_apt_get_install(deb: Runner) -> None:
+    assert deb.run("fim-exec", "sh", "-c", "command -v cowsay").returncode != 0
+    deb.ok("fim-perms", "add", "network")
+    proc = deb.run("fim-root", "sh", "-c", "apt-get update -qq && "
+                   "apt-get install -y -qq --no-install-recommends cowsay", timeout=1200)
+    assert proc.returncode == 0, proc
+    out = deb.ok("fim-exec", "/usr/games/cowsay", "moo")
+    assert "< moo >" in out
+    # the files dpkg wrote are root's in the stored layer (owners kept for a commit)
+    assert deb.ok("fim-root", "stat", "-c", "%u:%g %a", "/usr/games/cowsay") == "0:0 755\n"
+
+
+def test_identity_and_shell_of_a_real_root(deb: Runner) -> None:
+    assert deb.ok("fim-exec", "id", "-u") == f"{deb.uid}\n"
+    assert deb.ok("fim-root", "whoami") == "root\n"
+    assert deb.ok(input="cat /etc/debian_version >/dev/null && echo ok\n") == "ok\n"
