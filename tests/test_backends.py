@@ -50,8 +50,11 @@ def test_fim_overlay_variable_overrides_and_invalid_is_ignored(runner: Runner) -
 def test_missing_backend_program_falls_back(runner: Runner) -> None:
     """A backend whose program is not installed: fim's stack, one warning."""
     proc = runner.run("fim-exec", "echo", "ran", env={"FIM_OVERLAY": "overlayfs",
-                                                      "PATH": "/nonexistent:/bin"})
-    assert proc.returncode == 0 and proc.stdout == "ran\n"
+                                                      "PATH": "/nonexistent", "FIM_DEBUG": "1"})
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "ran", proc
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("W::")]
+    assert len(warnings) == 1 and "fuse-overlayfs" in warnings[0], proc.stderr
+    assert "falling back to fimfs" in warnings[0] and "Overlay type: FIMFS" not in proc.stdout
 
 
 @pytest.mark.parametrize("backend", ["fimfs", "unionfs", "overlayfs"])

@@ -266,3 +266,34 @@ def test_stdout_to_a_closed_pipe(runner: Runner) -> None:
     assert len(p.stdout.read(10)) == 10
     p.stdout.close()
     assert p.wait(timeout=30) in (0, 141, 1)
+
+
+def test_bwrap_failure_is_one_line(runner: Runner) -> None:
+    """A sandbox bwrap cannot build (here: a bind onto /proc) is fim's error, named,
+    exit 125 — not a silent exit 1 (FlatImage issue #45)."""
+    runner.ok("fim-bind", "add", "ro", "/etc/hostname", "/proc/fim-cannot-be-here")
+    proc = runner.run("fim-exec", "true")
+    assert proc.returncode == 125, proc
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("bwrap: ")
+    assert any(line.startswith("C::") and "bwrap could not set up the sandbox" in line
+               for line in lines), proc.stderr
+
+
+def test_owners_set_inside_are_stored(runner: Runner) -> None:
+    """Root inside a normal user's container owns the image; what it sets is stored for
+    root on the host (README, "Owners for unprivileged users")."""
+    from cli import image
+    from cli.stack import build_stack
+
+    runner.ok("fim-root", "sh", "-c", "echo x > /etc/new && chown 0:0 /etc/new && "
+              "chmod 600 /etc/hosts")
+    layout = image.read_layout(str(runner.app))
+    layers = [(str(runner.app), la.offset) for la in image.list_layers(layout)]
+    stack = build_stack(layers, runner.data / "root", inside=(0, 0))
+    try:
+        new, hosts = stack.getattr("/etc/new"), stack.getattr("/etc/hosts")
+        assert (new.uid, new.gid, hosts.uid, hosts.gid) == (0, 0, 0, 0)
+        assert hosts.mode & 0o777 == 0o600
+    finally:
+        stack.close()
