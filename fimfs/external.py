@@ -52,6 +52,7 @@ from typing import Any
 
 from fimfs import fuse
 from fimfs.errors import FimfsError
+from fimfs.fuse.lifecycle import adopt_stdio
 from fimfs.vfs import Filesystem
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,6 @@ def _spawn(name: str, argv: list[str], mountpoint: str, log_path: str,
     return _Server(name, mountpoint, popen.pid, log_path, popen)
 
 
-_inherited: list[Any] = []
 
 
 def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_path: str,
@@ -344,17 +344,7 @@ def _fork_fim(name: str, source: Callable[[], Filesystem], mountpoint: str, log_
             os.dup2(null, 0)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            # The caller's stream objects are kept alive: collecting one could close its
-            # fd, whose number may by then belong to something else (the image, /dev/fuse).
-            _inherited.extend((sys.stdout, sys.stderr))
-            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
-            logging.basicConfig(
-                stream=sys.stderr,
-                level=logging.DEBUG if os.environ.get("FIM_DEBUG") == "1" else logging.WARNING,
-                format="%(asctime)s fim-layer[%(process)d] %(levelname)s %(name)s: %(message)s",
-                force=True,
-            )
+            adopt_stdio("fim-layer")
             fuse.mount(source, mountpoint, foreground=True, fsname=fsname, options=options)
             code = 0
         except FimfsError as e:

@@ -27,6 +27,7 @@ import pytest
 from fimfs import external
 from fimfs.dwarfs.writer import write_image
 from fimfs.errors import FimfsError
+from fimfs.fuse.mounttable import unescape_mountinfo
 
 pytestmark = pytest.mark.fuse
 
@@ -41,25 +42,11 @@ if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    out, i = bytearray(), 0
-    raw = os.fsencode(field)
-    while i < len(raw):
-        octal = raw[i + 1 : i + 4]
-        if raw[i] == 0x5C and len(octal) == 3 and octal.isdigit():
-            out.append(int(octal, 8) & 0xFF)
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
 def mounts_under(directory: Path) -> list[str]:
     """Mount points (unescaped, from /proc/self/mountinfo) at or below ``directory``."""
     top = os.path.realpath(directory)
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        points = [_unescape(line.split(" ")[4]) for line in f]
+        points = [unescape_mountinfo(line.split(" ")[4]) for line in f]
     return [p for p in points if p == top or p.startswith(top + "/")]
 
 

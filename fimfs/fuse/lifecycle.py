@@ -292,6 +292,22 @@ def _read_status(fd: int) -> bytes:
     return data
 
 
+def adopt_stdio(name: str) -> None:
+    """In a forked server whose fds 1 and 2 were just replaced: new ``sys.stdout`` and
+    ``sys.stderr`` on them, and log records (``name[pid]``) to stderr."""
+    # The old stream objects are kept alive: collecting one would close its fd, whose
+    # number may by then belong to something else (the image, /dev/fuse).
+    _inherited_streams.extend((sys.stdout, sys.stderr))
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if os.environ.get("FIM_DEBUG") == "1" else logging.WARNING,
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
 def _daemon(setup: _Setup, log_file: str | None, status_fd: int) -> None:  # pragma: no cover
     """Body of the background daemon (runs in the forked child). Never returns."""
     code = 1
@@ -304,17 +320,7 @@ def _daemon(setup: _Setup, log_file: str | None, status_fd: int) -> None:  # pra
         os.dup2(devnull, 1)
         # Until the mount is live, stderr (ours and libfuse's) goes to the caller.
         os.dup2(status_fd, 2)
-        # The old stream objects are kept alive: collecting one would close its fd, whose
-        # number may by then belong to something else (the image, /dev/fuse).
-        _inherited_streams.extend((sys.stdout, sys.stderr))
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=logging.DEBUG if os.environ.get("FIM_DEBUG") == "1" else logging.WARNING,
-            format="%(asctime)s fim-mount[%(process)d] %(levelname)s %(name)s: %(message)s",
-            force=True,
-        )
+        adopt_stdio("fim-mount")
         ready_lock = threading.Lock()
         announced: list[bool] = []
 
