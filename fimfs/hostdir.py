@@ -394,8 +394,10 @@ class HostDir(Filesystem):
                 st = os.lstat(host)
         perm = None
         if self._modes and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
-            # The special bits the kernel gave (a set-group-ID parent's) and those asked.
-            perm = (stat.S_IMODE(st.st_mode) & _SPECIAL | mode) & _PERM
+            # The permission bits asked for, the special bits as the kernel gave them
+            # (as on disk: mkdir keeps only S_ISVTX of the mode, a set-group-ID parent
+            # passes S_ISGID on).
+            perm = stat.S_IMODE(st.st_mode) & _SPECIAL | mode & 0o777
             perm = None if perm == stat.S_IMODE(st.st_mode) else perm
         if (perm is not None or (uid, gid) != (st.st_uid, st.st_gid)) and not \
                 self._set_record(host, st, uid, gid, perm) and perm is not None:
