@@ -78,7 +78,8 @@ def build_stack(
     ``owner``: present every file as owned by this host uid/gid (an OwnerView,
     outermost). ``inside``: the identity that new files and chowns to ``owner`` are
     stored as; either one turns on the upper's logical owners (``user.fim.owner``),
-    which is also how a host root reads the owners an unprivileged run stored.
+    and logical modes when this process is not root (fimfs.hostdir), which is also
+    how a host root reads the owners and modes an unprivileged run stored.
     Both None: the real owners, as they are on disk.
     """
     from fimfs.casefold import CaseFold

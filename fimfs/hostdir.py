@@ -19,25 +19,41 @@ Logical owners (``owner_xattr=True``, for unprivileged runs): a user who is not 
 cannot give a file another owner, yet the owners stored in the layers, those a
 ``chown`` inside the container sets and those of files root-inside creates must
 survive for ``fim-layer commit``. In this mode a chown the kernel refuses (EPERM) is
-recorded in the xattr ``user.fim.owner`` = ``b"UID:GID"`` (decimal) on the upper file
-instead, as fuse-overlayfs does with ``user.containers.override_stat``; ``getattr``
-reports that owner. A chown that does succeed (root, or to the process's own ids)
-removes a stale record. New entries get ``create_owner`` recorded when it differs from
-their real owner. The xattr is fim's own: hidden from listxattr/getxattr (ENODATA)
-and refused to setxattr/removexattr (EPERM), so containers can neither see nor forge
-it. It is read only for regular files and directories whose real owner is this
-process's euid or the owner of ``root`` (who wrote it), so getattr costs one lstat
-for everything else and one lgetxattr more for those.
+recorded in the xattr ``user.fim.owner`` on the upper file instead, as fuse-overlayfs
+does with ``user.containers.override_stat``; ``getattr`` reports that owner. A chown
+that does succeed (root, or to the process's own ids) removes a stale owner. New
+entries get ``create_owner`` recorded when it differs from their real owner.
+
+Logical modes (the same mode, when this process is not root): root inside the
+container may use entries whose mode denies their owner (dpkg makes directories with
+mode 0, then fills them; packages ship 0700/0600/0000 entries), but this process has
+no DAC override on the host. So the mode on disk keeps this process's own access
+(directories at least ``u+rwx``, regular files at least ``u+rw``; the other bits and
+the special bits as the kernel allows), and the mode asked for (``mkdir``, ``create``,
+``mknod`` of a regular file, ``chmod``, hence the union's copy-up) is recorded in the
+same xattr when it differs from the one on disk; ``getattr`` reports it, so the
+kernel's checks (``default_permissions``) see the logical mode. A root process keeps
+real modes and records none; its chmod drops a recorded mode, its chown applies one.
+
+The record: ``b"UID:GID"`` (decimal ids; the only form before logical modes, still
+read) or ``b"UID:GID:MODE"`` (MODE: the permission and special bits in octal, e.g.
+``0:0:0`` or ``0:0:4755``); UID:GID is the real owner when only the mode differs.
+The xattr is fim's own: hidden from listxattr/getxattr (ENODATA) and refused to
+setxattr/removexattr (EPERM), so containers can neither see nor forge it. It is read
+only for regular files and directories whose real owner is this process's euid or the
+owner of ``root`` (who wrote it), so getattr costs one lstat for everything else and
+one lgetxattr more for those; it survives rename and is shared by hard links.
 
 Limits of the mode: Linux allows user xattrs only on regular files and directories,
-so symlinks, fifos, sockets and devices keep their real owner; a chown of one that
-cannot be done is accepted and dropped (their owner grants nothing apart from
+so symlinks, fifos, sockets and devices keep their real owner and mode; a chown of one
+that cannot be done is accepted and dropped (their owner grants nothing apart from
 protected_symlinks/fifos in sticky directories, and tar and dpkg lchown every entry).
-Reading the xattr needs read permission: a file whose mode denies its owner reading
-(e.g. 0000) shows its real owner to a process that is not root (root always reads
-it). Recording on a file its owner cannot write adds u+w for the instant of the
-setxattr. An upper whose filesystem has no user xattrs cannot keep owners: a refused
-chown then fails with EPERM as without the mode (one warning is logged). The upper's
+Reading the xattr needs read permission: a file whose mode on disk denies its owner
+reading (0000, made before logical modes or by another program) shows its real owner
+to a process that is not root (root always reads it). Recording on a file its owner
+cannot write adds u+w for the instant of the setxattr. An upper whose filesystem has
+no user xattrs cannot keep owners nor modes: a refused chown then fails with EPERM as
+without the mode, and modes are applied for real (one warning is logged). The upper's
 root directory shows its real owner until something chowns it (overlayfs, too, shows
 the upper's root).
 """
@@ -55,11 +71,19 @@ from .vfs import Attr, Filesystem, StatFs, fs_error, split_path
 
 log = logging.getLogger(__name__)
 
-#: The xattr holding a logical owner (see the module docstring): ``b"UID:GID"``.
+#: The xattr holding a logical owner and mode (see the module docstring):
+#: ``b"UID:GID"`` or ``b"UID:GID:MODE"`` (MODE in octal).
 OWNER_XATTR = "user.fim.owner"
 
 _OPEN_EXTRA = os.O_NOFOLLOW | os.O_CLOEXEC
 _PERM = 0o7777
+_SPECIAL = 0o7000
+
+#: The access a process that is not root keeps for itself on disk (logical modes).
+_OWN_ACCESS = {stat.S_IFDIR: 0o700, stat.S_IFREG: 0o600}
+
+#: A record: the logical uid, gid and mode (None: the mode on disk).
+Record = tuple[int, int, int | None]
 
 
 def _process_umask() -> int:
@@ -76,10 +100,12 @@ def _process_umask() -> int:
     return old
 
 
-def _attr(st: os.stat_result, uid: int, gid: int) -> Attr:
-    """An Attr from an ``os.stat_result``, owned by ``uid``:``gid``."""
+def _attr(st: os.stat_result, uid: int, gid: int, perm: int | None = None) -> Attr:
+    """An Attr from an ``os.stat_result``, owned by ``uid``:``gid``, with the permission
+    bits ``perm`` (None: those of ``st``)."""
     special = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-    return Attr(mode=st.st_mode, nlink=st.st_nlink, uid=uid, gid=gid,
+    mode = st.st_mode if perm is None else stat.S_IFMT(st.st_mode) | perm
+    return Attr(mode=mode, nlink=st.st_nlink, uid=uid, gid=gid,
                 size=st.st_size, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
                 ctime_ns=st.st_ctime_ns, rdev=st.st_rdev if special else 0, ino=st.st_ino,
                 blocks=st.st_blocks)
@@ -89,18 +115,25 @@ def _attr(st: os.stat_result, uid: int, gid: int) -> Attr:
 _XATTR_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR})
 
 
-def _read_owner(host: str) -> tuple[int, int] | None:
-    """The logical owner recorded on ``host``; None if none (or unreadable/invalid)."""
+def _read_record(host: str) -> Record | None:
+    """The logical owner and mode recorded on ``host``; None if none (or unreadable or
+    invalid)."""
     try:
         value = os.getxattr(host, OWNER_XATTR, follow_symlinks=False)
     except OSError:
         return None  # ENODATA (the usual case), EACCES (mode denies read), ENOTSUP
-    uid, sep, gid = value.partition(b":")
-    try:
-        owner = int(uid), int(gid)
-    except ValueError:
+    fields = value.split(b":")
+    if len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
+        return None  # isdigit: no sign, space nor "_", which int() would take
+    if len(fields) == 2:
+        return int(fields[0]), int(fields[1]), None
+    if fields[2].strip(b"01234567") or int(fields[2], 8) > _PERM:
         return None
-    return owner if sep and owner[0] >= 0 and owner[1] >= 0 else None
+    return int(fields[0]), int(fields[1]), int(fields[2], 8)
+
+
+def _record_value(uid: int, gid: int, perm: int | None) -> bytes:
+    return (f"{uid}:{gid}" if perm is None else f"{uid}:{gid}:{perm:o}").encode("ascii")
 
 
 class HostDir(Filesystem):
@@ -123,6 +156,8 @@ class HostDir(Filesystem):
         self._umask = _process_umask()
         self.owner_xattr = owner_xattr
         self.create_owner = create_owner
+        # Logical modes: only a process without DAC override needs them.
+        self._modes = owner_xattr and os.geteuid() != 0
         self._warned = False  # about an upper that cannot store owners
         # Real owners whose files may carry the xattr: only they could have written it.
         self._recorders = (frozenset({os.geteuid(), os.stat(self.root).st_uid})
@@ -131,6 +166,11 @@ class HostDir(Filesystem):
     def _host(self, path: str) -> str:
         parts = split_path(path)
         return self.root + "/" + "/".join(parts) if parts else self.root
+
+    def _disk_mode(self, fmt: int, mode: int) -> int:
+        """The permission bits to put on disk for ``mode`` (of an entry of type ``fmt``):
+        ``mode`` itself, with this process's own access added under logical modes."""
+        return (mode | _OWN_ACCESS.get(fmt, 0)) & _PERM if self._modes else mode & _PERM
 
     def _restore_mode(self, host: str, mode: int, fd: int | None = None) -> None:
         """Put back permission bits that this process's umask removed at creation."""
@@ -163,9 +203,9 @@ class HostDir(Filesystem):
         host = self._host(path)
         st = os.lstat(host)
         if st.st_uid in self._recorders and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
-            owner = _read_owner(host)
-            if owner is not None:
-                return _attr(st, owner[0], owner[1])
+            record = _read_record(host)
+            if record is not None:
+                return _attr(st, *record)
         return _attr(st, st.st_uid, st.st_gid)
 
     def readdir(self, path: str) -> list[str]:
@@ -207,11 +247,15 @@ class HostDir(Filesystem):
 
     def create(self, path: str, mode: int, flags: int) -> int:
         host = self._host(path)
-        fd = os.open(host, flags | os.O_CREAT | _OPEN_EXTRA, mode & _PERM)
+        disk = self._disk_mode(stat.S_IFREG, mode)
         try:
-            self._restore_mode(host, mode, fd)
-            if self.create_owner is not None:
-                self._own_new(host)
+            fd = os.open(host, flags | os.O_CREAT | os.O_EXCL | _OPEN_EXTRA, disk)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            return self.open(path, flags)  # open(2) leaves an existing file's mode alone
+        try:
+            self._new_entry(host, mode, disk, fd)
         except OSError:
             os.close(fd)
             raise
@@ -242,17 +286,16 @@ class HostDir(Filesystem):
 
     def mkdir(self, path: str, mode: int) -> None:
         host = self._host(path)
-        os.mkdir(host, mode & _PERM)
-        self._restore_mode(host, mode)
-        if self.create_owner is not None:
-            self._own_new(host)
+        disk = self._disk_mode(stat.S_IFDIR, mode)
+        os.mkdir(host, disk)
+        self._new_entry(host, mode, disk)
 
     def mknod(self, path: str, mode: int, rdev: int) -> None:
         host = self._host(path)
-        os.mknod(host, mode, rdev)
-        self._restore_mode(host, mode)
-        if self.create_owner is not None:
-            self._own_new(host)
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG  # mknod(2): type 0 is a regular file
+        disk = self._disk_mode(fmt, mode)
+        os.mknod(host, fmt | disk, rdev)
+        self._new_entry(host, mode, disk)
 
     def unlink(self, path: str) -> None:
         os.unlink(self._host(path))
@@ -276,7 +319,29 @@ class HostDir(Filesystem):
         os.link(self._host(existing), self._host(path), follow_symlinks=False)
 
     def chmod(self, path: str, mode: int) -> None:
-        self._chmod(self._host(path), mode & _PERM)
+        host = self._host(path)
+        mode &= _PERM
+        if not self.owner_xattr:
+            self._chmod(host, mode)
+            return
+        with self._inode(host) as (proc, st):
+            fmt = stat.S_IFMT(st.st_mode)
+            if fmt == stat.S_IFLNK:
+                raise fs_error(errno.EOPNOTSUPP, host)  # what lchmod gives on Linux
+            os.chmod(proc, self._disk_mode(fmt, mode))
+            if fmt not in _XATTR_TYPES:
+                return  # fifos, sockets, devices: real modes
+            st = os.stat(proc)
+        # Read after the chmod, which gave this process read access under logical modes.
+        record = _read_record(host) if st.st_uid in self._recorders else None
+        # Under logical modes, record ``mode`` if the disk has other bits; else drop a
+        # recorded mode (a root process's chmod is real).
+        perm = mode if self._modes and mode != stat.S_IMODE(st.st_mode) else None
+        if record is None and perm is None or record is not None and record[2] == perm:
+            return
+        uid, gid = (st.st_uid, st.st_gid) if record is None else record[:2]
+        if not self._set_record(host, st, uid, gid, perm) and perm is not None:
+            self._chmod(host, mode)  # no user xattrs: the real mode, as without the mode
 
     def chown(self, path: str, uid: int, gid: int) -> None:
         host = self._host(path)
@@ -296,8 +361,7 @@ class HostDir(Filesystem):
                     host, st, uid, gid):
                 raise
             return
-        with contextlib.suppress(OSError):  # ENODATA mostly; the real owner is right now
-            os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
+        self._owned_for_real(host)
 
     def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
         os.utime(self._host(path), ns=(atime_ns, mtime_ns), follow_symlinks=False)
@@ -314,27 +378,76 @@ class HostDir(Filesystem):
             raise fs_error(errno.EPERM, path)
         os.removexattr(host, name, follow_symlinks=False)
 
-    # -- logical owners ----------------------------------------------------------------
+    # -- logical owners and modes -------------------------------------------------------
+    def _new_entry(self, host: str, mode: int, disk: int, fd: int | None = None) -> None:
+        """Finish a just-created entry (``mode`` asked for, ``disk`` given): the bits the
+        umask took, ``create_owner`` (for real if possible, else recorded) and, under
+        logical modes, ``mode`` recorded if the disk has other bits."""
+        self._restore_mode(host, disk, fd)
+        if not self.owner_xattr:
+            return
+        st = os.fstat(fd) if fd is not None else os.lstat(host)
+        uid, gid = self.create_owner or (st.st_uid, st.st_gid)
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            with contextlib.suppress(PermissionError):  # else recorded below
+                os.chown(host, uid, gid, follow_symlinks=False)
+                st = os.lstat(host)
+        perm = None
+        if self._modes and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
+            # The permission bits asked for, the special bits as the kernel gave them
+            # (as on disk: mkdir keeps only S_ISVTX of the mode, a set-group-ID parent
+            # passes S_ISGID on).
+            perm = stat.S_IMODE(st.st_mode) & _SPECIAL | mode & 0o777
+            perm = None if perm == stat.S_IMODE(st.st_mode) else perm
+        if (perm is not None or (uid, gid) != (st.st_uid, st.st_gid)) and not \
+                self._set_record(host, st, uid, gid, perm) and perm is not None:
+            self._chmod(host, perm)  # no user xattrs: the real mode, as without the mode
+
     def _own_new(self, host: str) -> None:
-        """Give a just-created entry ``create_owner``: for real if possible, else recorded."""
+        """Give a just-created symlink ``create_owner``: for real if possible, else
+        dropped (no user xattrs on symlinks)."""
         assert self.create_owner is not None
         uid, gid = self.create_owner
         st = os.lstat(host)
-        if (uid, gid) == (st.st_uid, st.st_gid):
-            return
-        try:
-            os.chown(host, uid, gid, follow_symlinks=False)
-        except PermissionError:
-            self._record_owner(host, st, uid, gid)  # if impossible: the real owner (warned)
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            with contextlib.suppress(PermissionError):
+                os.chown(host, uid, gid, follow_symlinks=False)
+
+    def _owned_for_real(self, host: str) -> None:
+        """After a chown that the kernel did: the owner on disk is right, only a recorded
+        mode is kept (a root process applies it instead)."""
+        record = _read_record(host)
+        if record is not None and record[2] is not None:
+            st = os.lstat(host)
+            if self._modes:
+                perm = None if record[2] == stat.S_IMODE(st.st_mode) else record[2]
+                self._set_record(host, st, st.st_uid, st.st_gid, perm)
+                return
+            self._chmod(host, record[2])
+        with contextlib.suppress(OSError):  # ENODATA mostly
+            os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
 
     def _record_owner(self, host: str, st: os.stat_result, uid: int, gid: int) -> bool:
-        """Store ``uid:gid`` as the logical owner of ``host`` (real owner ``st``); False
-        when that is impossible (the entry keeps its real owner)."""
+        """Store ``uid:gid`` as the logical owner of ``host`` (real owner ``st``), keeping
+        a recorded mode; False when that is impossible (the entry keeps its real owner)."""
+        record = (_read_record(host) if st.st_uid in self._recorders
+                  and stat.S_IFMT(st.st_mode) in _XATTR_TYPES else None)
+        return self._set_record(host, st, uid, gid, None if record is None else record[2])
+
+    def _set_record(self, host: str, st: os.stat_result, uid: int, gid: int,
+                    perm: int | None) -> bool:
+        """Record owner ``uid:gid`` and mode ``perm`` (None: the one on disk) on ``host``
+        (whose stat is ``st``), or remove the record when both are the real ones. False
+        when that is impossible (one warning)."""
         if stat.S_IFMT(st.st_mode) not in _XATTR_TYPES:
-            return True  # no user xattrs on these: the owner is dropped (module docstring)
+            return True  # no user xattrs on these: dropped (module docstring)
+        if (uid, gid) == (st.st_uid, st.st_gid) and perm is None:
+            with contextlib.suppress(OSError):  # ENODATA mostly
+                os.removexattr(host, OWNER_XATTR, follow_symlinks=False)
+            return True
         if st.st_uid not in self._recorders:
             return False  # getattr would not read it
-        value = f"{uid}:{gid}".encode("ascii")
+        value = _record_value(uid, gid, perm)
         try:
             try:
                 os.setxattr(host, OWNER_XATTR, value, follow_symlinks=False)
@@ -351,7 +464,7 @@ class HostDir(Filesystem):
         except OSError as e:  # e.g. EOPNOTSUPP: a filesystem without user xattrs
             if not self._warned:
                 self._warned = True
-                log.warning("%s: cannot keep owners that need %s (%s): files keep the "
-                            "real owner", self.root, OWNER_XATTR, e.strerror)
+                log.warning("%s: cannot keep owners and modes that need %s (%s): files "
+                            "keep the real ones", self.root, OWNER_XATTR, e.strerror)
             return False
         return True

@@ -72,9 +72,16 @@ def test_owner_xattr_is_read_hidden_and_refused(upper: Path) -> None:
         check_errno(errno.EPERM, view.setxattr, "/f", OWNER_XATTR, b"0:0", 0)
         check_errno(errno.EPERM, view.removexattr, "/f", OWNER_XATTR)
     assert os.getxattr(upper / "f", OWNER_XATTR) == b"7:8"
-    for bad in (b"", b"7", b"x:y", b"-1:2", b"1:2:3"):
+    mode = stat.S_IMODE(real.st_mode)
+    for bad in (b"", b"7", b"x:y", b"-1:2", b" 1:2", b"1:2:3:4", b"1:2:8", b"1:2:-1",
+                b"1:2:17777", b"1:2:"):
         os.setxattr(upper / "f", OWNER_XATTR, bad)
         assert owner(fs, "/f") == (real.st_uid, real.st_gid), bad
+        assert stat.S_IMODE(fs.getattr("/f").mode) == mode, bad
+    os.setxattr(upper / "f", OWNER_XATTR, b"1:2:4750")  # with a logical mode
+    a = fs.getattr("/f")
+    assert (a.uid, a.gid, a.mode) == (1, 2, stat.S_IFREG | 0o4750)
+    assert fs.readdir_attrs("/") == [("f", a)]
 
 
 def test_create_owner_needs_the_mode(upper: Path) -> None:
@@ -318,7 +325,10 @@ def test_unprivileged_vfs_keeps_logical_owners(user: User, shared: Path) -> None
     assert owner(stored, "/etc/shadow") == (0, 42)
     assert owner(stored, "/etc/moved") == (5, 6)
     assert owner(HostDir(up), "/etc/moved") == (user.uid, user.gid)
-    assert stat.S_IMODE(os.lstat(up / "ro-file").st_mode) == 0o444
+    # Logical modes: the disk keeps the user's own access, the record the mode asked for.
+    assert stat.S_IMODE(os.lstat(up / "ro-file").st_mode) == 0o644
+    assert os.getxattr(up / "ro-file", OWNER_XATTR) == b"7:7:444"
+    assert stat.S_IMODE(stored.getattr("/ro-file").mode) == 0o444
 
 
 # -- unprivileged: one FUSE mount, root inside bwrap ------------------------------------
