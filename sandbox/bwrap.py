@@ -84,6 +84,11 @@ def _identity_args(sb: Sandbox) -> list[str]:
     if sb.host_uid != 0 or (ident.uid, ident.gid) != (0, 0):
         args.append("--unshare-user")
     args += ["--uid", str(ident.uid), "--gid", str(ident.gid)]
+    if ident.uid == 0:
+        # root inside is root over the image: bwrap drops every capability of a normal
+        # caller otherwise (no DAC override: dpkg could not write its 0440 conffiles).
+        # They are the user namespace's, not the host's.
+        args += ["--cap-add", "ALL"]
     for name, value in (("USER", ident.user), ("HOME", ident.home), ("SHELL", ident.shell)):
         args += ["--setenv", name, value]
     return args
