@@ -290,7 +290,7 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
     from fimfs.fuse import umount
-    from sandbox import bwrap, janitor
+    from sandbox import bwrap, janitor, portal
 
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
@@ -313,6 +313,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin)
+        portal.prepare(sb, env, inst.path, app_bin, os.getpid())  # type: ignore[arg-type]
         status_r, status_w = os.pipe()
         args = bwrap.argv(sb, bwrap_path, program, status_fd=status_w)  # type: ignore[arg-type]
         log.emit("D", f"bwrap: {args}", "run.py")
