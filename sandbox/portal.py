@@ -79,7 +79,8 @@ def send_frame(sock: socket.socket, message: Mapping[str, object],
     frame = struct.pack(">I", len(data)) + data
     try:
         sent = socket.send_fds(sock, [frame], list(fds)) if fds else 0
-        sock.sendall(frame[sent:])
+        if sent < len(frame):  # never an empty send: the peer may have answered and gone
+            sock.sendall(frame[sent:])
     except TimeoutError:
         raise PortalError("timed out sending a message") from None
     except OSError as exc:
@@ -561,8 +562,20 @@ class _Call:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.master: int | None = None
+        self.sent = False
+        self.pending: list[int] = []
 
     def run(self, argv: list[str], env: dict[str, str]) -> int:
+        saved = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
+        try:
+            return self._run(argv, env)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            if self.master is not None:
+                os.close(self.master)
+
+    def _run(self, argv: list[str], env: dict[str, str]) -> int:
         tty = os.isatty(0) and os.isatty(1)
         fds, slave = [0, 1, 2], None
         if tty:
@@ -578,6 +591,9 @@ class _Call:
         finally:
             if slave is not None:
                 os.close(slave)
+        self.sent = True
+        for sig in self.pending:  # signals that came before the request was sent
+            self._forward(sig, None)
         message = self._receive()
         if message.get("type") == "error":
             if message.get("kind") == "not-found":
@@ -585,16 +601,12 @@ class _Call:
             raise PortalError(str(message.get("message")))
         if message.get("type") != "started":
             raise PortalError(f"unexpected answer {message.get('type')!r} from the daemon")
-        saved = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
-        try:
-            return self._relay() if tty else self._wait()
-        finally:
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
-            if self.master is not None:
-                os.close(self.master)
+        return self._relay() if tty else self._wait()
 
     def _forward(self, sig: int, _frame: object) -> None:
+        if not self.sent:
+            self.pending.append(sig)
+            return
         with contextlib.suppress(PortalError):
             send_frame(self.sock, {"type": "signal", "signal": sig})
 
