@@ -45,18 +45,29 @@ def app_dir(runner: Runner) -> str:
     return _APP[runner.who]
 
 
+def _own_instances(runner: Runner) -> set[int]:
+    directory = f"{app_dir(runner)}/instance"
+    return {int(n) for n in os.listdir(directory)
+            if n.isdigit() and os.stat(f"{directory}/{n}").st_uid == runner.uid}
+
+
 @contextmanager
 def background(runner: Runner, *commands: tuple[str, ...]) -> Iterator[list[int]]:
-    """Start each command as a background instance; their image pids once serving."""
-    app_dir(runner)
-    procs = [runner.start(*command) for command in commands]
+    """Start the commands one after the other as background instances; their pids (the
+    image processes), each returned once its guest daemon listens."""
+    procs: list[subprocess.Popen[str]] = []
+    pids: list[int] = []
     try:
-        pids = [image_pid(p) for p in procs]
-        if not wait_for(lambda: all(guest_ready(runner, pid) for pid in pids), timeout=20):
-            for proc in procs:
-                kill_group(proc)
-            raise AssertionError(f"instances {pids} did not start: "
-                                 f"{[p.communicate()[1] for p in procs]}")
+        for command in commands:
+            before = _own_instances(runner)
+            procs.append(runner.start(*command))
+            if not wait_for(lambda before=before: any(  # type: ignore[misc]
+                    guest_ready(runner, p) for p in _own_instances(runner) - before),
+                    timeout=20):
+                kill_group(procs[-1])
+                raise AssertionError(f"{command} did not start: {procs[-1].communicate()}")
+            pids.append(max(p for p in _own_instances(runner) - before
+                            if guest_ready(runner, p)))
         yield pids
     finally:
         for proc in procs:
@@ -157,9 +168,7 @@ def test_exec_into_an_instance_with_pid_unshared(runner: Runner) -> None:
     runner.ok("fim-unshare", "add", "pid")
     proc = runner.start("fim-exec", "sleep", "30")
     try:
-        pid = image_pid(proc)
-        assert wait_for(lambda: [p for _, p in instances(runner)] == [pid], timeout=20), (
-            instances(runner), pid, os.listdir(f"{app_dir(runner)}/instance"))
+        assert wait_for(lambda: len(instances(runner)) == 1, timeout=20)
         start = time.monotonic()
         out = runner.run("fim-instance", "exec", "0", "true")
         assert out.returncode == 1 and "pid namespace unshared" in out.stderr
@@ -187,7 +196,7 @@ def test_tty_through_instance_exec(runner: Runner) -> None:
         out = b""
         # the pty is the host's: no name inside the sandbox's own /dev/pts, still a tty
         lines = [b"[ -t 0 ] && [ -t 1 ] && echo tty=yes $((6 * 7))", b"set -o | grep monitor",
-                 b"sleep 30 &", b"kill %1", b"exit 5"]
+                 b"sleep 30 &", b"kill %1; sleep 0.5; jobs", b"exit 5"]
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline:

@@ -48,7 +48,7 @@ def test_missing_program_is_127(runner: Runner) -> None:
 def test_missing_program_argument(runner: Runner, command: str) -> None:
     proc = runner.run(command)
     assert proc.returncode == 125
-    assert f"C::" in proc.stderr and f"Incorrect number of arguments for {command}" in proc.stderr
+    assert "C::" in proc.stderr and f"Incorrect number of arguments for {command}" in proc.stderr
 
 
 def test_arguments_pass_unchanged(runner: Runner) -> None:
