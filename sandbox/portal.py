@@ -500,7 +500,10 @@ def prepare(sb: Sandbox, env: dict[str, str], instance_dir: str, app_bin: str,
     if reason:
         with open(os.path.join(directory, UNAVAILABLE), "w", encoding="utf-8") as f:
             f.write(reason + "\n")
-    start_host(directory, ref_pid)
+    try:
+        start_host(directory, ref_pid)
+    except PortalError as exc:  # the program still runs; fim_portal will say so
+        _Log(os.path.join(directory, "host.log"))(str(exc))
 
 
 def main(mode: str, argv: Sequence[str]) -> int:
