@@ -189,9 +189,10 @@ def _listen(path: str) -> socket.socket:
 
 
 def serve(path: str, ref_pid: int, log_path: str | None = None,
-          ready: int | None = None) -> int:
-    """Listen on ``path`` until process ``ref_pid`` is gone; fork a handler per
-    connection. ``ready``: a descriptor to write one byte to once listening."""
+          ready: int | None = None, also: Sequence[int] = ()) -> int:
+    """Listen on ``path`` until process ``ref_pid`` (or one of ``also``) is gone; fork a
+    handler per connection. ``ready``: a descriptor to write one byte to once
+    listening."""
     log = _Log(log_path)
     for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -211,6 +212,12 @@ def serve(path: str, ref_pid: int, log_path: str | None = None,
             os.close(ready)
     poller = select.poll()
     poller.register(ref, select.POLLIN)
+    watched = {ref}
+    for pid in also:
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(pid)
+            poller.register(fd, select.POLLIN)
+            watched.add(fd)
     poller.register(listener.fileno(), select.POLLIN)
     handlers: set[int] = set()
     try:
@@ -220,7 +227,7 @@ def serve(path: str, ref_pid: int, log_path: str | None = None,
                 with contextlib.suppress(ChildProcessError):
                     if os.waitpid(pid, os.WNOHANG)[0]:
                         handlers.discard(pid)
-            if ref in events:
+            if watched.intersection(events):
                 return 0
             if listener.fileno() in events:
                 try:
@@ -736,8 +743,11 @@ def main_daemon(argv: Sequence[str]) -> int:
         _error("usage: fim_portal_daemon guest SOCKET PID")
         return EXIT_FAILURE
     path, ref_pid = argv[1], int(argv[2])
+    # the launch line's bash, which became the program: when it ends the instance does,
+    # and the daemon must not keep the sandbox's mount namespace (and its FUSE mount)
+    program = os.getppid()
     if os.fork():
         return 0
     _detach()
     log = os.path.join(os.path.dirname(path), "guest.log")
-    return serve(path, ref_pid, log)
+    return serve(path, ref_pid, log, also=[program] if program > 1 else [])
