@@ -284,7 +284,8 @@ def _take_terminal() -> None:  # pragma: no cover - runs in the child before exe
     import fcntl
     import termios
 
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    with contextlib.suppress(OSError):  # without it the program runs, without job control
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _handle(conn: socket.socket, ref: int, log: _Log) -> None:
@@ -318,8 +319,9 @@ def _handle(conn: socket.socket, ref: int, log: _Log) -> None:
                                      stderr=fds[2], env={**os.environ, **env}, cwd=cwd,
                                      start_new_session=True,
                                      preexec_fn=_take_terminal if tty else None)
-        except OSError as exc:
-            raise PortalError(f"could not start {argv[0]}: {exc.strerror}") from None
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise PortalError(f"could not start {argv[0]}: {reason}") from None
         finally:
             _close_all(fds)
             fds = []
