@@ -205,8 +205,7 @@ def test_boot_command_is_not_available_yet(app: Path, args: list[str]) -> None:
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 2
 
 
-@pytest.mark.parametrize("command", ["fim-exec", "fim-root", "fim-instance",
-                                     "fim-recipe"])
+@pytest.mark.parametrize("command", ["fim-exec", "fim-root", "fim-recipe"])
 def test_commands_of_later_issues_say_so(app: Path, command: str) -> None:
     fails(app, command, "list", message=f"{command} is not available in this build of fim yet",
           level="C")
