@@ -212,3 +212,31 @@ def test_daemon_ends_with_its_instance(daemon: tuple[Path, subprocess.Popen[byte
     start = time.monotonic()
     assert wait_for(lambda: not sock.exists(), timeout=2, step=0.01)
     assert time.monotonic() - start < 0.5
+
+
+def test_launch_line_with_a_background_command(tmp_path: Path) -> None:
+    """The guest daemon starts in the background; the program is still exec'd (it keeps
+    bwrap's pid), a builtin still runs, a missing program is still 127."""
+    import shutil
+
+    from cli.runtime import find_bash
+    from sandbox.bwrap import RUN_PROGRAM, launch_line
+
+    assert launch_line([]) == RUN_PROGRAM
+    bash = find_bash()
+    marker = tmp_path / "started"
+    script = launch_line([["touch", str(marker)]])
+    sh = shutil.which("sh") or "/bin/sh"
+    pid_out = subprocess.run([bash, "-c", script, "bash", sh, "-c", "echo $$; exit 3"],
+                             capture_output=True, text=True, timeout=30)
+    assert pid_out.returncode == 3
+    proc = subprocess.Popen([bash, "-c", script, "bash", sh, "-c", "echo $$"],
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    assert int(out) == proc.pid  # exec'd: no shell stays in between
+    assert wait_for(marker.exists)
+    assert subprocess.run([bash, "-c", script, "bash", "echo", "builtin"], capture_output=True,
+                          text=True, timeout=30).stdout == "builtin\n"
+    missing = subprocess.run([bash, "-c", script, "bash", "no-such-program"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 127 and "no-such-program: command not found" in missing.stderr
