@@ -33,7 +33,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-env": "cli.commands.env",
     "fim-exec": "cli.run",
     "fim-help": "cli.commands.help",
-    "fim-instance": None,
+    "fim-instance": "cli.commands.instance",
     "fim-layer": "cli.commands.layer",
     "fim-notify": "cli.commands.switch",
     "fim-overlay": "cli.commands.overlay",

@@ -1,4 +1,5 @@
-"""Entry point of the frozen runtime (PyInstaller): ``fim IMAGE ARGS...``.
+"""Entry point of the frozen runtime (PyInstaller): ``fim IMAGE ARGS...``, or the
+portal's dispatcher or guest daemon with FIM_PORTAL_MODE (the wrappers of sandbox.portal).
 
 The libfuse bundled next to the frozen interpreter is the one to load when the host
 has none: mfusepy takes FUSE_LIBRARY_PATH before any search (fimfs.fuse too).
@@ -8,6 +9,12 @@ import os
 import sys
 
 if __name__ == "__main__":
+    # the portal's dispatcher and guest daemon inside the sandbox (sandbox.portal)
+    mode = os.environ.pop("FIM_PORTAL_MODE", None)
+    if mode is not None:
+        from sandbox import portal
+
+        sys.exit(portal.main(mode, sys.argv[1:]))
     bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "libfuse3.so.3")
     if "FUSE_LIBRARY_PATH" not in os.environ and os.path.isfile(bundled):
         os.environ["FUSE_LIBRARY_PATH"] = bundled

@@ -385,7 +385,7 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
     from cli.desktop import integrate
-    from sandbox import bwrap, janitor
+    from sandbox import bwrap, janitor, portal
 
     integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
     app_bin = os.environ["FIM_DIR_APP_BIN"]
@@ -409,6 +409,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
+        portal.prepare(sb, env, inst.path, app_bin, os.getpid())  # type: ignore[arg-type]
         pipes = _Pipes()
         args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,  # type: ignore[arg-type]
                           started_fd=pipes.started_w)

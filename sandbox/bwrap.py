@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 #: byte to the run's "started" pipe: an exit without it is bwrap's own failure.
 RUN_PROGRAM = '"$@"'
 STARTED = 'printf . >&{fd}; exec {fd}>&-; '
+#: With background commands (the guest portal daemon) the launch line is a list, which
+#: bash does not exec into its last command: a program found as a file is exec'd (so
+#: it stays bwrap's child and gets the signals), anything else (a builtin, a missing
+#: program: "command not found", 127) runs as before.
+RUN_EXEC = '[[ $(type -t -- "$1") == file ]] && exec "$@"; "$@"'
 BIND_FLAGS = {"ro": "--ro-bind-try", "rw": "--bind-try", "dev": "--dev-bind-try"}
 
 
@@ -59,7 +64,8 @@ class Sandbox:
     ``host_uid``/``host_gid`` are the caller's, to know when a user namespace is
     needed; ``runtime_dirs`` are bound read-only at their own paths; ``files`` maps a
     host file to where it appears (read-only); ``passwd`` is the generated passwd
-    file. ``permission_args``/``unshare_args`` come from :mod:`sandbox.permissions`.
+    file. ``permission_args``/``unshare_args`` come from :mod:`sandbox.permissions`;
+    ``background`` commands start before the program (the guest portal daemon).
     """
 
     root_args: list[str]
@@ -74,6 +80,8 @@ class Sandbox:
     permission_args: list[str] = field(default_factory=list)
     unshare_args: list[str] = field(default_factory=list)
     setenv: dict[str, str] = field(default_factory=dict)
+    #: commands started in the background before the program, stdio on /dev/null
+    background: list[list[str]] = field(default_factory=list)
 
 
 def _identity_args(sb: Sandbox) -> list[str]:
@@ -125,8 +133,20 @@ def argv(sb: Sandbox, bwrap: str, program: Sequence[str], *,
     args += sb.unshare_args
     for name, value in sb.setenv.items():
         args += ["--setenv", name, value]
-    script = RUN_PROGRAM if started_fd is None else STARTED.format(fd=started_fd) + RUN_PROGRAM
+    script = launch_line(sb.background)
+    if started_fd is not None:
+        script = STARTED.format(fd=started_fd) + script
     return [*args, "--", sb.shell, "-c", script, "bash", *program]
+
+
+def launch_line(background: Sequence[Sequence[str]] = ()) -> str:
+    """The ``bash -c`` script: the background commands, then the program ("$@")."""
+    if not background:
+        return RUN_PROGRAM
+    import shlex
+
+    started = "".join(f"{shlex.join(cmd)} </dev/null >/dev/null 2>&1 & " for cmd in background)
+    return started + RUN_EXEC
 
 
 def find_bwrap(app_bin: str | None) -> str:

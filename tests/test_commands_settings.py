@@ -199,12 +199,6 @@ def test_help_unknown_topic(app: Path, topic: str) -> None:
 
 # -- dispatch, levels, errors ---------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["fim-instance"])
-def test_commands_of_later_issues_say_so(app: Path, command: str) -> None:
-    fails(app, command, "list", message=f"{command} is not available in this build of fim yet",
-          level="C")
-
-
 @pytest.mark.parametrize("command", ["fim-foo", "fim-Exec", "fim-", "fim-commit", "fim-icon"])
 def test_unknown_fim_command(app: Path, command: str) -> None:
     proc = fails(app, command, "x", message=f"Unknown command: {command}", level="C")
