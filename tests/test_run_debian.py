@@ -37,3 +37,19 @@ def test_identity_and_shell_of_a_real_root(deb: Runner) -> None:
     assert deb.ok("fim-exec", "id", "-u") == f"{deb.uid}\n"
     assert deb.ok("fim-root", "whoami") == "root\n"
     assert deb.ok(input="cat /etc/debian_version >/dev/null && echo ok\n") == "ok\n"
+
+
+def test_instances_and_portal_in_a_real_root(deb: Runner) -> None:
+    """Issue 9's rows on a glibc root: `fim-instance exec` into a running debian
+    container and `fim_portal` from it to the host."""
+    from tests.test_instance import background, instances
+
+    with background(deb, ("fim-root", "sleep", "60")) as pids:
+        assert [p for _, p in instances(deb)] == pids
+        assert deb.ok("fim-instance", "exec", "0", "id", "-u") == "0\n"
+        assert deb.ok("fim-instance", "exec", "0", "cat", "/etc/debian_version").strip()
+    out = deb.ok("fim-exec", "fim_portal", "sh", "-c", "test -e /etc/fim-host-marker || "
+                 "uname -s", input="")
+    assert out == "Linux\n"
+    proc = deb.run("fim-exec", "fim_portal", "no-such-program-on-the-host")
+    assert proc.returncode == 1 and "program not found" in proc.stderr
