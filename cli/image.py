@@ -245,8 +245,13 @@ def _copy(src: str, dst_fd: int, offset: int) -> int:
     copied = 0
     with open(src, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
-            os.pwrite(dst_fd, chunk, offset + copied)
-            copied += len(chunk)
+            view = memoryview(chunk)
+            while view:  # a short write (a disk filling up) goes on, until ENOSPC
+                n = os.pwrite(dst_fd, view, offset + copied)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+                copied += n
     return copied
 
 

@@ -333,8 +333,8 @@ def test_torn_append_is_ignored_then_overwritten(app: Path) -> None:
 
 # -- crashes and a full disk -------------------------------------------------------------
 def _fill_upper(root: Path) -> None:
-    for d in range(4):
-        for f in range(40):
+    for d in range(6):
+        for f in range(100):
             write(root / f"d{d}/f{f}", f"{d}-{f}\n" * (50 + f))
     write(root / "etc/.wh.os-release", "")
     write(root / "opq/.wh..wh..opq", "")
@@ -343,27 +343,45 @@ def _fill_upper(root: Path) -> None:
 
 
 def _commit_argv(app: Path, mode: str) -> list[str]:
-    args = [str(app), "fim-layer", "commit", mode]
-    return args + [str(app.parent / "out.layer")] if mode == "file" else args
+    return [str(app), "fim-layer", "commit", mode]
+
+
+def _phases(app: Path, mode: str, env: dict[str, str]) -> tuple[float, float]:
+    """When a commit of the upper starts gathering and when it ends (a trial on copies)."""
+    trial = app.parent / "trial"
+    trial.mkdir()
+    subprocess.run(["cp", "-a", str(app), str(data(app)), str(trial)], check=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(_commit_argv(trial / app.name, mode), env=env, text=True,
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    gathering = next(time.monotonic() for line in proc.stdout if "Gathering" in line)
+    proc.communicate()
+    end = time.monotonic()
+    subprocess.run(["rm", "-rf", str(trial)], check=True)
+    return gathering - start, end - start
 
 
 @pytest.mark.parametrize("mode", ["binary", "layer"])
 def test_kill_at_random_instants(app: Path, mode: str) -> None:
-    """kill -9 during a commit: the image boots with its old or its new layers and the
-    view is the same as before the commit; then a commit completes."""
+    """kill -9 at 25 instants spread over a commit: the image boots with its old or its
+    new layers and the view is the same as before the commit; then a commit completes."""
     root = upper(app)
     _fill_upper(root)
     expected = view(app)
     env = {"PATH": os.environ["PATH"], "HOME": str(app.parent / "home")}
-    # how long a commit takes, to spread the kills over it (on an upper kept as it is)
+    first, last = _phases(app, mode, env)
     rng = random.Random(10)
     outcomes = set()
     for i in range(25):
         proc = subprocess.Popen(_commit_argv(app, mode), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 1.2))
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(first * 0.8, last))
         proc.send_signal(signal.SIGKILL)
         code = proc.wait()
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert code in (0, -signal.SIGKILL), err
         outcomes.add(code)
         assert view(app) == expected, f"kill {i}"
         if code == 0:  # finished before the kill: start again from a fresh upper
@@ -382,13 +400,16 @@ def _tmpfs(path: Path, size: str) -> None:
 
 def _fill(path: Path) -> None:
     """Fill the filesystem of ``path`` up to the last block."""
-    with open(path / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\xff" * 4096)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (1 << 16, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
@@ -421,8 +442,7 @@ def test_full_disk_under_the_image(app: Path, tmp_path: Path) -> None:
     try:
         target = small / app.name
         subprocess.run(["cp", "-a", str(app), str(target)], check=True)
-        write(upper(target) if False else tmp_path / "d" / "root" / "big",
-              os.urandom(200_000).hex())
+        write(tmp_path / "d" / "root" / "big", os.urandom(200_000).hex())
         env = {"FIM_DIR_DATA": str(tmp_path / "d")}
         _fill(small)
         size = os.path.getsize(target)
