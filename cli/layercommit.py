@@ -97,14 +97,26 @@ def _exclusive(data: str) -> int:
 
 
 # -- building a layer --------------------------------------------------------------------
-def _keeper(upper: bool, skipped: set[bytes]) -> Callable[[bytes, os.stat_result], bool]:
+def _keeper(upper: bool, skipped: set[bytes],
+            opened: list[tuple[bytes, int]]) -> Callable[[bytes, os.stat_result], bool]:
     """The scan's ``keep``: the spec's input set, with its messages; ``skipped``
-    collects what is left out (a commit leaves it in the upper directory)."""
+    collects what is left out (a commit leaves it in the upper directory). In an upper
+    directory, this user's files and directories that deny it reading (a ``chmod 000``
+    in the container) are opened up for the scan; ``opened`` lists their modes."""
     wanted = ((stat.S_IFREG, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
               if upper else (stat.S_IFREG, stat.S_IFLNK))
+    euid = os.geteuid()
 
     def keep(path: bytes, st: os.stat_result) -> bool:
         fmt = stat.S_IFMT(st.st_mode)
+        if upper and euid and st.st_uid == euid and fmt in (stat.S_IFREG, stat.S_IFDIR):
+            need = stat.S_IRUSR | (stat.S_IXUSR if fmt == stat.S_IFDIR else 0)
+            if st.st_mode & need != need:
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | need)
+                    opened.append((path, stat.S_IMODE(st.st_mode)))
+                except OSError:
+                    pass
         if fmt == stat.S_IFDIR:
             if os.access(path, os.R_OK | os.X_OK):
                 return True
@@ -135,6 +147,7 @@ def build(source: str, output: str, *, upper: bool = False) -> set[bytes]:
     log.info(f"Compression level: '{level}'")
     log.info(f"Compress filesystem to '{output}'")
     skipped: set[bytes] = set()
+    opened: list[tuple[bytes, int]] = []
     bar = None
     if sys.stderr.isatty():
         from cli.tool.create import ProgressBar
@@ -142,12 +155,17 @@ def build(source: str, output: str, *, upper: bool = False) -> set[bytes]:
         bar = ProgressBar()
     try:
         write_image(source, output, WriteOptions(level=level), bar,
-                    keep=_keeper(upper, skipped), upper=upper)
+                    keep=_keeper(upper, skipped, opened), upper=upper)
     except FimfsError as exc:
         raise CommandError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
+        for path, mode in reversed(opened):  # children first: their parents are open
+            try:
+                os.chmod(path, mode)
+            except OSError:
+                pass
     log.info("Filesystem created without errors")
     return skipped
 
@@ -271,6 +289,9 @@ def _clear_dir(path: bytes, skipped: set[bytes]) -> bool:
     if not _unopaque(path):
         return False
     try:
+        st = os.lstat(path)
+        if os.geteuid() and st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)  # it goes: open it to empty it
         with os.scandir(path) as it:
             entries = [(de.path, de.is_dir(follow_symlinks=False)) for de in it]
     except OSError:

@@ -127,7 +127,7 @@ def test_undeletable_files_only_warn(runner: Runner) -> None:
     if runner.who == "root":
         pytest.skip("root deletes anything")
     runner.ok("fim-root", "sh", "-c", "mkdir /ro /rw && echo 1 > /ro/f && echo 2 > /rw/f")
-    os.chmod(runner.data / "root" / "ro", 0o555)
+    os.chown(runner.data / "root" / "ro", 0, 0)  # as upstream's test does with sudo
     res = runner.run("fim-layer", "commit", "binary")
     assert res.returncode == 0, res
     assert f"Could not remove file {runner.data}/root/ro/f" in res.stderr
@@ -135,3 +135,18 @@ def test_undeletable_files_only_warn(runner: Runner) -> None:
     assert res.stdout.splitlines()[-1].endswith("Finished erasing files")
     assert not (runner.data / "root" / "rw").exists()
     assert runner.ok("fim-exec", "cat", "/ro/f", "/rw/f") == "1\n2\n"
+
+
+def test_entries_that_deny_reading_are_committed(runner: Runner) -> None:
+    runner.ok("fim-root", "sh", "-c", "echo s > /secret && chmod 000 /secret && "
+              "mkdir -p /closed/in && echo c > /closed/in/f && chmod 000 /closed/in")
+    runner.ok("fim-layer", "commit", "binary")
+    top = layers(runner)[-1]
+    with DwarfsImage.open(runner.app, offset=top.offset, size=top.size) as fs:
+        assert stat.S_IMODE(fs.getattr("/secret").mode) == 0
+        assert stat.S_IMODE(fs.getattr("/closed/in").mode) == 0
+        assert fs.readdir("/closed/in") and "f" in fs.readdir("/closed/in")
+    assert not (runner.data / "root" / "secret").exists()
+    assert not (runner.data / "root" / "closed").exists()
+    if runner.who == "root":  # an unprivileged sandbox's root cannot read mode 000 files
+        assert runner.ok("fim-root", "cat", "/secret", "/closed/in/f") == "s\nc\n"
