@@ -53,7 +53,7 @@ def test_commit_binary_keeps_writes_owners_and_deletions(runner: Runner) -> None
     assert out.splitlines()[-1].endswith("Finished erasing files")
     assert upper_files(runner) == []
     top = layers(runner)[-1]
-    with DwarfsImage.open(runner.app, offset=top.offset, size=top.size) as fs:
+    with DwarfsImage.from_path(runner.app, offset=top.offset, size=top.size) as fs:
         script = fs.getattr(SCRIPT)
         assert (script.uid, script.gid, stat.S_IMODE(script.mode)) == (*owner, 0o755)
         assert fs.getattr("/opt/tree/x").ino == fs.getattr("/opt/tree/y").ino
@@ -143,7 +143,7 @@ def test_entries_that_deny_reading_are_committed(runner: Runner) -> None:
               "mkdir -p /closed/in && echo c > /closed/in/f && chmod 000 /closed/in")
     runner.ok("fim-layer", "commit", "binary")
     top = layers(runner)[-1]
-    with DwarfsImage.open(runner.app, offset=top.offset, size=top.size) as fs:
+    with DwarfsImage.from_path(runner.app, offset=top.offset, size=top.size) as fs:
         assert stat.S_IMODE(fs.getattr("/secret").mode) == 0
         assert stat.S_IMODE(fs.getattr("/closed/in").mode) == 0
         assert fs.readdir("/closed/in") and "f" in fs.readdir("/closed/in")

@@ -160,7 +160,7 @@ def _marker_stat(dir_st: os.stat_result) -> os.stat_result:
     return _with_ns(fields, dir_st, rdev=0, blocks=0)
 
 
-def _with_ns(fields: list[int], st: os.stat_result, **extra: int) -> os.stat_result:
+def _with_ns(fields: list[float], st: os.stat_result, **extra: int) -> os.stat_result:
     return os.stat_result(fields, {"st_atime_ns": st.st_atime_ns, "st_mtime_ns": st.st_mtime_ns,
                                    "st_ctime_ns": st.st_ctime_ns, "st_rdev": st.st_rdev,
                                    "st_blocks": st.st_blocks, **{f"st_{k}": v for k, v in
