@@ -164,15 +164,15 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     return _Root(["--bind", inst.mount, "/"], [inst.mount], close)
 
 
-def _open_owned_layer(uid: int, gid: int, path: str, offset: int) -> object:
+def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
     from fimfs.dwarfs import DwarfsImage
     from fimfs.owners import OwnerView
 
-    return OwnerView(DwarfsImage.from_path(path, offset=offset), uid, gid)
+    return OwnerView(DwarfsImage.from_path(path, offset=offset, size=size), uid, gid)
 
 
 def _mount_external(backend: str, inst: Instance, ident: Identity,
-                    layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
+                    layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """An external backend (fimfs.external) over one mount per layer."""
     import functools
 
@@ -225,8 +225,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
             from fimfs.external import BackendMissing
 
             try:
-                return _mount_external(backend, inst, ident, [la[:2] for la in layers],
-                                       upper, casefold)
+                return _mount_external(backend, inst, ident, layers, upper, casefold)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
         return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)

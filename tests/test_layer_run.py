@@ -171,3 +171,15 @@ def test_a_run_waits_for_a_commit(runner: Runner) -> None:
         assert proc.returncode == 0 and out == "ran\n"
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("backend", ["overlayfs", "bwrap"])
+def test_committed_layers_with_other_backends(runner: Runner, backend: str) -> None:
+    gone = base_file(runner)
+    hello(runner, "other-backend")
+    runner.ok("fim-root", "rm", gone)
+    runner.ok("fim-layer", "commit", "binary")
+    env = {"FIM_OVERLAY": backend}
+    res = runner.run("fim-exec", SCRIPT, env=env)
+    assert (res.returncode, res.stdout) == (0, "other-backend\n"), res
+    assert runner.run("fim-exec", "test", "-e", gone, env=env).returncode == 1
