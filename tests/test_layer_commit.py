@@ -174,6 +174,8 @@ def test_commit_layer_keeps_everything_the_container_saw(app: Path) -> None:
     write(root / ".wh..wh..fimtmp.123", "")  # a copy-up the union did not finish
     os.setxattr(root / "xopaque", "user.overlay.opaque", b"y")
     os.setxattr(root / "usr/bin/hello-world.sh", "user.fim.owner", b"123:456")
+    write(root / "etc/private", "p\n", 0o600)
+    os.setxattr(root / "etc/private", "user.fim.owner", b"7:8:0")  # a logical mode 0
     os.utime(root / "usr/bin/hello-world.sh", (1_000_000_000, 1_000_000_000))
     out = ok(app, "fim-layer", "commit", "layer")
     layer = data(app) / "layers" / "layer-000.layer"
@@ -186,6 +188,8 @@ def test_commit_layer_keeps_everything_the_container_saw(app: Path) -> None:
     assert (script.uid, script.gid, stat.S_IMODE(script.mode)) == (123, 456, 0o755)
     assert script.mtime_ns == 1_000_000_000 * 10**9 and script.nlink == 2
     assert entries["/usr/bin/hello-link"].ino == script.ino
+    private = entries["/etc/private"]
+    assert (private.uid, private.gid, stat.S_IMODE(private.mode)) == (7, 8, 0)
     assert stat.S_ISLNK(entries["/usr/bin/hello-sym"].mode)
     assert stat.S_ISFIFO(entries["/fifo"].mode)
     assert whiteout.is_whiteout(entries["/etc/os-release"])
