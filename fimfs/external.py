@@ -74,7 +74,11 @@ _POLL = 0.02
 _PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-OpenLayer = Callable[[str, int], Filesystem]
+#: ``open_layer(path, offset, size)``: a layer's Filesystem (``size`` None: up to the end
+#: of the file; a layer followed by others in one image needs its size).
+OpenLayer = Callable[[str, int, "int | None"], Filesystem]
+#: A layer: ``(path, offset)`` or ``(path, offset, size)``.
+LayerSpec = tuple[str, int, "int | None"]
 
 
 class BackendMissing(FimfsError):
@@ -177,11 +181,11 @@ def image_size(path: str, offset: int) -> int:
         f.close()
 
 
-def default_open_layer(path: str, offset: int) -> Filesystem:
-    """fim's DwarFS reader on the image at ``offset`` in ``path``."""
+def default_open_layer(path: str, offset: int, size: int | None = None) -> Filesystem:
+    """fim's DwarFS reader on the image at ``offset`` in ``path`` (``size`` bytes)."""
     from fimfs.dwarfs import DwarfsImage
 
-    return DwarfsImage.from_path(path, offset=offset)
+    return DwarfsImage.from_path(path, offset=offset, size=size)
 
 
 # -- child processes ---------------------------------------------------------------------
@@ -449,11 +453,11 @@ def _take_down(server: _Server) -> str | None:
     return None
 
 
-def _layer_spec(layer: Sequence[Any]) -> tuple[str, int]:
-    if len(layer) != 2:
-        raise FimfsError(f"a layer is (path, offset), not {layer!r}")
-    path, offset = layer
-    return os.path.abspath(os.fsdecode(path)), int(offset)
+def _layer_spec(layer: Sequence[Any]) -> LayerSpec:
+    if len(layer) not in (2, 3):
+        raise FimfsError(f"a layer is (path, offset[, size]), not {layer!r}")
+    size = None if len(layer) == 2 or layer[2] is None else int(layer[2])
+    return os.path.abspath(os.fsdecode(layer[0])), int(layer[1]), size
 
 
 def _fresh_dir(path: str) -> str:
@@ -463,7 +467,7 @@ def _fresh_dir(path: str) -> str:
 
 def start(
     backend: str,
-    layers: Sequence[tuple[str, int]],
+    layers: Sequence[tuple[str, int] | tuple[str, int, int]],
     upper: str,
     work: str,
     runtime_dir: str,
@@ -474,14 +478,15 @@ def start(
     uid: int | None = None,
     gid: int | None = None,
 ) -> ExternalStack:
-    """Mount ``layers`` (bottom first: ``(file, offset)`` of each DwarFS image) for ``backend``.
+    """Mount ``layers`` (bottom first: ``(file, offset[, size])`` of each DwarFS image) for
+    ``backend``.
 
     ``backend``: ``overlayfs`` (fuse-overlayfs), ``unionfs`` (unionfs-fuse) or ``bwrap``
     (layer mounts only; the caller passes ``extra_bwrap_args`` to bwrap). ``upper`` and
     ``work`` (empty, on the filesystem of ``upper``; unused by unionfs) must exist.
     ``runtime_dir`` gets ``layers/<i>``, ``mount``, ``casefold`` and ``logs/``.
 
-    ``open_layer(path, offset)`` makes the Filesystem of a layer, in the child that
+    ``open_layer(path, offset, size)`` makes the Filesystem of a layer, in the child that
     serves it (default: fim's DwarFS reader). ``native``: serve the layers with the
     ``dwarfs`` program when it is on PATH (else ours, with a warning). ``uid``/``gid``:
     the owner the native driver presents the layers with, and fuse-overlayfs'
@@ -532,19 +537,19 @@ def start(
         raise
 
 
-def _mount_layers(stack: ExternalStack, specs: Sequence[tuple[str, int]], opener: OpenLayer,
+def _mount_layers(stack: ExternalStack, specs: Sequence[LayerSpec], opener: OpenLayer,
                   dwarfs_path: str | None, runtime_dir: str, logs: str,
                   uid: int | None, gid: int | None) -> None:
     """One read-only mount per layer, bottom first, on ``RUNTIME/layers/<i>``."""
-    for i, (path, offset) in enumerate(specs):
+    for i, (path, offset, size) in enumerate(specs):
         mp = _fresh_dir(os.path.join(runtime_dir, "layers", str(i)))
         log_path = os.path.join(logs, f"layer-{i}.log")
         if dwarfs_path is not None:
-            argv = dwarfs_argv(path, offset, image_size(path, offset), mp, uid=uid, gid=gid,
-                               program=dwarfs_path)
+            argv = dwarfs_argv(path, offset, image_size(path, offset) if size is None else size,
+                               mp, uid=uid, gid=gid, program=dwarfs_path)
             server = _spawn(f"dwarfs (layer {i})", argv, mp, log_path)
         else:
-            server = _fork_fim(f"fim (layer {i})", _bind(opener, path, offset), mp, log_path,
+            server = _fork_fim(f"fim (layer {i})", _bind(opener, path, offset, size), mp, log_path,
                                fsname=path, options={"use_ino": True})
         stack._add(server)
         stack.layer_dirs.append(mp)
@@ -571,9 +576,10 @@ def _mount_union(stack: ExternalStack, program: str, program_path: str, runtime_
         stack.root = cf
 
 
-def _bind(opener: OpenLayer, path: str, offset: int) -> Callable[[], Filesystem]:
+def _bind(opener: OpenLayer, path: str, offset: int,
+          size: int | None) -> Callable[[], Filesystem]:
     def source() -> Filesystem:
-        return opener(path, offset)
+        return opener(path, offset, size)
 
     return source
 

@@ -115,7 +115,26 @@ def _attr(st: os.stat_result, uid: int, gid: int, perm: int | None = None) -> At
 _XATTR_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR})
 
 
-def _read_record(host: str) -> Record | None:
+def recorders(root_st: os.stat_result) -> frozenset[int]:
+    """The real owners whose entries under a root (``root_st``) may carry a record:
+    only this process and the root's owner could have written it."""
+    return frozenset({os.geteuid(), root_st.st_uid})
+
+
+def logical(host: str | bytes, st: os.stat_result,
+            recorded_by: frozenset[int]) -> tuple[int, int, int]:
+    """Owner and permission bits of the entry ``host`` (lstat ``st``) as the union shows
+    them: the record's when its real owner is in ``recorded_by`` (see :func:`recorders`),
+    else the real ones. One lgetxattr for regular files and directories of those owners."""
+    if st.st_uid in recorded_by and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
+        record = _read_record(host)
+        if record is not None:
+            uid, gid, perm = record
+            return uid, gid, stat.S_IMODE(st.st_mode) if perm is None else perm
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def _read_record(host: str | bytes) -> Record | None:
     """The logical owner and mode recorded on ``host``; None if none (or unreadable or
     invalid)."""
     try:
@@ -160,8 +179,7 @@ class HostDir(Filesystem):
         self._modes = owner_xattr and os.geteuid() != 0
         self._warned = False  # about an upper that cannot store owners
         # Real owners whose files may carry the xattr: only they could have written it.
-        self._recorders = (frozenset({os.geteuid(), os.stat(self.root).st_uid})
-                           if owner_xattr else frozenset())
+        self._recorders = recorders(os.stat(self.root)) if owner_xattr else frozenset()
 
     def _host(self, path: str) -> str:
         parts = split_path(path)
@@ -202,11 +220,7 @@ class HostDir(Filesystem):
     def getattr(self, path: str) -> Attr:
         host = self._host(path)
         st = os.lstat(host)
-        if st.st_uid in self._recorders and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
-            record = _read_record(host)
-            if record is not None:
-                return _attr(st, *record)
-        return _attr(st, st.st_uid, st.st_gid)
+        return _attr(st, *logical(host, st, self._recorders))
 
     def readdir(self, path: str) -> list[str]:
         return os.listdir(self._host(path))

@@ -93,7 +93,6 @@ def test_add_refuses_what_is_not_dwarfs(app: Path, tmp_path: Path) -> None:
     (["list", "x", "y"], "Trailing arguments for fim-layer list: ['x','y',]"),
     (["add"], "add requires exactly one argument (/path/to/file.layer)"),
     (["add", "a", "b"], "add requires exactly one argument (/path/to/file.layer)"),
-    (["commit", "binary"], "fim-layer commit is not available in this build of fim yet"),
 ])
 def test_errors(app: Path, args: list[str], message: str) -> None:
     fails(app, "fim-layer", *args, message=message)

@@ -414,10 +414,10 @@ def test_layer_fails_tears_down(layers: list[tuple[str, int]], dirs: dict[str, P
 
     need("fuse-overlayfs")
 
-    def open_layer(path: str, offset: int) -> DwarfsImage:
+    def open_layer(path: str, offset: int, size: int | None) -> DwarfsImage:
         if path == layers[1][0]:
             raise FimfsError("layer refuses to open")
-        return DwarfsImage.from_path(path, offset=offset)
+        return DwarfsImage.from_path(path, offset=offset, size=size)
 
     with pytest.raises(FimfsError) as e:
         external.start("overlayfs", layers, str(dirs["upper"]), str(dirs["work"]),

@@ -1,5 +1,5 @@
-"""`fim-layer list|add`: the layers an image stacks (spec 2.10). `create` and `commit`
-come with the layer-building commands; until then they say they are not available."""
+"""`fim-layer`: the layers an image stacks (spec 2.10): `list`, `add`, and `create` and
+`commit` (cli.layercommit)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 from cli import log
 from cli.commands.args import keyword, print_lines
-from cli.log import CommandError, Fatal, UsageError, trailing
+from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -32,6 +32,25 @@ def _add(ctx: Context, source: str) -> None:
     log.info(f"Included novel layer from file '{source}'")
 
 
+def _commit(ctx: Context, args: list[str]) -> None:
+    if not args:
+        raise UsageError("Missing op for 'commit' (binary,layer,file)")
+    mode = keyword(args[0])
+    if mode not in ("BINARY", "LAYER", "FILE"):
+        raise UsageError("Invalid commit operation")
+    path = None
+    extra = args[1:]
+    if mode == "FILE":
+        if not extra:
+            raise UsageError("Missing path for 'file' operation")
+        path, extra = extra[0], extra[1:]
+    if extra:
+        raise trailing("fim-layer commit", extra)
+    from cli import layercommit
+
+    layercommit.commit(ctx, mode, path)
+
+
 def run(ctx: Context, args: list[str]) -> int:
     if not args:
         raise UsageError("Missing op for 'fim-layer' (create,add,commit,list)")
@@ -44,8 +63,15 @@ def run(ctx: Context, args: list[str]) -> int:
         if len(args) != 2:
             raise UsageError("add requires exactly one argument (/path/to/file.layer)")
         _add(ctx, args[1])
-    elif op in ("CREATE", "COMMIT"):
-        raise Fatal(f"fim-layer {args[0]} is not available in this build of fim yet")
+    elif op == "CREATE":
+        if len(args) != 3:
+            raise UsageError("create requires exactly two arguments "
+                             "(/path/to/dir /path/to/file.layer)")
+        from cli import layercommit
+
+        layercommit.create(args[1], args[2])
+    elif op == "COMMIT":
+        _commit(ctx, args[1:])
     else:
         raise UsageError("Invalid layer operation")
     return 0

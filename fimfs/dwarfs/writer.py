@@ -24,7 +24,7 @@ from . import filedata, idl, metabuild
 from .blocks import BlockStream, SectionWriter
 from .frozen_encode import freeze
 from .options import LEVELS, WriteOptions
-from .scan import scan
+from .scan import Keep, scan
 from .sections import METADATA, SCHEMA
 
 
@@ -92,8 +92,10 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 def write_image(source: str | os.PathLike, output: str | os.PathLike,
                 options: WriteOptions | None = None,
-                progress: Callable[[Progress], None] | None = None) -> WriteStats:
-    """Write the tree under ``source`` as a DwarFS image to ``output``."""
+                progress: Callable[[Progress], None] | None = None, *,
+                keep: Keep | None = None, upper: bool = False) -> WriteStats:
+    """Write the tree under ``source`` as a DwarFS image to ``output``; ``keep`` and
+    ``upper`` choose and read the entries as :func:`.scan.scan` says."""
     opts = options or WriteOptions()
     output = os.fsdecode(output)
     if os.path.isdir(output):
@@ -104,7 +106,7 @@ def write_image(source: str | os.PathLike, output: str | os.PathLike,
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             stats = _write(os.fsencode(source), output, out, opts, skip,
-                           progress or (lambda p: None))
+                           progress or (lambda p: None), keep, upper)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, output)
@@ -121,14 +123,15 @@ def write_image(source: str | os.PathLike, output: str | os.PathLike,
 
 
 def _write(source: bytes, output: str, out, opts: WriteOptions,  # noqa: ANN001 - a file
-           skip: frozenset, report: Callable[[Progress], None]) -> WriteStats:
+           skip: frozenset, report: Callable[[Progress], None], keep: Keep | None = None,
+           upper: bool = False) -> WriteStats:
     p = Progress("scan")
 
     def scanned(n: int) -> None:
         p.files = n
         report(p)
 
-    tree = scan(source, skip, scanned)
+    tree = scan(source, skip, scanned, keep=keep, upper=upper)
     p.phase, p.files, p.files_total = "hash", 0, len(tree.files)
 
     def hashed(n: int) -> None:
