@@ -4,6 +4,7 @@ as root and as a normal user (one-uid user namespace: README, "Debian images")."
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def test_instances_and_portal_in_a_real_root(deb: Runner) -> None:
     assert out == "Linux\n"
     proc = deb.run("fim-exec", "fim_portal", "no-such-program-on-the-host")
     assert proc.returncode == 1 and "program not found" in proc.stderr
+
+
+def test_the_cowsay_story(deb: Runner) -> None:
+    """Issue 10's story, the README's example: install as root inside, commit the upper
+    into the image, drop the writable data, run from the committed layer, then make the
+    image an app with its own boot command."""
+    import shutil
+
+    deb.ok("fim-perms", "add", "network")
+    proc = deb.run("fim-root", "sh", "-c", "apt-get update -qq && "
+                   "apt-get install -y -qq --no-install-recommends cowsay", timeout=1200)
+    assert proc.returncode == 0, proc
+    deb.ok("fim-layer", "commit", "binary", timeout=1200)
+    shutil.rmtree(deb.data)
+    assert "< hello >" in deb.ok("fim-exec", "/usr/games/cowsay", "hello")
+    deb.ok("fim-boot", "set", "/usr/games/cowsay")
+    app = deb.workspace / "cowsay.flatimage"
+    deb.app.rename(app)
+    env = deb.env()
+    argv = deb.argv(("moo",), None)
+    argv[argv.index(str(deb.app))] = str(app)
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=deb.workspace, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and "< moo >" in out.stdout, out
