@@ -12,7 +12,7 @@ deps:
 	@VENV=$(VENV) scripts/install-deps.sh
 
 run: deps
-	@FIM=$(VENV)/bin/fim DEMO=$(DEMO) scripts/demo.sh "$(WORK)"
+	@FIM=$(abspath $(VENV))/bin/fim DEMO=$(DEMO) scripts/demo.sh "$(WORK)"
 
 test: deps
 	$(VENV)/bin/pytest -q
