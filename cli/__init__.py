@@ -3,5 +3,5 @@
 Two command families live here: :mod:`cli.tool` is `fim`, the developer tool run on
 the host; :mod:`cli.commands` are the ``fim-*`` commands run inside a built image.
 :mod:`cli.image` is the single-file image format itself (its errors are
-:class:`cli.image.FimImageError`); :mod:`cli.tool.image` is the `fim image` subcommand.
+:class:`cli.image.FimImageError`); :mod:`cli.tool.image_file` is the `fim image` subcommand.
 """

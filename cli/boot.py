@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # Every command FlatImage's parser knows; None: known, but this build cannot run it yet.
 COMMANDS: dict[str, str | None] = {
     "fim-bind": "cli.commands.bind",
-    "fim-boot": "cli.commands.boot",
+    "fim-boot": "cli.commands.boot_program",
     "fim-casefold": "cli.commands.switch",
     "fim-desktop": "cli.commands.desktop",
     "fim-env": "cli.commands.env",

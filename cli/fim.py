@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from cli.errors import FimError
 
-_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image",
+_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image_file",
           "cli.tool.build", "cli.tool.create")
 
 

@@ -7,7 +7,7 @@ Layout (all offsets in bytes from the start of the file)::
                        b"#FI\\x01 fim" P_OFF P_SIZE R_OFF R_SIZE DIST BUILD
                      (single spaces between fields, then spaces up to byte 126)
     128      ...     the rest of the launcher: /bin/sh code that never returns
-    P_OFF    P_SIZE  the runtime payload (cli/runtime.py); P_OFF = 128 + launcher size
+    P_OFF    P_SIZE  the runtime payload (cli/build/payload.py); P_OFF = 128 + launcher size
     ...              zero bytes up to R_OFF, the next multiple of 4096
     R_OFF    R_SIZE  the reserved space: the config (cli/config.py); R_SIZE is a
                      multiple of 4096 fixed at build time (default 4 MiB)

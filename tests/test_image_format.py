@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli import image, runtime
+from cli.build import payload
 from cli.image import FimImageError
 from tests.images import (
     IMAGE_NAME,
@@ -195,7 +196,7 @@ def test_payload_is_extracted_once_per_build(app: Path) -> None:
 
 
 def test_concurrent_first_runs_share_one_extraction(tmp_path: Path, layers: list[Path]) -> None:
-    rt = runtime.build()
+    rt = payload.build()
     path = tmp_path / IMAGE_NAME
     layout = image.create(str(path), rt.launcher, rt.payload, layers=layers, dist="ROOTFS")
     app = Path(runtime.app_dir(layout.build_id))
@@ -208,7 +209,7 @@ def test_concurrent_first_runs_share_one_extraction(tmp_path: Path, layers: list
 
 
 def _image_with_python(tmp_path: Path, python: str) -> Path:
-    rt = runtime.build()
+    rt = payload.build()
     launcher = rt.launcher.replace(f"py={shlex.quote(sys.executable)}\n", f"py={python}\n")
     assert launcher != rt.launcher
     path = tmp_path / IMAGE_NAME
@@ -238,7 +239,7 @@ def test_no_python_is_a_clear_error(tmp_path: Path) -> None:
 def test_refuses_an_extraction_owned_by_another_user(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to plant a directory owned by someone else")
-    rt = runtime.build()
+    rt = payload.build()
     path = tmp_path / IMAGE_NAME
     layout = image.create(str(path), rt.launcher, rt.payload, dist="ROOTFS")
     planted = Path(runtime.app_dir(layout.build_id)) / "lib"

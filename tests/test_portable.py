@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import frozen, image, runtime
+from cli import image, runtime
+from cli.build import frozen
 
 pytestmark = [
     pytest.mark.slow,

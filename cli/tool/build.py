@@ -2,7 +2,7 @@
 filesystem, the minimal blueprint root, or a fresh Debian.
 
 Each builds one DwarFS layer (compression level FIM_COMPRESSION_LEVEL, default 7)
-from a root completed with the skeleton of :mod:`cli.rootfs`, writes the image
+from a root completed with the skeleton of :mod:`cli.build.rootfs`, writes the image
 with the chosen runtime, then ``OUTPUT.sha256sum`` beside it (``sha256sum -c``
 reads it in OUTPUT's directory), as FlatImage's build does.
 """
@@ -34,14 +34,14 @@ def compression_level(environ: dict[str, str] | os._Environ[str]) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fim build rootfs|blueprint|debian`."""
-    from cli import runtime
+    from cli.build import payload
 
-    default_runtime = runtime.default_kind()
+    default_runtime = payload.default_kind()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="the image to write (replaced only once complete)")
     common.add_argument(
-        "--runtime", choices=runtime.RUNTIMES, default=default_runtime,
+        "--runtime", choices=payload.RUNTIMES, default=default_runtime,
         help="frozen: the portable runtime (PyInstaller build of fim with bwrap and libfuse; "
         "the image needs no Python on the host); python: fim's code run by the host's "
         "python3. Default: frozen when PyInstaller is installed (pip install 'fim[build]'), "
@@ -114,10 +114,11 @@ def _sha256sum(path: str) -> str:
 
 def _finish(args: argparse.Namespace, layer: str, dist: str) -> int:
     """Write the image around ``layer`` and its checksum file."""
-    from cli import image, runtime
+    from cli import image
+    from cli.build import payload
 
     _step(f"making the {args.runtime} runtime")
-    rt = runtime.build(args.runtime)
+    rt = payload.build(args.runtime)
     image.create(args.output, rt.launcher, rt.payload, reserved_size=args.reserved_size,
                  layers=[layer], dist=dist)
     _sha256sum(args.output)
@@ -152,7 +153,7 @@ def _run(args: argparse.Namespace, make: Callable[[argparse.Namespace, str], int
 
 
 def _rootfs_in(args: argparse.Namespace, work: str) -> int:
-    from cli import rootfs
+    from cli.build import rootfs
 
     source = args.source
     layer = os.path.join(work, "layer.dwarfs")
@@ -178,7 +179,7 @@ def _rootfs_in(args: argparse.Namespace, work: str) -> int:
 
 
 def _blueprint_in(args: argparse.Namespace, work: str) -> int:
-    from cli import blueprint
+    from cli.build import blueprint
 
     root = os.path.join(work, "root")
     os.mkdir(root, 0o755)
@@ -189,7 +190,7 @@ def _blueprint_in(args: argparse.Namespace, work: str) -> int:
 
 
 def _debian_in(args: argparse.Namespace, work: str) -> int:
-    from cli import rootfs
+    from cli.build import rootfs
 
     root = os.path.join(work, "root")
     variant = f" ({args.variant})" if args.variant else ""

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 
-from cli import rootfs
+from cli.build import rootfs
 from cli.errors import FimError
 
 # what the blueprint calls the file -> where Debian's package puts it, and the package

