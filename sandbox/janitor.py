@@ -20,6 +20,8 @@ import signal
 import subprocess
 from collections.abc import Sequence
 
+from sandbox.instance import alive
+
 #: How often the watcher also checks by polling (the pidfd wakes it at once).
 POLL_SECONDS = 0.1
 
@@ -119,17 +121,6 @@ def stop(watcher: int) -> None:
     """Tell a watcher that the run cleaned up itself."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(watcher, signal.SIGTERM)
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prune(instances: str) -> None:

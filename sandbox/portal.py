@@ -445,7 +445,7 @@ _WRAPPER = """#!%(bash)s
 """
 
 
-def _interpreter(path: str) -> str | None:
+def elf_interpreter(path: str) -> str | None:
     """The PT_INTERP of the ELF executable ``path`` (its dynamic loader)."""
     try:
         with open(path, "rb") as f:
@@ -471,7 +471,7 @@ def _frozen_inside(sb: Sandbox, app_bin: str, bindir: str) -> bool:
     from sandbox.bwrap import Bind
 
     fim = os.path.join(app_bin, "fim")
-    loader = _interpreter(fim) if os.access(fim, os.X_OK) else None
+    loader = elf_interpreter(fim) if os.access(fim, os.X_OK) else None
     if loader is None or not os.path.exists(loader):
         return False
     real = os.path.realpath(loader)

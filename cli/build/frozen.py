@@ -96,19 +96,12 @@ def available() -> bool:
 
 def _interpreter(path: str) -> str:
     """The PT_INTERP of the ELF ``path`` (its dynamic loader)."""
-    import struct
+    from sandbox.portal import elf_interpreter
 
-    with open(path, "rb") as f:
-        data = f.read()
-    phoff, = struct.unpack_from("<Q", data, 32)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
-    for i in range(phnum):
-        base = phoff + i * phentsize
-        if struct.unpack_from("<I", data, base)[0] == 3:
-            offset, = struct.unpack_from("<Q", data, base + 8)
-            size, = struct.unpack_from("<Q", data, base + 32)
-            return data[offset:offset + size].rstrip(b"\0").decode()
-    raise FimError(f"{path} is not a dynamically linked executable")
+    found = elf_interpreter(path)
+    if found is None:
+        raise FimError(f"{path} is not a dynamically linked executable")
+    return found
 
 
 def _libraries(path: str) -> list[tuple[str, str]]:
