@@ -4,6 +4,8 @@ scenario, they share one upper directory, and casefold gives a case-insensitive 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.containers import Runner
@@ -49,8 +51,15 @@ def test_fim_overlay_variable_overrides_and_invalid_is_ignored(runner: Runner) -
 
 def test_missing_backend_program_falls_back(runner: Runner) -> None:
     """A backend whose program is not installed: fim's stack, one warning."""
+    tools = runner.workspace / "tools"  # what the launcher uses, without fuse-overlayfs
+    tools.mkdir()
+    for name in ("sh", "tail", "head", "gzip", "tar", "stat", "mkdir", "mktemp", "chmod",
+                 "mv", "rm", "dirname"):
+        found = shutil.which(name)
+        assert found, name
+        (tools / name).symlink_to(found)
     proc = runner.run("fim-exec", "echo", "ran", env={"FIM_OVERLAY": "overlayfs",
-                                                      "PATH": "/nonexistent", "FIM_DEBUG": "1"})
+                                                      "PATH": str(tools), "FIM_DEBUG": "1"})
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "ran", proc
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("W::")]
     assert len(warnings) == 1 and "fuse-overlayfs" in warnings[0], proc.stderr
