@@ -13,7 +13,7 @@ import pytest
 
 from cli import image
 from fimfs.dwarfs import DwarfsImage
-from tests.containers import Runner, fim_mounts, kill_group, wait_for
+from tests.containers import Runner, fim_mounts, image_pid, kill_group, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -113,7 +113,8 @@ def test_commit_is_refused_while_an_instance_runs(runner: Runner) -> None:
     hello(runner, "busy")
     proc = runner.start("fim-exec", "sleep", "30")
     try:
-        assert wait_for(lambda: fim_mounts(), timeout=30)
+        pid = image_pid(proc)  # its own mount (other sessions may be running images)
+        assert wait_for(lambda: any(f"/instance/{pid}/" in m for m in fim_mounts()), timeout=30)
         res = runner.run("fim-layer", "commit", "binary")
         assert res.returncode == 125 and "Another instance of this image" in res.stderr
     finally:
