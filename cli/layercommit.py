@@ -33,6 +33,7 @@ import os
 import re
 import stat
 import sys
+import time
 
 from cli import log
 from cli.log import CommandError
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 LEVEL_VARIABLE = "FIM_COMPRESSION_LEVEL"
 DEFAULT_LEVEL = 7
 LOCK_NAME = "instances.lock"
+#: How long a commit waits for runs that are just ending (their mount daemon) to let go.
+LOCK_GRACE = 3.0
 TEMP_NAME = "layer.tmp"
 MAX_LAYER = 999
 _LAYER_NAME = re.compile(r"layer-(\d+)\.layer")
@@ -86,14 +89,21 @@ def _exclusive(data: str) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise CommandError(f"Could not open '{path}': {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CommandError("Another instance of this image is running with the data "
-                           f"directory '{data}' (or another commit): stop it, then "
-                           "commit") from None
-    return fd
+    # A run that just ended may still have its mount daemon (which inherits the lock)
+    # finishing for a few milliseconds: wait a moment before calling it a running instance.
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    os.close(fd)
+    raise CommandError("Another instance of this image is running with the data "
+                       f"directory '{data}' (or another commit): stop it, then "
+                       "commit")
 
 
 # -- building a layer --------------------------------------------------------------------

@@ -36,13 +36,17 @@ def guest_ready(runner: Runner, pid: int) -> bool:
     return os.path.exists(f"{app}/instance/{pid}/portal/{portal.GUEST_SOCKET}")
 
 
-_APP: dict[str, str] = {}
+_APP: dict[tuple[str, str], str] = {}
 
 
 def app_dir(runner: Runner) -> str:
-    if runner.who not in _APP:
-        _APP[runner.who] = runner.ok("fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP"').strip()
-    return _APP[runner.who]
+    """FIM_DIR_APP of the runner's image (one per build: keyed by the build id)."""
+    from cli import image
+
+    key = (runner.who, image.read_layout(str(runner.app)).build_id)
+    if key not in _APP:
+        _APP[key] = runner.ok("fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP"').strip()
+    return _APP[key]
 
 
 def _own_instances(runner: Runner) -> set[int]:

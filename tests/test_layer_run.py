@@ -114,7 +114,8 @@ def test_commit_is_refused_while_an_instance_runs(runner: Runner) -> None:
     proc = runner.start("fim-exec", "sleep", "30")
     try:
         pid = image_pid(proc)  # its own mount (other sessions may be running images)
-        assert wait_for(lambda: any(f"/instance/{pid}/" in m for m in fim_mounts()), timeout=30)
+        assert wait_for(lambda: any(f"/instance/{pid}/" in m for m in fim_mounts()),
+                        timeout=30), (pid, fim_mounts())
         res = runner.run("fim-layer", "commit", "binary")
         assert res.returncode == 125 and "Another instance of this image" in res.stderr
     finally:
