@@ -212,3 +212,39 @@ def kill_group(popen: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     popen.communicate(timeout=30)
+
+
+def pty_session(runner: Runner, args: tuple[str, ...], script: list[str], *,
+                env: dict[str, str] | None = None, prompt: bytes | None = b">",
+                timeout: float = 30, idle: float = 0.3) -> tuple[str, int]:
+    """Run the image with ``args`` under a pseudo-terminal and type ``script`` line by
+    line, each once the output has been quiet for ``idle`` seconds (and ends with
+    ``prompt`` when given); what the terminal showed and the exit code."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.chdir(runner.workspace)
+        argv = runner.argv(args, env)
+        os.execvp(argv[0], argv)
+    out = b""
+    deadline = time.monotonic() + timeout
+    lines = list(script)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], idle)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif lines and out and (prompt is None or out.rstrip().endswith(prompt)):
+                os.write(fd, lines.pop(0).encode() + b"\n")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)

@@ -6,8 +6,6 @@ and no daemon outliving its instance."""
 from __future__ import annotations
 
 import os
-import pty
-import select
 import signal
 import subprocess
 import time
@@ -17,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from sandbox import portal
-from tests.containers import Runner, image_pid, kill_group, wait_for
+from tests.containers import Runner, image_pid, kill_group, pty_session, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -192,37 +190,16 @@ def test_other_uid_is_refused(runner: Runner) -> None:
 
 def test_tty_through_instance_exec(runner: Runner) -> None:
     with background(runner, ("fim-exec", "sleep", "30")):
-        pid, fd = pty.fork()
-        if pid == 0:  # pragma: no cover - the child
-            os.chdir(runner.workspace)
-            argv = runner.argv(("fim-instance", "exec", "0", "bash", "-i"), {"TERM": "xterm"})
-            os.execvp(argv[0], argv)
-        out = b""
         # the pty is the host's: no name inside the sandbox's own /dev/pts, still a tty
-        lines = [b"[ -t 0 ] && [ -t 1 ] && echo tty=yes $((6 * 7))", b"set -o | grep monitor",
-                 b"sleep 30 &", b"kill %1; sleep 0.5; jobs", b"exit 5"]
-        deadline = time.monotonic() + 60
-        try:
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    try:
-                        chunk = os.read(fd, 4096)
-                    except OSError:
-                        break
-                    if not chunk:
-                        break
-                    out += chunk
-                elif lines and out:
-                    os.write(fd, lines.pop(0) + b"\n")
-        finally:
-            _, status = os.waitpid(pid, 0)
-            os.close(fd)
-        text = out.decode(errors="replace")
+        text, code = pty_session(
+            runner, ("fim-instance", "exec", "0", "bash", "-i"),
+            ["[ -t 0 ] && [ -t 1 ] && echo tty=yes $((6 * 7))", "set -o | grep monitor",
+             "sleep 30 &", "kill %1; sleep 0.5; jobs", "exit 5"],
+            env={"TERM": "xterm"}, prompt=None, timeout=60, idle=0.5)
         assert "tty=yes 42" in text, text
         assert "on" in text.split("monitor", 2)[-1][:20], text
         assert "Terminated" in text, text
-        assert os.waitstatus_to_exitcode(status) == 5
+        assert code == 5
 
 
 def test_no_daemon_outlives_its_instance(runner: Runner) -> None:

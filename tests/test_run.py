@@ -9,8 +9,6 @@ user made by the test setup (tests/containers.py).
 from __future__ import annotations
 
 import os
-import pty
-import select
 import signal
 import subprocess
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers import Runner, fim_mounts, image_pid, kill_group, wait_for
+from tests.containers import Runner, fim_mounts, image_pid, kill_group, pty_session, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -211,37 +209,8 @@ def test_concurrent_runs_share_the_upper_dir(runner: Runner) -> None:
     assert out.split() == [f"{n}{i}" for n in "ab" for i in range(1, 6)]
 
 
-def _pty_session(runner: Runner, script: list[str], timeout: float = 30) -> tuple[str, int]:
-    """Run the default boot under a pseudo-terminal, typing ``script`` line by line."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.chdir(runner.workspace)
-        argv = runner.argv((), None)
-        os.execvp(argv[0], argv)
-    out = b""
-    deadline = time.monotonic() + timeout
-    lines = list(script)
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.3)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif lines and out.rstrip().endswith(b">"):
-                os.write(fd, lines.pop(0).encode() + b"\n")
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
-
-
 def test_interactive_shell_under_a_tty(runner: Runner) -> None:
-    out, code = _pty_session(runner, ["echo tty=$(tty) $((6 * 7))", "set -o | grep monitor",
+    out, code = pty_session(runner, (), ["echo tty=$(tty) $((6 * 7))", "set -o | grep monitor",
                                       "sleep 30 &", "kill %1; wait %1; echo killed $?",
                                       "exit 5"])
     assert "[flatimage-blueprint] " in out, out
