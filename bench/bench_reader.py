@@ -1,8 +1,10 @@
-"""Reading a DwarFS layer: fim's mount vs squashfuse (same tree) vs native dwarfs.
+"""Reading a DwarFS layer: fim's mount vs native dwarfs (same images) vs squashfuse.
 
-Image: $FIM_BENCH_IMAGE, else the corpus image the writer suite built
-(bench/.cache/corpus.dwarfs), else the largest native image in testdata.
-Each round starts from a fresh mount with dropped kernel caches.
+Images: see the ``images`` fixture (the corpus written by fim and by mkdwarfs -l7).
+Workloads as in issue 13: cold mount, a `find -printf` walk, `tar c . | cat`, the big
+files in 1 MiB reads, 2000 random 4 KiB reads; each round starts from a fresh mount
+with dropped kernel caches. Native dwarfs is skipped with the reason when it is not on
+PATH (bench/conftest.py puts ../shared/native/bin there when it exists).
 Run: .venv/bin/pytest bench/bench_reader.py
 """
 
@@ -10,22 +12,33 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.mounts import FreshMounts, mounted, require
-from bench.workloads import walk
+from bench.mounts import FreshMounts, drop_caches, mounted, require
+from bench.workloads import find_walk, tar_read
 
-BACKENDS = ["fim", "squashfuse", "dwarfs"]
+#: (reader, image kind): fim and native dwarfs each on the image written by fim and on
+#: the one written by native mkdwarfs; squashfuse on a squashfs of the same tree.
+CASES = [("fim", "fim"), ("dwarfs", "fim"), ("fim", "mkdwarfs"), ("dwarfs", "mkdwarfs"),
+         ("squashfuse", "squashfs")]
+IDS = [f"{reader}-{kind}" for reader, kind in CASES]
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "dwarfs" / "native"
 
 
 @pytest.fixture(scope="session")
 def images(cache_dir: Path) -> dict[str, Path]:
-    """The DwarFS image and a squashfs (zstd) of the same tree."""
+    """The DwarFS image(s) and a squashfs (zstd) of the same tree, by kind.
+
+    "fim": $FIM_BENCH_IMAGE, else the corpus image the writer suite built
+    (bench/.cache/corpus.dwarfs), else the largest native image in testdata;
+    "mkdwarfs": bench/.cache/corpus.mkdwarfs (``mkdwarfs -l7`` of the corpus, built here
+    when mkdwarfs is on PATH and the corpus image is used).
+    """
     env = os.environ.get("FIM_BENCH_IMAGE")
     corpus = cache_dir / "corpus.dwarfs"
     if env:
@@ -42,8 +55,27 @@ def images(cache_dir: Path) -> dict[str, Path]:
                        check=True)
         subprocess.run(["mksquashfs", str(tree), str(squash), "-comp", "zstd", "-noappend",
                         "-quiet", "-no-progress"], check=True, stdout=subprocess.DEVNULL)
-    return {"fim": dwarfs, "dwarfs": dwarfs, "squashfuse": squash}
+    out = {"fim": dwarfs, "squashfs": squash}
+    native = cache_dir / "corpus.mkdwarfs"
+    if dwarfs == corpus and not native.exists() and shutil.which("mkdwarfs"):
+        subprocess.run(["mkdwarfs", "-i", str(corpus_tree()), "-o", str(native), "-l", "7",
+                        "--no-progress"], check=True, capture_output=True)
+    if dwarfs == corpus and native.exists():
+        out["mkdwarfs"] = native
+    return out
 
+
+def corpus_tree() -> Path:
+    from bench import corpus
+
+    return corpus.build()
+
+
+def _case(reader: str, kind: str, images: dict[str, Path]) -> Path:
+    require(reader)
+    if kind not in images:
+        pytest.skip(f"no {kind} image (needs the corpus image and mkdwarfs on PATH)")
+    return images[kind]
 
 
 def _files(root: Path) -> list[Path]:
@@ -80,86 +112,93 @@ def _random_reads(files: list[Path], n: int = 2000) -> int:
     return total
 
 
-def _measure(benchmark, backend: str, images: dict[str, Path], mp: Path, action):  # noqa: ANN001, ANN202
+def _measure(benchmark, reader: str, image: Path, mp: Path, action, rounds: int = 3):  # noqa: ANN001, ANN202
     """Time ``action(mount root)`` on a fresh, cold mount per round; returns (result, rss)."""
-    fresh = FreshMounts(backend, images[backend], mp)
+    fresh = FreshMounts(reader, image, mp)
     try:
         result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
-                                    rounds=3)
+                                    rounds=rounds)
         return result, fresh.current.rss_mb()
     finally:
         fresh.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mount_time(benchmark, backend, images, tmp_path, record) -> None:
-    require(backend)
-
-    def once() -> None:
-        with mounted(backend, images[backend], tmp_path / "mp"):
-            pass
-
-    benchmark.pedantic(once, rounds=5, warmup_rounds=1)
-    record("mount+unmount s", backend, benchmark.stats.stats.median)
+def _name(measurement: str, kind: str) -> str:
+    return f"{measurement} [{'squashfs' if kind == 'squashfs' else kind + ' image'}]"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_metadatawalk(benchmark, backend, images, tmp_path, record) -> None:
-    require(backend)
-    n, rss = _measure(benchmark, backend, images, tmp_path / "mp", walk)
+def _record(record, measurement: str, reader: str, kind: str, value: float) -> None:  # noqa: ANN001
+    """Squashfuse's figure goes beside both DwarFS images' rows."""
+    for k in (("fim", "mkdwarfs") if kind == "squashfs" else (kind,)):
+        record(_name(measurement, k), reader, value)
+
+
+@pytest.mark.parametrize(("reader", "kind"), CASES, ids=IDS)
+def test_mount_time(benchmark, reader, kind, images, tmp_path, record) -> None:
+    """Cold: caches dropped, from starting the server until the mount point answers."""
+    image = _case(reader, kind, images)
+    ctx: list = []
+
+    def enter() -> None:
+        ctx.append(mounted(reader, image, tmp_path / "mp"))
+        ctx[-1].__enter__()
+
+    benchmark.pedantic(enter, setup=drop_caches, teardown=lambda: ctx.pop().__exit__(
+        None, None, None), rounds=5)
+    _record(record, "cold mount s", reader, kind, benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize(("reader", "kind"), CASES, ids=IDS)
+def test_find_walk(benchmark, reader, kind, images, tmp_path, record) -> None:
+    image = _case(reader, kind, images)
+    n, rss = _measure(benchmark, reader, image, tmp_path / "mp", find_walk)
     assert n > 0
-    record("metadata walk s", backend, benchmark.stats.stats.median)
-    record("walk peak RSS MiB", backend, rss)
+    _record(record, "find -printf walk s", reader, kind, benchmark.stats.stats.median)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sequential_read(benchmark, backend, images, tmp_path, record) -> None:
-    require(backend)
-    files = _files_of(backend, images, tmp_path / "list")
-    total, rss = _measure(benchmark, backend, images, tmp_path / "mp",
-                          lambda root: _read_all([root / f for f in files]))
-    seconds = benchmark.stats.stats.median
-    record("sequential read s", backend, seconds)
-    record("sequential s per GB", backend, seconds / (total / 1e9))
-    record("read peak RSS MiB", backend, rss)
+@pytest.mark.parametrize(("reader", "kind"), CASES, ids=IDS)
+def test_tar_read_all(benchmark, reader, kind, images, tmp_path, record) -> None:
+    """Every file once, in directory order, as `tar c . | cat`; the peak RSS after it."""
+    image = _case(reader, kind, images)
+    total, rss = _measure(benchmark, reader, image, tmp_path / "mp", tar_read)
+    _record(record, "tar c . | cat s", reader, kind, benchmark.stats.stats.median)
+    _record(record, "peak RSS after read-all MiB", reader, kind, rss)
     benchmark.extra_info["bytes"] = total
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_big_file_sequential_read(benchmark, backend, images, tmp_path, record) -> None:
-    """The issue's target: the largest files (>= 1 MiB, up to 512 MB of them), in 1 MiB reads."""
-    require(backend)
-    big = _big_files(backend, images, tmp_path / "list")
+@pytest.mark.parametrize(("reader", "kind"), CASES, ids=IDS)
+def test_big_file_sequential_read(benchmark, reader, kind, images, tmp_path, record) -> None:
+    """The largest files (>= 1 MiB, up to 512 MB of them), in 1 MiB reads."""
+    image = _case(reader, kind, images)
+    big = _big_files(reader, image, tmp_path / "list")
     if not big:
         pytest.skip("no file of 1 MiB or more in the image")
-    total, rss = _measure(benchmark, backend, images, tmp_path / "mp",
-                          lambda root: _read_all([root / f for f in big]))
-    seconds = benchmark.stats.stats.median
-    record("big-file read MB/s", backend, total / 1e6 / seconds)
-    record("big-file read peak RSS MiB", backend, rss)
-    benchmark.extra_info["bytes"] = total
+    total, _ = _measure(benchmark, reader, image, tmp_path / "mp",
+                        lambda root: _read_all([root / f for f in big]))
+    _record(record, "big-file read MB/s", reader, kind,
+            total / 1e6 / benchmark.stats.stats.median)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_random_4k_reads(benchmark, backend, images, tmp_path, record) -> None:
-    require(backend)
-    big = _big_files(backend, images, tmp_path / "list") or _files_of(backend, images,
-                                                                      tmp_path / "list")
-    _measure(benchmark, backend, images, tmp_path / "mp",
-             lambda root: _random_reads([root / f for f in big]))
-    record("2000 random 4K reads s", backend, benchmark.stats.stats.median)
+@pytest.mark.parametrize(("reader", "kind"), CASES, ids=IDS)
+def test_random_4k_reads(benchmark, reader, kind, images, tmp_path, record) -> None:
+    """2000 random 4 KiB preads in every regular file of 4 KiB or more."""
+    image = _case(reader, kind, images)
+    files = _files_of(reader, image, tmp_path / "list", min_size=4096)
+    _, rss = _measure(benchmark, reader, image, tmp_path / "mp",
+                      lambda root: _random_reads([root / f for f in files]))
+    _record(record, "2000 random 4K reads s", reader, kind, benchmark.stats.stats.median)
+    _record(record, "peak RSS after random reads MiB", reader, kind, rss)
 
 
-def _files_of(backend: str, images: dict[str, Path], mp: Path) -> list[Path]:
+def _files_of(reader: str, image: Path, mp: Path, min_size: int = 0) -> list[Path]:
     """Relative paths of the readable regular files (listed outside the timed part)."""
-    with mounted(backend, images[backend], mp) as m:
-        return [p.relative_to(m.path) for p in _files(m.path)]
+    with mounted(reader, image, mp) as m:
+        return [p.relative_to(m.path) for p in _files(m.path) if p.stat().st_size >= min_size]
 
 
-def _big_files(backend: str, images: dict[str, Path], mp: Path, limit: int = 512 << 20
-               ) -> list[Path]:
+def _big_files(reader: str, image: Path, mp: Path, limit: int = 512 << 20) -> list[Path]:
     """The largest regular files of at least 1 MiB, up to ``limit`` bytes in all."""
-    with mounted(backend, images[backend], mp) as m:
+    with mounted(reader, image, mp) as m:
         sized = sorted(((p.stat().st_size, p.relative_to(m.path)) for p in _files(m.path)),
                        reverse=True)
     out, total = [], 0

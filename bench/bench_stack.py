@@ -8,6 +8,9 @@ upper directory, served by:
 - fuse-overlayfs, unionfs-fuse, kernel overlayfs over `fim mount A` and `fim mount B`
   (three mounts, two hops for every read); "+dwarfs": the same over native dwarfs.
 
+The container root (issue 13): the corpus image of bench_create plus a small layer, as
+fim's one mount vs fuse-overlayfs over native dwarfs mounts (what FlatImage runs).
+
 Every round gets fresh mounts, a new upper directory and dropped kernel caches.
 Layers are built once with `fim create -l4` into bench/.cache/stack/.
 Run: .venv/bin/pytest bench/bench_stack.py
@@ -28,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from bench.mounts import STACK_BACKENDS, FreshMounts, mounted_stack, require_stack
-from bench.workloads import walk
+from bench.workloads import find_walk, tar_read, walk
 
 BIG = "blob/big.bin"
 BIG_SIZE = 256 << 20
@@ -168,3 +171,59 @@ def test_copy_up(benchmark, backend, stack, tmp_path, record) -> None:  # noqa: 
     require_stack(backend)
     _measure(benchmark, backend, stack, tmp_path / "mp", _copy_up)
     record("copy-up 256 MiB s", backend, benchmark.stats.stats.median)
+
+
+# -- the container root a FlatImage user runs: the big corpus layer + a small layer ------
+#: fim's one mount against what upstream FlatImage runs (fuse-overlayfs over one native
+#: dwarfs mount per layer), and fuse-overlayfs over fim's own layer mounts.
+ROOT_BACKENDS = ["fim", "fuse-overlayfs+dwarfs", "fuse-overlayfs"]
+ROOT_ROUNDS = 3
+
+
+@pytest.fixture(scope="session")
+def root_layers(cache_dir: Path) -> list[Path]:
+    """bench/.cache/corpus.dwarfs (bench_create's image of the corpus) and a small layer on
+    top that replaces a few hundred of its files and adds some."""
+    corpus = cache_dir / "corpus.dwarfs"
+    if not corpus.exists():
+        pytest.skip("no bench/.cache/corpus.dwarfs: run bench/bench_create.py first")
+    small = cache_dir / "stack" / "small.dwarfs"
+    if not small.exists():
+        from bench.corpus import build
+
+        src, tree = build(), cache_dir / "stack" / "small"
+        shutil.rmtree(tree, ignore_errors=True)
+        docs = sorted((src / "usr-share-doc").iterdir())[:300]
+        for d in docs:
+            (tree / "usr-share-doc" / d.name).mkdir(parents=True)
+            (tree / "usr-share-doc" / d.name / "copyright").write_text(f"replaced {d.name}\n")
+            (tree / "usr-share-doc" / d.name / "NEWS.fim").write_text("added\n" * 100)
+        subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "4", str(tree),
+                        str(small)], check=True, stdout=subprocess.DEVNULL)
+    return [corpus, small]
+
+
+def _measure_root(benchmark, backend: str, layers: list[Path], mp: Path, action):  # noqa: ANN001, ANN202
+    fresh = FreshMounts(backend, layers, mp, opener=mounted_stack)
+    try:
+        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
+                                    rounds=ROOT_ROUNDS)
+        return result, fresh.current.rss_mb()
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("backend", ROOT_BACKENDS)
+def test_root_find_walk(benchmark, backend, root_layers, tmp_path, record) -> None:  # noqa: ANN001
+    require_stack(backend)
+    n, _ = _measure_root(benchmark, backend, root_layers, tmp_path / "mp", find_walk)
+    assert n > 1000
+    record("root: find -printf walk s", backend, benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("backend", ROOT_BACKENDS)
+def test_root_tar_read_all(benchmark, backend, root_layers, tmp_path, record) -> None:  # noqa: ANN001
+    require_stack(backend)
+    _, rss = _measure_root(benchmark, backend, root_layers, tmp_path / "mp", tar_read)
+    record("root: tar c . | cat s", backend, benchmark.stats.stats.median)
+    record("root: peak RSS MiB", backend, rss)

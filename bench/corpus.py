@@ -1,13 +1,16 @@
-"""The benchmark corpus: a few hundred MB of real files any Debian machine has.
+"""The benchmark corpus: about 530 MB of real files a Debian machine has.
 
-Python's standard library, /usr/share/doc and the first part (in name order) of
-/usr/lib, each up to a byte budget, copied once into bench/.cache/corpus/ with
-modes, times and symlinks kept. A marker file records what was copied, so later
-runs reuse it. Run ``python -m bench.corpus`` to build it and print its size.
+What a container root is mostly made of: Python's standard library
+(/usr/lib/python3.11), /usr/share/doc, /usr/share/locale (many small files), and big
+shared libraries (libLLVM-15, libicu), each up to a byte budget, copied once into
+bench/.cache/corpus/ with modes, times and symlinks kept (issue 13's corpus). A
+marker file records what was copied, so later runs reuse it. Run
+``python -m bench.corpus`` to build it and print its size.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -18,21 +21,31 @@ from pathlib import Path
 CACHE = Path(__file__).resolve().parent / ".cache"
 CORPUS = CACHE / "corpus"
 _MARKER = CACHE / "corpus.json"
-_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "google-cloud-sdk"}
+_SKIP_DIRS = {"site-packages", "dist-packages"}
 
 
-def _sources() -> list[tuple[Path, str, int]]:
-    """(host directory, name inside the corpus, byte budget)."""
-    return [(Path(sysconfig.get_paths()["stdlib"]), "python-stdlib", 150 << 20),
-            (Path("/usr/share/doc"), "usr-share-doc", 100 << 20),
-            (Path("/usr/lib"), "usr-lib", 150 << 20)]
+def _sources() -> list[tuple[Path, str, int, str]]:
+    """(host directory, name inside the corpus, byte budget, file name pattern)."""
+    stdlib = Path("/usr/lib/python3.11")
+    if not stdlib.is_dir():
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+    libs = Path("/usr/lib") / sysconfig.get_config_var("MULTIARCH") if \
+        sysconfig.get_config_var("MULTIARCH") else Path("/usr/lib")
+    return [(stdlib, "python3.11", 200 << 20, "*"),
+            (Path("/usr/share/doc"), "usr-share-doc", 200 << 20, "*"),
+            (Path("/usr/share/locale"), "usr-share-locale", 200 << 20, "*"),
+            (libs, "libs", 200 << 20, "lib[Li][Lc][Vu]*")]
 
 
-def _copy_tree(src: Path, dst: Path, budget: int) -> int:
+def _copy_tree(src: Path, dst: Path, budget: int, pattern: str) -> int:
     """Copy regular files, dirs and symlinks under ``src`` in name order until
-    ``budget`` bytes of file data; returns the bytes copied."""
+    ``budget`` bytes of file data (with ``pattern``: the top level's files matching it,
+    no subdirectories); returns the bytes copied."""
     used = 0
     for dirpath, dirnames, filenames in os.walk(src):
+        if pattern != "*":
+            filenames = fnmatch.filter(filenames, pattern)
+            dirnames.clear()
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         rel = Path(dirpath).relative_to(src)
         (dst / rel).mkdir(parents=True, exist_ok=True)
@@ -54,15 +67,15 @@ def _copy_tree(src: Path, dst: Path, budget: int) -> int:
 
 def build() -> Path:
     """The corpus directory, built on first use."""
-    want = [[str(s), name, budget] for s, name, budget in _sources()]
+    want = [[str(s), name, budget, pattern] for s, name, budget, pattern in _sources()]
     if _MARKER.exists() and json.loads(_MARKER.read_text()).get("sources") == want:
         return CORPUS
     shutil.rmtree(CORPUS, ignore_errors=True)
     CORPUS.mkdir(parents=True)
     total = 0
-    for s, name, budget in _sources():
+    for s, name, budget, pattern in _sources():
         if s.is_dir():
-            total += _copy_tree(s, CORPUS / name, budget)
+            total += _copy_tree(s, CORPUS / name, budget, pattern)
     _MARKER.write_text(json.dumps({"sources": want, "bytes": total}))
     return CORPUS
 

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from cli import log
+from cli import log, timing
 from cli.log import CommandError, Fatal, UsageError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
@@ -167,6 +167,7 @@ def _dispatch(image: str, argv: list[str]) -> int:
         ctx = _prepare(command, path, layout, build)
     except CommandError as exc:
         raise Fatal(*exc.messages, "Failed to start the image") from exc
+    timing.mark("configured")
     if not command.startswith("fim-"):
         from cli import run
 

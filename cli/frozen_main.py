@@ -7,8 +7,10 @@ has none: mfusepy takes FUSE_LIBRARY_PATH before any search (fimfs.fuse too).
 
 import os
 import sys
+import time
 
 if __name__ == "__main__":
+    _entered = time.monotonic_ns()
     # the portal's dispatcher and guest daemon inside the sandbox (sandbox.portal)
     mode = os.environ.pop("FIM_PORTAL_MODE", None)
     if mode is not None:
@@ -21,6 +23,13 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.stderr.write("C::launcher::usage: fim IMAGE [ARGS...] (started by the image)\n")
         sys.exit(125)
+    from cli import timing
+
+    timing.mark("python", _entered)
     from cli.boot import main
 
-    sys.exit(main(sys.argv[1], sys.argv[2:]))
+    timing.mark("imported")
+    code = main(sys.argv[1], sys.argv[2:])
+    timing.mark("done")
+    timing.write()
+    sys.exit(code)

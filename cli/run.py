@@ -16,7 +16,7 @@ import pwd
 import signal
 import subprocess
 
-from cli import log
+from cli import log, timing
 from cli.expand import expand
 from cli.log import Fatal, UsageError
 
@@ -398,7 +398,9 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     watcher = root_fs = None
     try:
         _write_identity(inst, ident, _env_value(ctx, "PS1"))
+        timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
+        timing.mark("mounted")
         watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
@@ -408,7 +410,9 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,
                           started_fd=pipes.started_w)
         log.emit("D", f"bwrap: {args}", "run.py")
+        timing.mark("bwrap")
         code = _run_bwrap(args, env, pipes)
+        timing.mark("exited")
     finally:
         if root_fs is not None:
             root_fs.close()

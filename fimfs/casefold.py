@@ -252,6 +252,10 @@ class CaseFold(Filesystem):
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.inner.read(self._resolve_fh(path), size, offset, fh)  # type: ignore[arg-type]
 
+    @property
+    def handles_need_release(self) -> bool:  # type: ignore[override]
+        return self.inner.handles_need_release
+
     def release(self, path: str | None, fh: int) -> None:
         self.inner.release(self._resolve_fh(path), fh)  # type: ignore[arg-type]
 

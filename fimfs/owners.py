@@ -68,6 +68,10 @@ class OwnerView(Filesystem):
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.inner.read(path, size, offset, fh)
 
+    @property
+    def handles_need_release(self) -> bool:  # type: ignore[override]
+        return self.inner.handles_need_release
+
     def release(self, path: str, fh: int) -> None:
         self.inner.release(path, fh)
 

@@ -366,6 +366,10 @@ class Union(Filesystem):
         inner, i = divmod(fh, self._n)
         return self._layers[i].read(path, size, offset, inner)
 
+    @property
+    def handles_need_release(self) -> bool:  # type: ignore[override]
+        return any(layer.handles_need_release for layer in self._layers)
+
     def release(self, path: str, fh: int) -> None:
         inner, i = divmod(fh, self._n)
         self._layers[i].release(path, inner)

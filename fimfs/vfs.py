@@ -90,6 +90,9 @@ class Filesystem:
     #: Several spellings of a name reach one entry (:class:`fimfs.casefold.CaseFold`):
     #: a writable mount then must not let the kernel cache entries (see mount_options).
     case_insensitive = False
+    #: release() frees state of the handle (an fd, a table entry). A layer whose handles
+    #: are plain numbers sets False, and a read-only mount then spares the callback.
+    handles_need_release = True
 
     # -- read side ---------------------------------------------------------
     def getattr(self, path: str) -> Attr:

@@ -506,6 +506,18 @@ class Metadata:
             else:
                 yield b, off, size
 
+    def first_block(self, inode: int) -> int | None:
+        """The block a regular file's data starts in (None: not a regular file, empty,
+        or starting with a hole)."""
+        if not self.file_inode_offset <= inode < self.device_inode_offset:
+            return None
+        k = self.chunk_index(inode)
+        j = self.chunk_table[k]
+        if j >= self.chunk_table[k + 1]:
+            return None
+        b = self.chunks.block[j]
+        return None if b == self.hole_block else b
+
     def file_size(self, k: int) -> int:
         size = self.size_cache[k]
         if size < 0:

@@ -144,28 +144,29 @@ class FuseOperations:
         """The snapshot of a directory that one open handle pages through (libfuse 3).
 
         Taken at offset 0 (opendir or rewinddir) and kept until releasedir, so names
-        never repeat or vanish between pages while the directory changes. For
-        READDIRPLUS it carries full attributes, which spares the kernel a LOOKUP per
-        entry; if some entry's attributes cannot be had, names alone are listed, so the
-        directory still lists and only that entry's own lookup fails."""
+        never repeat or vanish between pages while the directory changes."""
         entries = self._listings.get(fh) if offset else None
         if entries is None:
-            entries = [(".", None), ("..", None)]
-            if plus:
-                try:
-                    found = self.fs.readdir_attrs(path)
-                    entries += [(n, attr_to_stat(a)) for n, a in found]
-                    if self._aliases is not None:
-                        base = path.rstrip("/")
-                        for n, a in found:
-                            self._aliases.seen(f"{base}/{n}", a.ino)
-                except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
-                    log.debug("readdirplus %r: %s; listing names only", path, e)
-                    plus = False
-            if not plus:
-                entries += [(name, None) for name in self.fs.readdir(path)]
-            self._listings[fh] = entries
+            entries = self._listings[fh] = self._snapshot(path, plus)
         return entries
+
+    def _snapshot(self, path: str, plus: bool) -> list[tuple[str, dict[str, int] | None]]:
+        """A directory's entries, "." and ".." first. For READDIRPLUS they carry full
+        attributes, which spares the kernel a LOOKUP per entry; if some entry's
+        attributes cannot be had, names alone are listed, so the directory still lists
+        and only that entry's own lookup fails."""
+        entries: list[tuple[str, dict[str, int] | None]] = [(".", None), ("..", None)]
+        if plus:
+            try:
+                found = self.fs.readdir_attrs(path)
+                if self._aliases is not None:
+                    base = path.rstrip("/")
+                    for n, a in found:
+                        self._aliases.seen(f"{base}/{n}", a.ino)
+                return entries + [(n, attr_to_stat(a)) for n, a in found]
+            except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
+                log.debug("readdirplus %r: %s; listing names only", path, e)
+        return entries + [(name, None) for name in self.fs.readdir(path)]
 
     @_guarded
     def readlink(self, path: str) -> str:
@@ -338,3 +339,53 @@ class FuseOperations:
         self.fs.removexattr(path, name)
         self._changed(path)
         return 0
+
+
+#: The operations a read-only mount never needs (the kernel refuses writes on an
+#: ``ro`` mount before asking). Left out, mfusepy registers no callback for them and
+#: libfuse answers on its own; FLUSH in particular gets ENOSYS, after which the kernel
+#: stops sending one at every close: one request less per file read.
+WRITE_OPERATIONS = ("create", "write", "truncate", "flush", "fsync", "mkdir", "mknod",
+                    "unlink", "rmdir", "rename", "symlink", "link", "chmod", "chown",
+                    "utimens", "setxattr", "removexattr")
+
+
+class ReadOnlyOperations(FuseOperations):
+    """The operations object of a read-only Filesystem: no write callbacks at all, no
+    directory handles (a listing cannot change: one LRU of listings by path serves every
+    page of every reader), and no release callback when the Filesystem's handles need
+    none: a plain read of a file then costs Python an OPEN and a READ only."""
+
+    opendir = releasedir = None  # type: ignore[assignment]
+
+    def __init__(self, fs: Filesystem, on_ready: Callable[[], None] | None = None) -> None:
+        super().__init__(fs, on_ready)
+        if not fs.handles_need_release:
+            self.release = None  # type: ignore[assignment,method-assign]
+        self._by_path: dict[tuple[str, bool], list[tuple[str, dict[str, int] | None]]] = {}
+
+    @_guarded
+    def listing(self, path: str, fh: int, offset: int, plus: bool
+                ) -> list[tuple[str, dict[str, int] | None]]:
+        key = (path, plus)
+        entries = self._by_path.get(key) if offset else None
+        if entries is None:
+            entries = self._snapshot(path, plus)
+            if len(self._by_path) >= LISTINGS:
+                self._by_path.clear()  # a plain dict: each get and set is atomic under the GIL
+            self._by_path[key] = entries
+        return entries
+
+
+#: Directory listings a read-only mount keeps (the next page of a listing is read from it).
+LISTINGS = 256
+
+
+for _name in WRITE_OPERATIONS:
+    setattr(ReadOnlyOperations, _name, None)
+
+
+def operations_for(fs: Filesystem, on_ready: Callable[[], None] | None = None) -> FuseOperations:
+    """The operations object that serves ``fs``: read-only ones unless ``fs.writable``."""
+    cls = FuseOperations if fs.writable else ReadOnlyOperations
+    return cls(fs, on_ready)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fimfs.errors import FimfsError
-from fimfs.fuse.adapter import FuseOperations
+from fimfs.fuse.adapter import operations_for
 from fimfs.fuse.binding import fuse_class, libfuse_version
 from fimfs.fuse.mounttable import canonical, check_fuse_available, check_mountpoint, is_mounted
 from fimfs.fuse.options import READ_AHEAD_KB, mount_options
@@ -157,7 +157,7 @@ def _serve(
         if on_ready is not None:
             on_ready()
 
-    ops = FuseOperations(fs, ready)
+    ops = operations_for(fs, ready)
     with _unmount_on_signals(path):
         try:
             fuse_cls(ops, path, foreground=True, encoding="utf-8", errors="surrogateescape", **opts)
