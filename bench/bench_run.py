@@ -9,6 +9,7 @@ reads go through a DwarFS layer of real size. Figures and the command: bench/RES
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,16 +54,52 @@ def _env(app: Path, **extra: str) -> dict[str, str]:
             "FIM_LAYERS": str(app.parent / "corpus.dwarfs"), **extra}
 
 
+#: The start-up phases of a run (cli.timing marks), in order: (label, from, to); "spawn"
+#: and "exit" are the bench's own clock readings around the process.
+PHASES = [
+    ("launcher, runtime check, interpreter start", "spawn", "python"),
+    ("Python imports (cli.boot)", "python", "imported"),
+    ("locate, data dirs, config read", "imported", "configured"),
+    ("run set-up (identity, lock, instance dir)", "configured", "mount"),
+    ("fork of the mount daemon", "mount", "mounting"),
+    ("sandbox set-up (while the daemon mounts)", "mounting", "prepared"),
+    ("waiting for the mount, janitor start", "prepared", "bwrap"),
+    ("bwrap and `true`", "bwrap", "exited"),
+    ("unmount", "exited", "unmounted"),
+    ("janitor stop, instance dir removal", "unmounted", "cleaned"),
+    ("interpreter exit", "cleaned", "exit"),
+]
+
+
+def _traced(app: Path, env: dict[str, str], trace: Path) -> dict[str, int]:
+    """One `fim-exec true` with FIM_TRACE_STARTUP; its marks (monotonic ns)."""
+    trace.unlink(missing_ok=True)
+    spawn = time.monotonic_ns()
+    subprocess.run([str(app), "fim-exec", "true"], check=True, cwd=app.parent,
+                   env={**env, "FIM_TRACE_STARTUP": str(trace)}, stdout=subprocess.DEVNULL)
+    end = time.monotonic_ns()
+    return {"spawn": spawn, **json.loads(trace.read_text()), "exit": end}
+
+
+def _phase_table(runs: list[dict[str, int]]) -> list[tuple[str, float]]:
+    """Median milliseconds of each phase over ``runs``."""
+    return [(label, _median([(r[b] - r[a]) / 1e6 for r in runs])) for label, a, b in PHASES]
+
+
 def test_startup(app: Path, record) -> None:  # noqa: ANN001
     """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm,
-    against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`."""
+    against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`,
+    and where the time of a run goes (cold and warm, from the run's own marks)."""
     from cli import image, runtime
 
     shutil.rmtree(runtime.app_dir(image.read_layout(str(app)).build_id), ignore_errors=True)
     env = _env(app)
-    cold = _timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent)
+    trace = app.parent / "startup.trace"
+    cold_marks = _traced(app, env, trace)
+    cold = (cold_marks["exit"] - cold_marks["spawn"]) / 1e9
     warm = _median([_timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent)
                     for _ in range(ROUNDS * 2)])
+    warm_marks = [_traced(app, env, trace) for _ in range(ROUNDS * 2)]
     bwrap = find_bwrap(None)
     floor = _median([_timed([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                              "true"]) for _ in range(ROUNDS * 2)])
@@ -73,6 +110,10 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     print(f"\nfim-exec true: warm {warm * 1000:.0f} ms, cold {cold * 1000:.0f} ms; "
           f"bare bwrap {floor * 1000:.0f} ms (warm - floor = {(warm - floor) * 1000:.0f} ms); "
           f"python3 -c pass {python * 1000:.0f} ms")
+    print("| phase | cold ms | warm ms (median) |\n|---|---:|---:|")
+    for (label, c), (_, w) in zip(_phase_table([cold_marks]), _phase_table(warm_marks)):
+        print(f"| {label} | {c:.1f} | {w:.1f} |")
+        record(f"startup phase ms: {label}", "fim", w)
 
 
 WORKLOADS = {

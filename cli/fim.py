@@ -17,12 +17,20 @@ from collections.abc import Sequence
 
 from cli.errors import FimError
 
-_TOOLS = ("cli.tool.inspect", "cli.tool.extract", "cli.tool.mount", "cli.tool.image_file",
-          "cli.tool.build", "cli.tool.create")
+#: The tool modules and the subcommands each registers.
+_TOOLS = {
+    "cli.tool.inspect": ("ls", "cat", "info", "check"),
+    "cli.tool.extract": ("extract",),
+    "cli.tool.mount": ("mount", "umount"),
+    "cli.tool.image_file": ("image",),
+    "cli.tool.build": ("build",),
+    "cli.tool.create": ("create",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with every available subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser with every subcommand registered, or only ``command``'s
+    module when it names one (a start-up of `fim mount` then imports no builder)."""
     parser = argparse.ArgumentParser(
         prog="fim",
         description="Inspect, extract, mount and build DwarFS layers.",
@@ -31,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", required=True
     )
-    for name in _TOOLS:
-        importlib.import_module(name).register(subparsers)
+    known = any(command in names for names in _TOOLS.values())
+    for name, names in _TOOLS.items():
+        if not known or command in names:
+            importlib.import_module(name).register(subparsers)
     return parser
 
 
@@ -55,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `fim` with ``argv`` (default: the process arguments); returns the exit code."""
     from fimfs.errors import FimfsError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)

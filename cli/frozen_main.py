@@ -30,6 +30,12 @@ if __name__ == "__main__":
 
     timing.mark("imported")
     code = main(sys.argv[1], sys.argv[2:])
-    timing.mark("done")
     timing.write()
-    sys.exit(code)
+    # The run is over and cleaned up: skip the interpreter's teardown of every module
+    # (~15 ms of a `fim-exec true`); only the standard streams hold unwritten data.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

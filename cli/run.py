@@ -126,13 +126,23 @@ def _write_identity(inst: Instance, ident: Identity, ps1: str | None) -> None:
 
 
 class _Root:
-    """What bwrap makes ``/`` from, and how to take it down again."""
+    """What bwrap makes ``/`` from, how to wait until it is up, and how to take it down."""
 
     def __init__(self, root_args: list[str], mountpoints: list[str],
-                 close: Callable[[], None]) -> None:
+                 close: Callable[[], None], ready: Callable[[], None] = lambda: None) -> None:
         self.root_args = root_args
         self.mountpoints = mountpoints  # top first, for the janitor
         self.close = close
+        self._ready = ready
+
+    def wait(self) -> None:
+        """Return once the root is mounted (its daemon may still be opening the layers)."""
+        from fimfs.errors import FimfsError
+
+        try:
+            self._ready()
+        except FimfsError as exc:
+            raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
 
 
 def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
@@ -146,24 +156,32 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
                  layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """The in-process stack (cli.stack) on the instance's mount point, served by a
-    forked daemon that opens the layers itself."""
+    forked daemon that opens the layers itself while the run goes on preparing the
+    sandbox (:meth:`_Root.wait` before bwrap starts)."""
     import functools
 
     from cli.stack import build_stack
+    from fimfs.errors import FimfsError
     from fimfs.fuse import mount, umount
     from sandbox import janitor
 
     owner, inside = _owners(ident)
     source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
-    mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log)
+    pending = mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log,
+                    wait=False)
+    assert pending is not None
 
     def close() -> None:
+        try:
+            pending.wait()  # a run that failed before bwrap: the daemon may still be mounting
+        except FimfsError:
+            return
         try:
             umount(inst.mount)
         except Exception:  # busy (a process of the sandbox lingers) or already gone
             janitor.detach(inst.mount)
 
-    return _Root(["--bind", inst.mount, "/"], [inst.mount], close)
+    return _Root(["--bind", inst.mount, "/"], [inst.mount], close, pending.wait)
 
 
 def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
@@ -380,7 +398,6 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     from cli.layercommit import hold_run_lock
     from sandbox import bwrap, janitor, portal
 
-    integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
     if not os.access(shell, os.X_OK):
@@ -397,11 +414,13 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     inst.create()
     watcher = root_fs = None
     try:
-        _write_identity(inst, ident, _env_value(ctx, "PS1"))
         timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
-        timing.mark("mounted")
-        watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
+        timing.mark("mounting")
+        _write_identity(inst, ident, _env_value(ctx, "PS1"))
+        # spec 8.2 step 1 (desktop integration, notification; failures logged), while
+        # the mount daemon opens the layers
+        integrate(ctx)
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
@@ -410,15 +429,20 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,
                           started_fd=pipes.started_w)
         log.emit("D", f"bwrap: {args}", "run.py")
+        timing.mark("prepared")
+        root_fs.wait()
+        watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         timing.mark("bwrap")
         code = _run_bwrap(args, env, pipes)
         timing.mark("exited")
     finally:
         if root_fs is not None:
             root_fs.close()
+            timing.mark("unmounted")
         if watcher is not None:
             janitor.stop(watcher)
         inst.remove()
+        timing.mark("cleaned")
     return code
 
 

@@ -41,6 +41,8 @@ _HIDDEN_IMPORTS = ("mfusepy", "zstandard", "lz4.frame", "lz4.block", "xxhash",
                    # desktop icons (cli.desktop): Pillow with the formats an icon may be
                    "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin")
 _EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis",
+             # unused; included, its runtime hook alone costs every start ~5 ms
+             "multiprocessing",
              # Pillow's parts an icon does not need (AVIF alone is 5 MB of libraries)
              "PIL._avif", "PIL.AvifImagePlugin", "PIL._webp", "PIL.WebPImagePlugin",
              "PIL._imagingcms", "PIL.ImageCms", "PIL._imagingtk", "PIL.ImageTk")

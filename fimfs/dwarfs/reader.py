@@ -16,9 +16,10 @@ import struct
 import threading
 from bisect import bisect_right
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
@@ -27,6 +28,9 @@ from ..vfs import Attr, Filesystem, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift
 from .frozen_decode import Decoder, parse_schema
 from .metadata import Metadata, type_name
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,8 @@ class DwarfsImage(Filesystem):
         self._files: LRUCache = LRUCache(maxsize=CHUNK_LISTS)
         self._queued: set[int] = set()
         self._paths: dict[str, int] = {}
-        self._prefetcher = ThreadPoolExecutor(max_workers=PREFETCH_BLOCKS,
-                                              thread_name_prefix="fim-prefetch")
+        self._prefetcher: ThreadPoolExecutor | None = None  # made at the first prefetch
+        self._closed = False
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -102,7 +106,11 @@ class DwarfsImage(Filesystem):
         return cls(f, layout, meta, blocks, cache_bytes, os.fsdecode(path))
 
     def close(self) -> None:
-        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            pool = self._prefetcher
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         self._f.close()
         self._cache.clear()
 
@@ -304,9 +312,22 @@ class DwarfsImage(Filesystem):
                     continue
                 self._queued.add(block)
             try:
-                self._prefetcher.submit(self._prefetch_one, block)
+                self._pool().submit(self._prefetch_one, block)
             except RuntimeError:  # shut down while a read was in flight
                 return
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The prefetch workers, started on first use (a mount that is only walked, or
+        not used yet, needs none: and importing them costs a mount's start ~2 ms)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("closed")
+            if self._prefetcher is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._prefetcher = ThreadPoolExecutor(max_workers=PREFETCH_BLOCKS,
+                                                      thread_name_prefix="fim-prefetch")
+            return self._prefetcher
 
     def _prefetch_one(self, block: int) -> None:
         try:

@@ -8,7 +8,6 @@ images have an 8-byte file header and 8-byte section headers without checksums;
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -90,10 +89,17 @@ def pack_header(typ: int, comp: int, number: int, payload: bytes, minor: int = 5
     xxh.update(tail)
     xxh.update(payload)
     mid = struct.pack("<Q", xxh.intdigest()) + tail
-    sha = hashlib.new("sha512_256")
+    sha = _sha512_256()
     sha.update(mid)
     sha.update(payload)
     return MAGIC + bytes([MAJOR, minor]) + sha.digest() + mid
+
+
+def _sha512_256():  # noqa: ANN202 - a hashlib object
+    # hashlib loads OpenSSL (~3 ms): only writers and full checks need it, not a mount.
+    import hashlib
+
+    return hashlib.new("sha512_256")
 
 
 def _candidate(f: ImageFile, p: int, end: int) -> bool:
@@ -260,7 +266,7 @@ def verify_sha(f: ImageFile, s: Section) -> bool:
     """SHA-512/256 over the xxh3 field..payload (the full integrity check)."""
     if s.sha is None:
         return True
-    h = hashlib.new("sha512_256")
+    h = _sha512_256()
     pos, stop = s.offset + 40, s.end
     while pos < stop:
         n = min(1 << 22, stop - pos)

@@ -173,7 +173,8 @@ def mount(
     fsname: str = "fim",
     options: Mapping[str, Any] | None = None,
     log_file: str | None = None,
-) -> None:
+    wait: bool = True,
+) -> PendingMount | None:
     """Serve ``fs`` on ``mountpoint``, read-only unless ``fs.writable``.
 
     ``fs`` is a Filesystem or a zero-argument callable returning one. In background
@@ -187,7 +188,8 @@ def mount(
     cleanly when called from the main thread. Background: forks a detached daemon
     (new session, stdio on /dev/null, log messages to ``log_file`` if given) and
     returns once the mount answers; a failure of the daemon is raised here as a
-    one-line FimfsError. A Filesystem made by the callable is closed by ``mount``
+    one-line FimfsError. With ``wait=False`` it returns at once a :class:`PendingMount`
+    whose ``wait()`` does that part. A Filesystem made by the callable is closed by ``mount``
     after unmounting; one passed in is not.
 
     ``options`` override :func:`mount_options` (e.g. ``{"debug": True}``).
@@ -197,13 +199,15 @@ def mount(
     as ``fim mount``).
     """
     path = check_mountpoint(mountpoint)
-    check_fuse_available()
-    version = libfuse_version()
-    setup = _Setup(fs, path, fsname, options, version)
+    setup = _Setup(fs, path, fsname, options)
     if foreground:
         setup.run(None)
-    else:
-        _mount_background(setup, None if log_file is None else os.path.abspath(log_file))
+        return None
+    pending = _start_background(setup, None if log_file is None else os.path.abspath(log_file))
+    if not wait:
+        return pending
+    pending.wait()
+    return None
 
 
 class _Setup:
@@ -215,12 +219,15 @@ class _Setup:
         path: str,
         fsname: str,
         options: Mapping[str, Any] | None,
-        version: tuple[int, int],
     ) -> None:
         self.fs, self.path, self.fsname = fs, path, fsname
-        self.options, self.version = options, version
+        self.options = options
 
     def run(self, on_ready: Callable[[], None] | None) -> None:
+        # Here, not in the caller: a background mount loads libfuse in its daemon only,
+        # while the caller goes on (see PendingMount).
+        check_fuse_available()
+        version = libfuse_version()
         owned = not isinstance(self.fs, Filesystem)
         filesystem = self.fs if isinstance(self.fs, Filesystem) else self.fs()
         try:
@@ -228,7 +235,7 @@ class _Setup:
                 filesystem.writable,
                 fsname=self.fsname,
                 options=self.options,
-                libfuse_version=self.version,
+                libfuse_version=version,
                 case_insensitive=filesystem.case_insensitive,
             )
             _serve(filesystem, self.path, opts, on_ready)
@@ -237,7 +244,49 @@ class _Setup:
                 filesystem.close()
 
 
-def _mount_background(setup: _Setup, log_file: str | None) -> None:
+class PendingMount:
+    """A mount whose daemon is starting: :meth:`wait` returns once it answers, or raises
+    the daemon's reason as a one-line FimfsError. The caller may do other work first
+    (a run prepares its sandbox while the daemon opens the layers)."""
+
+    def __init__(self, path: str, pid: int, status_fd: int) -> None:
+        self.path, self._pid, self._fd = path, pid, status_fd
+        self._outcome: FimfsError | None | bool = False  # False: not waited for yet
+
+    def wait(self) -> None:
+        """Idempotent: later calls give the first one's outcome."""
+        if self._outcome is False:
+            try:
+                self._wait()
+                self._outcome = None
+            except FimfsError as e:
+                self._outcome = e
+        if isinstance(self._outcome, FimfsError):
+            raise self._outcome
+
+    def _wait(self) -> None:
+        try:
+            os.waitpid(self._pid, 0)
+            status = _read_status(self._fd)
+        finally:
+            os.close(self._fd)
+        if _READY in status:
+            if not is_mounted(self.path):
+                raise FimfsError(f"the mount on {self.path} went away right after starting")
+            return
+        lines = [ln.strip() for ln in status.decode("utf-8", "replace").splitlines()
+                 if ln.strip()]
+        errors = [ln[len(_ERROR_PREFIX) :] for ln in lines if ln.startswith(_ERROR_PREFIX)]
+        others = [ln for ln in lines if not ln.startswith(_ERROR_PREFIX)]
+        if errors and others:
+            # libfuse's own explanation (e.g. from fusermount3) says more than its exit code.
+            raise FimfsError(f"{errors[-1]}: {others[-1]}")
+        if errors or others:
+            raise FimfsError((errors or others)[-1])
+        raise FimfsError(f"cannot mount on {self.path}: the mount daemon exited without a reason")
+
+
+def _start_background(setup: _Setup, log_file: str | None) -> PendingMount:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()  # or the children would write the buffered text again
@@ -254,24 +303,7 @@ def _mount_background(setup: _Setup, log_file: str | None) -> None:
         finally:
             os._exit(1)
     os.close(wfd)
-    try:
-        os.waitpid(pid, 0)
-        status = _read_status(rfd)
-    finally:
-        os.close(rfd)
-    if _READY in status:
-        if not is_mounted(setup.path):
-            raise FimfsError(f"the mount on {setup.path} went away right after starting")
-        return
-    lines = [ln.strip() for ln in status.decode("utf-8", "replace").splitlines() if ln.strip()]
-    errors = [ln[len(_ERROR_PREFIX) :] for ln in lines if ln.startswith(_ERROR_PREFIX)]
-    others = [ln for ln in lines if not ln.startswith(_ERROR_PREFIX)]
-    if errors and others:
-        # libfuse's own explanation (e.g. from fusermount3) says more than its exit code.
-        raise FimfsError(f"{errors[-1]}: {others[-1]}")
-    if errors or others:
-        raise FimfsError((errors or others)[-1])
-    raise FimfsError(f"cannot mount on {setup.path}: the mount daemon exited without a reason")
+    return PendingMount(setup.path, pid, rfd)
 
 
 def _read_status(fd: int) -> bytes:
