@@ -266,3 +266,19 @@ def test_owners_set_inside_are_stored(runner: Runner) -> None:
         assert hosts.mode & 0o777 == 0o600
     finally:
         stack.close()
+
+
+def test_startup_trace_is_written_and_not_passed_inside(runner: Runner) -> None:
+    """FIM_TRACE_STARTUP (bench/bench_run.py's phase table): the run's marks, in order,
+    as one JSON line; the variable itself does not reach the program."""
+    import json
+
+    trace = runner.home / "startup.trace"
+    out = runner.ok("fim-exec", "sh", "-c", "echo ${FIM_TRACE_STARTUP-unset}",
+                    env={"FIM_TRACE_STARTUP": str(trace)})
+    assert out == "unset\n"
+    marks = json.loads(trace.read_text())
+    order = ["python", "imported", "configured", "mount", "mounting", "prepared", "bwrap",
+             "exited", "unmounted", "cleaned"]
+    assert list(marks) == order
+    assert [marks[k] for k in order] == sorted(marks[k] for k in order)

@@ -1,0 +1,190 @@
+"""The read path of a DwarFS layer (issue 13): handles that are inode numbers, the
+chunk-list and path caches, prefetching the blocks of a directory's next files, the
+FUSE callbacks a read-only mount registers, and a background mount's deferred wait."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fimfs.dwarfs import DwarfsImage, reader
+from fimfs.errors import FimfsError
+from fimfs.fuse import adapter, lifecycle, umount
+from fimfs.hostdir import HostDir
+from fimfs.union import Union
+
+from .manifest import image_path
+
+
+def _contents(path: Path) -> dict[str, bytes]:
+    with DwarfsImage.from_path(path) as ref:
+        return {p: ref.read_entry(e, ref.attr_of(e).size, 0)
+                for p, e in ref.walk() if ref.attr_of(e).is_reg}
+
+
+def test_handles_are_inode_numbers_and_need_no_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "CHUNK_LISTS", 3)  # every few opens evict a chunk list
+    path = image_path("small-blocks")
+    want = _contents(path)
+    with DwarfsImage.from_path(path) as img:
+        assert img.handles_need_release is False
+        handles = {p: img.open(p, os.O_RDONLY) for p in want}
+        assert len(set(handles.values())) == len({img.attr_of(img._entry(p)).ino for p in want})
+        for p, fh in handles.items():  # read after every other open: lists were evicted
+            assert img.read(p, len(want[p]) + 1, 0, fh) == want[p]
+        root = img.attr_of(0).ino
+        with pytest.raises(OSError) as exc:
+            img.read("/", 1, 0, root)
+        assert exc.value.errno == errno.EBADF
+
+
+def test_path_cache_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "PATHS", 8)
+    path = image_path("default")
+    with DwarfsImage.from_path(path) as img:
+        walked = list(img.walk())
+        for _ in range(2):
+            for p, e in walked:
+                assert img._entry(p) == e
+                assert len(img._paths) <= 8
+        with pytest.raises(FileNotFoundError):
+            img.getattr(walked[-1][0] + "-missing")
+
+
+def _wait_idle(img: DwarfsImage) -> None:
+    deadline = time.monotonic() + 10
+    while img._queued or img._loading:
+        assert time.monotonic() < deadline, "prefetch did not finish"
+        time.sleep(0.01)
+
+
+def test_open_prefetches_the_blocks_of_the_next_files_of_its_directory() -> None:
+    """Opening a file whose own blocks are cached decompresses, unasked, the block the
+    next file of the same directory starts in (what `tar` or an interpreter reads next)."""
+    path = image_path("small-blocks")  # 16 KiB blocks: neighbours sit in other blocks
+    with DwarfsImage.from_path(path) as img:
+        m = img.meta
+        case = None
+        for dpath, d in img.walk():
+            ino = m.ent_inode[d]
+            if ino >= m.dir_count:
+                continue
+            kids = list(m.children(ino))
+            for a, b in zip(kids, kids[1:]):
+                ba, bb = m.first_block(m.ent_inode[a]), m.first_block(m.ent_inode[b])
+                if ba is not None and bb is not None and ba != bb:
+                    case = (dpath.rstrip("/") + "/" + os.fsdecode(m.name(a)), a, ba, bb)
+                    break
+            if case:
+                break
+        assert case, "the image has no directory with neighbours in different blocks"
+        fpath, entry, own, nxt = case
+        for b, _, _ in img._file(entry, fpath).chunks:  # the file's own blocks: cached
+            if b >= 0:
+                img.block(b)
+        assert nxt not in img._cache
+        img.open(fpath, os.O_RDONLY)
+        _wait_idle(img)
+        assert nxt in img._cache
+
+
+def test_prefetch_after_close_is_refused_quietly() -> None:
+    img = DwarfsImage.from_path(image_path("small-blocks"))
+    img.close()
+    img._prefetch([0])  # a read racing the unmount: nothing is started, nothing raised
+    assert img._prefetcher is None
+
+
+def test_read_only_mounts_register_no_write_release_or_directory_handle_callbacks(
+        tmp_path: Path) -> None:
+    img = DwarfsImage.from_path(image_path("default"))
+    try:
+        ops = adapter.operations_for(img)
+        assert isinstance(ops, adapter.ReadOnlyOperations)
+        for name in (*adapter.WRITE_OPERATIONS, "release", "opendir", "releasedir"):
+            assert getattr(ops, name) is None, name
+        assert callable(ops.read) and callable(ops.open) and callable(ops.listing)
+        ro_union = adapter.operations_for(Union(None, [img]))
+        assert ro_union.release is None  # every layer's handles are plain numbers
+        rw = adapter.operations_for(Union(HostDir(str(tmp_path)), [img]))
+        assert type(rw) is adapter.FuseOperations
+        assert callable(rw.release) and callable(rw.flush) and callable(rw.opendir)
+    finally:
+        img.close()
+
+
+@pytest.fixture
+def big_dir_image(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree" / "many"
+    tree.mkdir(parents=True)
+    for i in range(3000):  # several READDIR pages of names
+        (tree / f"file-with-a-longish-name-{i:05d}").write_text(str(i))
+    out = tmp_path / "big.dwarfs"
+    subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "1", str(tmp_path / "tree"),
+                    str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.fuse
+def test_read_only_listings_page_by_path_for_concurrent_readers(big_dir_image: Path,
+                                                                 tmp_path: Path) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    subprocess.run([sys.executable, "-m", "cli.fim", "mount", str(big_dir_image), str(mp)],
+                   check=True)
+    try:
+        want = sorted(f"file-with-a-longish-name-{i:05d}" for i in range(3000))
+        results: list[list[str]] = []
+
+        def lister() -> None:
+            for _ in range(3):
+                results.append(sorted(os.listdir(mp / "many")))
+
+        threads = [threading.Thread(target=lister) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 12 and all(r == want for r in results)
+        assert (mp / "many" / want[-1]).read_text() == "2999"
+    finally:
+        umount(str(mp))
+
+
+@pytest.mark.fuse
+def test_a_background_mount_can_be_waited_for_later(tmp_path: Path) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    path = image_path("default")
+    pending = lifecycle.mount(lambda: DwarfsImage.from_path(path), str(mp), foreground=False,
+                              wait=False)
+    assert pending is not None
+    pending.wait()
+    pending.wait()  # idempotent
+    try:
+        assert os.path.ismount(mp) and os.listdir(mp)
+    finally:
+        umount(str(mp))
+
+
+@pytest.mark.fuse
+def test_a_failing_background_mount_reports_at_wait(tmp_path: Path) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+
+    def broken() -> DwarfsImage:
+        raise FimfsError("cannot open the layer: boom")
+
+    pending = lifecycle.mount(broken, str(mp), foreground=False, wait=False)
+    assert pending is not None
+    for _ in range(2):  # the same one-line reason each time
+        with pytest.raises(FimfsError, match="^cannot open the layer: boom$"):
+            pending.wait()
+    assert not os.path.ismount(mp)
