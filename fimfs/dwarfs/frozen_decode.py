@@ -100,6 +100,9 @@ class Table:
     """A decoded list of plain-integer structs, stored as one column per field."""
 
     def __init__(self, n: int, columns: dict[str, Column], present: frozenset[str]) -> None:
+        # The columns are plain attributes (``table.block``): readers look them up once per
+        # chunk or inode, and __getattr__ is a Python call each time.
+        self.__dict__.update(columns)
         self.n = n
         self.columns = columns
         self.present = present  # fields the item layout actually stores

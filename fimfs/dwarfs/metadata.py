@@ -498,9 +498,10 @@ class Metadata:
     def file_chunks(self, k: int) -> Iterator[tuple[int, int, int]]:
         """(block or -1 for a hole, offset in block, length) of chunk-table index ``k``."""
         c = self.chunks
+        blocks, offsets, sizes = c.block, c.offset, c.size
         hole = self.hole_block
         for j in range(self.chunk_table[k], self.chunk_table[k + 1]):
-            b, off, size = c.block[j], c.offset[j], c.size[j]
+            b, off, size = blocks[j], offsets[j], sizes[j]
             if b == hole:
                 yield -1, 0, self.hole_size(off, size)
             else:

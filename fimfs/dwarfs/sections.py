@@ -69,6 +69,14 @@ class ImageFile:
             raise ImageError("truncated image (unexpected end of file)")
         return out
 
+    def will_need(self, offset: int, n: int) -> None:
+        """Ask the kernel to start reading ``n`` bytes at ``offset`` now (a block about to
+        be decompressed in the background): a cold disk read then overlaps other work."""
+        try:
+            os.posix_fadvise(self.fd, offset, n, os.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            pass  # advice only
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
