@@ -306,7 +306,7 @@ class Decoder:
         out = array("I" if width <= 32 else "Q")
         mask = (1 << width) - 1
         data = self.data
-        group = max(1, 4096 // max(stride, 1))
+        group = max(1, 512 // max(stride, 1))  # 512-bit windows: the fastest measured
         span = range(0, group * stride, stride)
         for j in range(0, count, group):
             g = min(group, count - j)
