@@ -256,6 +256,9 @@ class CaseFold(Filesystem):
     def handles_need_release(self) -> bool:  # type: ignore[override]
         return self.inner.handles_need_release
 
+    def unchanging(self, fh: int) -> bool:
+        return self.inner.unchanging(fh)
+
     def release(self, path: str | None, fh: int) -> None:
         self.inner.release(self._resolve_fh(path), fh)  # type: ignore[arg-type]
 

@@ -72,6 +72,9 @@ class OwnerView(Filesystem):
     def handles_need_release(self) -> bool:  # type: ignore[override]
         return self.inner.handles_need_release
 
+    def unchanging(self, fh: int) -> bool:
+        return self.inner.unchanging(fh)
+
     def release(self, path: str, fh: int) -> None:
         self.inner.release(path, fh)
 

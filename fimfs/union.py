@@ -366,6 +366,10 @@ class Union(Filesystem):
         inner, i = divmod(fh, self._n)
         return self._layers[i].read(path, size, offset, inner)
 
+    def unchanging(self, fh: int) -> bool:
+        inner, i = divmod(fh, self._n)
+        return i >= self._first_lower and self._layers[i].unchanging(inner)
+
     @property
     def handles_need_release(self) -> bool:  # type: ignore[override]
         return any(layer.handles_need_release for layer in self._layers)

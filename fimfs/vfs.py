@@ -121,6 +121,11 @@ class Filesystem:
     def release(self, path: str, fh: int) -> None:
         return None
 
+    def unchanging(self, fh: int) -> bool:
+        """Whether the content of the open file ``fh`` can never change (a read-only
+        layer's): the kernel may then keep its cached pages from one open to the next."""
+        return False
+
     def statfs(self) -> StatFs:
         raise fs_error(errno.ENOSYS)
 

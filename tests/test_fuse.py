@@ -727,6 +727,8 @@ def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
     from fimfs.fuse import binding
 
     class Upstream:
+        def open(self) -> None: ...
+
         def rename_fuse_3(self) -> None: ...
 
     fake = types.SimpleNamespace(FUSE=Upstream, c_stat=0, set_st_attrs=0,

@@ -188,3 +188,40 @@ def test_a_failing_background_mount_reports_at_wait(tmp_path: Path) -> None:
         with pytest.raises(FimfsError, match="^cannot open the layer: boom$"):
             pending.wait()
     assert not os.path.ismount(mp)
+
+
+def _opcodes(log: str) -> list[str]:
+    return [line.split("opcode: ", 1)[1].split(" ", 1)[0] for line in log.splitlines()
+            if "opcode: " in line]
+
+
+@pytest.mark.fuse
+def test_writable_stack_readers_send_no_flush_and_writers_do(tmp_path: Path) -> None:
+    """noflush on read-only opens: closing a file that was only read costs no FLUSH
+    round trip; a file opened for writing still gets its FLUSH (write errors at close)."""
+    mp, upper = tmp_path / "mp", tmp_path / "upper"
+    mp.mkdir()
+    upper.mkdir()
+    log = tmp_path / "debug.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "mount", "--foreground",
+                                 "-o", "debug", "--layer", str(image_path("default")),
+                                 "--upper", str(upper), str(mp)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mp):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        files = [p for p in mp.rglob("*") if p.is_file() and not p.is_symlink()][:20]
+        assert files
+        for p in files:
+            p.read_bytes()
+        time.sleep(0.5)
+        assert "FLUSH" not in _opcodes(log.read_text())
+        (mp / "written").write_bytes(b"x")
+        time.sleep(0.5)
+        assert "FLUSH" in _opcodes(log.read_text())
+        assert (upper / "written").read_bytes() == b"x"
+    finally:
+        umount(str(mp))
+        proc.wait(30)

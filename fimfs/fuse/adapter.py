@@ -176,6 +176,13 @@ class FuseOperations:
     def open(self, path: str, flags: int) -> int:
         return self.fs.open(path, flags)
 
+    def unchanging(self, fh: int) -> bool:
+        """See :meth:`fimfs.vfs.Filesystem.unchanging` (the binding sets keep_cache)."""
+        try:
+            return self.fs.unchanging(fh)
+        except Exception:  # noqa: BLE001 - only a hint
+            return False
+
     @_guarded
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         data = self.fs.read(path, size, offset, fh)

@@ -34,7 +34,7 @@ _FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attr
 
 #: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides, and the mfusepy
 #: helpers they use; each must exist upstream.
-PATCHED = ("rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3", "utimens_fuse_2")
+PATCHED = ("open", "rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3", "utimens_fuse_2")
 _USED = ("FUSE", "c_stat", "set_st_attrs", "fuse_version_major", "fuse_version_minor")
 
 
@@ -83,10 +83,26 @@ def load_mfusepy() -> ModuleType:
     return mfusepy
 
 
+def _open_with_flags(self: Any, path: bytes, fip: Any) -> int:
+    """``FUSE.open`` with the per-open flags mfusepy does not set. A reader has nothing to
+    flush: with noflush (libfuse >= 3.11) its close sends no FLUSH request, one synchronous
+    round trip less per file. A file of a read-only layer keeps its pages in the kernel's
+    cache (keep_cache), on a writable mount too."""
+    fi = fip.contents
+    fi.fh = self.operations.open(path.decode(self.encoding, self.errors), fi.flags)
+    if fi.flags & os.O_ACCMODE == os.O_RDONLY:
+        if hasattr(fi, "noflush"):
+            fi.noflush = 1
+        if self.operations.unchanging(fi.fh):
+            fi.keep_cache = 1
+    return 0
+
+
 @functools.cache
 def fuse_class() -> type:
-    """mfusepy.FUSE with four gaps filled: rename flags, ftruncate's handle, UTIME_NOW/OMIT,
-    and READDIRPLUS answered with full attributes.
+    """mfusepy.FUSE with five gaps filled: per-open flags (noflush, keep_cache), rename
+    flags, ftruncate's handle, UTIME_NOW/OMIT, and READDIRPLUS answered with full
+    attributes.
 
     Built lazily because it needs mfusepy.
     """
@@ -94,6 +110,8 @@ def fuse_class() -> type:
     check_upstream(mfusepy)
 
     class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
+        open = _open_with_flags
+
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
             return self.operations.rename(

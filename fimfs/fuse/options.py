@@ -10,7 +10,7 @@ from typing import Any
 #: read-only mount. Nothing can change underneath, so this is effectively "forever",
 #: as the native dwarfs driver does.
 RO_CACHE_TIMEOUT = 3600
-#: Kernel read-ahead (KiB) set on a read-only mount when root. The default (128 KiB)
+#: Kernel read-ahead (KiB) set on every mount when root. The default (128 KiB)
 #: makes the kernel ask for 128 KiB per read; from 1 MiB on it sends 1 MiB requests
 #: (the most a FUSE request carries), and 4 MiB keeps a few of them in flight, which
 #: the multithreaded daemon serves in parallel. Small files are not affected.
