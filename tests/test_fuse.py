@@ -427,7 +427,7 @@ def test_exception_in_op_is_eio_logged_and_mount_survives(ro_mount: Path, tmp_pa
     assert (ro_mount / "hello.txt").read_bytes() == b"hello world\n"
     log = (tmp_path / "log").read_text()
     assert "fuse read '/boom' failed" in log and "RuntimeError: kaboom" in log
-    assert "fuse getattr '/weird' failed" in log
+    assert "fuse stat '/weird' failed" in log
 
 
 # -- through a writable mount ---------------------------------------------------------------
@@ -728,6 +728,8 @@ def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
 
     class Upstream:
         def open(self) -> None: ...
+
+        def fgetattr(self) -> None: ...
 
         def rename_fuse_3(self) -> None: ...
 

@@ -94,7 +94,7 @@ class FuseOperations:
         self._on_ready = on_ready
         self._dir_handles = itertools.count(1)
         self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
-        self._listings: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
+        self._listings: dict[int, list[tuple[str, Attr | None]]] = {}
 
     def init(self, path: str) -> None:
         """Called by libfuse once the kernel connection is set up: the mount is live."""
@@ -110,11 +110,16 @@ class FuseOperations:
 
     # -- read side ---------------------------------------------------------
     @_guarded
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+    def stat(self, path: str) -> Attr:
+        """A path's attributes (the binding copies them into libfuse's struct stat)."""
         attr = self.fs.getattr(path)
         if self._aliases is not None:
             self._aliases.seen(path, attr.ino)
-        return attr_to_stat(attr)
+        return attr
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        """mfusepy's form of :meth:`stat`."""
+        return attr_to_stat(self.stat(path))
 
     def _changed(self, path: str | None, forget: bool = False, itself: bool = False) -> None:
         """A change through ``path``: refresh the kernel's view of the inode's other names."""
@@ -140,7 +145,7 @@ class FuseOperations:
 
     @_guarded
     def listing(self, path: str, fh: int, offset: int, plus: bool
-                ) -> list[tuple[str, dict[str, int] | None]]:
+                ) -> list[tuple[str, Attr | None]]:
         """The snapshot of a directory that one open handle pages through (libfuse 3).
 
         Taken at offset 0 (opendir or rewinddir) and kept until releasedir, so names
@@ -150,12 +155,12 @@ class FuseOperations:
             entries = self._listings[fh] = self._snapshot(path, plus)
         return entries
 
-    def _snapshot(self, path: str, plus: bool) -> list[tuple[str, dict[str, int] | None]]:
+    def _snapshot(self, path: str, plus: bool) -> list[tuple[str, Attr | None]]:
         """A directory's entries, "." and ".." first. For READDIRPLUS they carry full
         attributes, which spares the kernel a LOOKUP per entry; if some entry's
         attributes cannot be had, names alone are listed, so the directory still lists
         and only that entry's own lookup fails."""
-        entries: list[tuple[str, dict[str, int] | None]] = [(".", None), ("..", None)]
+        entries: list[tuple[str, Attr | None]] = [(".", None), ("..", None)]
         if plus:
             try:
                 found = self.fs.readdir_attrs(path)
@@ -163,7 +168,7 @@ class FuseOperations:
                     base = path.rstrip("/")
                     for n, a in found:
                         self._aliases.seen(f"{base}/{n}", a.ino)
-                return entries + [(n, attr_to_stat(a)) for n, a in found]
+                return entries + found
             except Exception as e:  # noqa: BLE001 - the plain listing reports real errors
                 log.debug("readdirplus %r: %s; listing names only", path, e)
         return entries + [(name, None) for name in self.fs.readdir(path)]
@@ -369,11 +374,11 @@ class ReadOnlyOperations(FuseOperations):
         super().__init__(fs, on_ready)
         if not fs.handles_need_release:
             self.release = None  # type: ignore[assignment,method-assign]
-        self._by_path: dict[tuple[str, bool], list[tuple[str, dict[str, int] | None]]] = {}
+        self._by_path: dict[tuple[str, bool], list[tuple[str, Attr | None]]] = {}
 
     @_guarded
     def listing(self, path: str, fh: int, offset: int, plus: bool
-                ) -> list[tuple[str, dict[str, int] | None]]:
+                ) -> list[tuple[str, Attr | None]]:
         key = (path, plus)
         entries = self._by_path.get(key) if offset else None
         if entries is None:

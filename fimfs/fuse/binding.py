@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from fimfs.errors import FimfsError
+from fimfs.vfs import Attr
 
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
 _UTIME_NOW = (1 << 30) - 1
@@ -34,8 +35,9 @@ _FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attr
 
 #: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides, and the mfusepy
 #: helpers they use; each must exist upstream.
-PATCHED = ("open", "rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3", "utimens_fuse_2")
-_USED = ("FUSE", "c_stat", "set_st_attrs", "fuse_version_major", "fuse_version_minor")
+PATCHED = ("open", "fgetattr", "rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3",
+           "utimens_fuse_2")
+_USED = ("FUSE", "c_stat", "fuse_version_major", "fuse_version_minor")
 
 
 def path_invalidator() -> Callable[[str], None] | None:
@@ -83,6 +85,26 @@ def load_mfusepy() -> ModuleType:
     return mfusepy
 
 
+def fill_stat(st: Any, a: Attr) -> None:
+    """Copy ``a`` into the ctypes ``struct stat`` ``st`` (every field libfuse passes on;
+    ``st_ino`` is ``a.ino + 1``, see :func:`fimfs.fuse.adapter.attr_to_stat`). Direct
+    assignments: mfusepy's dict-driven ``set_st_attrs`` costs a getattr per field."""
+    st.st_mode, st.st_nlink, st.st_uid, st.st_gid = a.mode, a.nlink, a.uid, a.gid
+    st.st_size, st.st_rdev, st.st_ino, st.st_blocks = a.size, a.rdev, a.ino + 1, a.blocks
+    st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a.atime_ns, 1_000_000_000)
+    st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a.mtime_ns, 1_000_000_000)
+    st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a.ctime_ns, 1_000_000_000)
+
+
+def _fgetattr(self: Any, path: bytes | None, buf: Any, fip: Any) -> int:
+    """``FUSE.fgetattr`` (also behind libfuse 3's getattr) with :func:`fill_stat`."""
+    ctypes.memset(buf, 0, ctypes.sizeof(buf.contents))
+    attr = self.operations.stat(None if path is None else path.decode(self.encoding,
+                                                                       self.errors))
+    fill_stat(buf.contents, attr)
+    return 0
+
+
 def _open_with_flags(self: Any, path: bytes, fip: Any) -> int:
     """``FUSE.open`` with the per-open flags mfusepy does not set. A reader has nothing to
     flush: with noflush (libfuse >= 3.11) its close sends no FLUSH request, one synchronous
@@ -111,6 +133,7 @@ def fuse_class() -> type:
 
     class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
         open = _open_with_flags
+        fgetattr = _fgetattr
 
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
@@ -131,12 +154,12 @@ def fuse_class() -> type:
             entries = self.operations.listing(decoded, fip.contents.fh, offset, plus)
             st = mfusepy.c_stat()
             for i in range(offset, len(entries)):
-                name, attrs = entries[i]
+                name, attr = entries[i]
                 encoded = name.encode(self.encoding, self.errors)
-                if attrs is None:
+                if attr is None:
                     full = filler(buf, encoded, None, i + 1, 0)
                 else:
-                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                    fill_stat(st, attr)
                     full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS if plus else 0)
                 if full:
                     break
