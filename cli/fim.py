@@ -12,7 +12,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from cli.errors import FimError
@@ -57,6 +56,8 @@ def _describe(exc: BaseException) -> str:
 
 def _report(message: str) -> None:
     if os.environ.get("FIM_DEBUG") == "1":
+        import traceback  # only here: it costs every start of `fim` ~3 ms
+
         traceback.print_exc()
     print(f"fim: {message}", file=sys.stderr, flush=True)
 

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from fimfs.errors import FimfsError
 from fimfs.fuse.adapter import operations_for
 from fimfs.fuse.binding import fuse_class, libfuse_version
 from fimfs.fuse.mounttable import canonical, check_fuse_available, check_mountpoint, is_mounted
+from fimfs.fuse.mounttable import which as _which
 from fimfs.fuse.options import READ_AHEAD_KB, mount_options
 from fimfs.vfs import Filesystem
 
@@ -63,7 +63,7 @@ def _detach(path: str, lazy: bool) -> None:
         candidates.append(["umount", "-l"] if lazy else ["umount"])
     reason: str | None = "no fusermount3, fusermount or umount found"
     for argv in candidates:
-        if shutil.which(argv[0]) is None:
+        if _which(argv[0]) is None:
             continue
         reason = _run_unmount([*argv, path] if argv[0] == "umount" else [*argv, "--", path])
         if reason is None:

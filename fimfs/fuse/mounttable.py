@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 
 from fimfs.errors import FimfsError
@@ -78,6 +77,13 @@ def check_mountpoint(mountpoint: str) -> str:
     return os.path.realpath(path)
 
 
+def which(program: str) -> str | None:
+    """shutil.which, imported on first use: shutil costs a mount's start ~4 ms."""
+    import shutil
+
+    return shutil.which(program)
+
+
 def check_fuse_available() -> None:
     if not os.path.exists("/dev/fuse"):
         raise FimfsError(
@@ -90,5 +96,5 @@ def check_fuse_available() -> None:
             raise FimfsError("/dev/fuse is not readable and writable")
         return
     helper = "fusermount3" if major == 3 else "fusermount"
-    if not (shutil.which(helper) or os.path.exists(f"/usr/bin/{helper}")):
+    if not (which(helper) or os.path.exists(f"/usr/bin/{helper}")):
         raise FimfsError(f"{helper} is missing: install fuse3 (unprivileged mounts need it)")
