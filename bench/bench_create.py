@@ -2,8 +2,8 @@
 on PATH) on the bench corpus (bench/corpus.py): wall time, CPU time, peak RSS and
 output size of each builder, measured as a child process (wait4 rusage).
 
-The default-level fim image is kept as bench/.cache/corpus.dwarfs, which the reader
-benchmarks then use. Run: .venv/bin/pytest bench/bench_create.py
+The default-level fim image is kept as bench/.cache/corpus.dwarfs and mkdwarfs' as
+bench/.cache/corpus.mkdwarfs, which the reader and stack benchmarks then use. Run: .venv/bin/pytest bench/bench_create.py
 """
 
 from __future__ import annotations
@@ -69,3 +69,5 @@ def test_create(backend: str, benchmark, tree: Path, cache_dir: Path, record) ->
         record(f"create {name}", backend, value)
     if backend == "fim":
         out.replace(cache_dir / "corpus.dwarfs")
+    elif backend == "mkdwarfs":  # the reader suite's "mkdwarfs image"
+        out.replace(cache_dir / "corpus.mkdwarfs")
