@@ -273,11 +273,14 @@ def test_startup_trace_is_written_and_not_passed_inside(runner: Runner) -> None:
     as one JSON line; the variable itself does not reach the program."""
     import json
 
-    trace = runner.home / "startup.trace"
+    trace = runner.home / f"startup-{runner.uid}.trace"  # the home is shared by both runners
+    trace.unlink(missing_ok=True)
     out = runner.ok("fim-exec", "sh", "-c", "echo ${FIM_TRACE_STARTUP-unset}",
                     env={"FIM_TRACE_STARTUP": str(trace)})
     assert out == "unset\n"
-    marks = json.loads(trace.read_text())
+    lines = trace.read_text().splitlines()
+    assert len(lines) == 1  # the run's own line: no forked helper writes one too
+    marks = json.loads(lines[0])
     order = ["python", "imported", "configured", "mount", "mounting", "prepared", "bwrap",
              "exited", "unmounted", "cleaned"]
     assert list(marks) == order
