@@ -3,7 +3,8 @@ on PATH) on the bench corpus (bench/corpus.py): wall time, CPU time, peak RSS an
 output size of each builder, measured as a child process (wait4 rusage).
 
 The default-level fim image is kept as bench/.cache/corpus.dwarfs and mkdwarfs' as
-bench/.cache/corpus.mkdwarfs, which the reader and stack benchmarks then use. Run: .venv/bin/pytest bench/bench_create.py
+bench/.cache/corpus.mkdwarfs, which the reader and stack benchmarks then use.
+Run: .venv/bin/pytest bench/bench_create.py
 """
 
 from __future__ import annotations

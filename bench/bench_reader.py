@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.mounts import FreshMounts, drop_caches, mounted, require
+from bench.mounts import drop_caches, measure_fresh, mounted, require
 from bench.workloads import find_walk, tar_read
 
 #: (reader, image kind): fim and native dwarfs each on the image written by fim and on
@@ -113,14 +113,7 @@ def _random_reads(files: list[Path], n: int = 2000) -> int:
 
 
 def _measure(benchmark, reader: str, image: Path, mp: Path, action, rounds: int = 3):  # noqa: ANN001, ANN202
-    """Time ``action(mount root)`` on a fresh, cold mount per round; returns (result, rss)."""
-    fresh = FreshMounts(reader, image, mp)
-    try:
-        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
-                                    rounds=rounds)
-        return result, fresh.current.rss_mb()
-    finally:
-        fresh.close()
+    return measure_fresh(benchmark, reader, image, mp, action, rounds)
 
 
 def _name(measurement: str, kind: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.mounts import STACK_BACKENDS, FreshMounts, mounted_stack, require_stack
+from bench.mounts import STACK_BACKENDS, measure_fresh, mounted_stack, require_stack
 from bench.workloads import find_walk, tar_read, walk
 
 BIG = "blob/big.bin"
@@ -92,13 +92,8 @@ def stack(cache_dir: Path) -> dict:
 
 def _measure(benchmark, backend: str, stack: dict, mp: Path, action):  # noqa: ANN001, ANN202
     """Time ``action(mount root)`` on fresh, cold mounts per round; returns (result, rss)."""
-    fresh = FreshMounts(backend, [Path(p) for p in stack["layers"]], mp, opener=mounted_stack)
-    try:
-        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
-                                    rounds=ROUNDS)
-        return result, fresh.current.rss_mb()
-    finally:
-        fresh.close()
+    return measure_fresh(benchmark, backend, [Path(p) for p in stack["layers"]], mp, action,
+                         ROUNDS, opener=mounted_stack)
 
 
 def _read_all(root: Path, files: list[str]) -> int:
@@ -204,13 +199,8 @@ def root_layers(cache_dir: Path) -> list[Path]:
 
 
 def _measure_root(benchmark, backend: str, layers: list[Path], mp: Path, action):  # noqa: ANN001, ANN202
-    fresh = FreshMounts(backend, layers, mp, opener=mounted_stack)
-    try:
-        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
-                                    rounds=ROOT_ROUNDS)
-        return result, fresh.current.rss_mb()
-    finally:
-        fresh.close()
+    return measure_fresh(benchmark, backend, layers, mp, action, ROOT_ROUNDS,
+                         opener=mounted_stack)
 
 
 @pytest.mark.parametrize("backend", ROOT_BACKENDS)

@@ -178,6 +178,19 @@ class FreshMounts:
             self._ctx = self.current = None
 
 
+def measure_fresh(benchmark, backend: str, image: Path | Sequence[Path], mountpoint: Path,  # noqa: ANN001
+                  action, rounds: int, opener=None):  # noqa: ANN001, ANN201
+    """Time ``action(mount root)`` on a fresh, cold mount per round (see FreshMounts);
+    returns (the last result, the serving processes' peak RSS in MiB)."""
+    fresh = FreshMounts(backend, image, mountpoint, opener)
+    try:
+        result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
+                                    rounds=rounds)
+        return result, fresh.current.rss_mb()
+    finally:
+        fresh.close()
+
+
 def drop_caches() -> None:
     """Forget the kernel's page and dentry caches (root only) so each round is cold."""
     try:

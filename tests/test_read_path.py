@@ -158,14 +158,19 @@ def test_read_only_listings_page_by_path_for_concurrent_readers(big_dir_image: P
         umount(str(mp))
 
 
-@pytest.mark.fuse
-def test_a_background_mount_can_be_waited_for_later(tmp_path: Path) -> None:
+def _start(tmp_path: Path, source) -> tuple[Path, lifecycle.PendingMount]:  # noqa: ANN001
+    """A background mount of ``source`` (a callable) on a new directory, not waited for."""
     mp = tmp_path / "mp"
     mp.mkdir()
-    path = image_path("default")
-    pending = lifecycle.mount(lambda: DwarfsImage.from_path(path), str(mp), foreground=False,
-                              wait=False)
+    pending = lifecycle.mount(source, str(mp), foreground=False, wait=False)
     assert pending is not None
+    return mp, pending
+
+
+@pytest.mark.fuse
+def test_a_background_mount_can_be_waited_for_later(tmp_path: Path) -> None:
+    path = image_path("default")
+    mp, pending = _start(tmp_path, lambda: DwarfsImage.from_path(path))
     pending.wait()
     pending.wait()  # idempotent
     try:
@@ -176,14 +181,10 @@ def test_a_background_mount_can_be_waited_for_later(tmp_path: Path) -> None:
 
 @pytest.mark.fuse
 def test_a_failing_background_mount_reports_at_wait(tmp_path: Path) -> None:
-    mp = tmp_path / "mp"
-    mp.mkdir()
-
     def broken() -> DwarfsImage:
         raise FimfsError("cannot open the layer: boom")
 
-    pending = lifecycle.mount(broken, str(mp), foreground=False, wait=False)
-    assert pending is not None
+    mp, pending = _start(tmp_path, broken)
     for _ in range(2):  # the same one-line reason each time
         with pytest.raises(FimfsError, match="^cannot open the layer: boom$"):
             pending.wait()
