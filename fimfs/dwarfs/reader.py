@@ -47,8 +47,8 @@ PATHS = 1 << 16
 #: How many of the next files of a directory an open looks at for blocks to prefetch.
 SIBLINGS = 64
 #: Blocks decompressed ahead (of a sequential reader, or of the next files of a
-#: directory), one worker each. Two beat one on `tar c` of a 500 MB corpus on 2 cores
-#: (3.32 s vs 3.42 s cold; bench/RESULTS.md, issue 13).
+#: directory), one worker each. Two beat one on `tar c` of bench/corpus.py's 513 MB on
+#: 2 cores (3.32 s against 3.42 s, cold).
 PREFETCH_BLOCKS = 2
 _METADATA_LIMIT = 1 << 30
 _SCHEMA_LIMIT = 16 << 20
@@ -208,7 +208,7 @@ class DwarfsImage(Filesystem):
 
     # -- file data ----------------------------------------------------------------------
     # A file handle is the file's inode number: handles need no release, and all the
-    # handles of one inode share its _File (kept in an LRU; made again if evicted).
+    # handles of one inode share its _File (kept in a bounded dict; made again if dropped).
     handles_need_release = False
 
     def open(self, path: str, flags: int) -> int:
