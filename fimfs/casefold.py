@@ -63,7 +63,7 @@ from typing import TypeVar
 from cachetools import LRUCache
 
 from fimfs.paths import join, split_parent
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18
@@ -251,6 +251,9 @@ class CaseFold(Filesystem):
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.inner.read(self._resolve_fh(path), size, offset, fh)  # type: ignore[arg-type]
+
+    def read_spans(self, path: str | None, size: int, offset: int, fh: int) -> Spans:
+        return self.inner.read_spans(self._resolve_fh(path), size, offset, fh)  # type: ignore[arg-type]
 
     @property
     def handles_need_release(self) -> bool:  # type: ignore[override]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .vfs import Attr, Filesystem, StatFs
+from .vfs import Attr, Filesystem, Spans, StatFs
 
 
 class OwnerView(Filesystem):
@@ -67,6 +67,9 @@ class OwnerView(Filesystem):
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.inner.read(path, size, offset, fh)
+
+    def read_spans(self, path: str, size: int, offset: int, fh: int) -> Spans:
+        return self.inner.read_spans(path, size, offset, fh)
 
     @property
     def handles_need_release(self) -> bool:  # type: ignore[override]

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from . import whiteout as wh
 from .copyup import copy_entry
 from .paths import empty_dir, join, split_parent
-from .vfs import RENAME_NOREPLACE, Attr, Filesystem, StatFs, fs_error, split_path
+from .vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,10 @@ class Union(Filesystem):
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         inner, i = divmod(fh, self._n)
         return self._layers[i].read(path, size, offset, inner)
+
+    def read_spans(self, path: str, size: int, offset: int, fh: int) -> Spans:
+        inner, i = divmod(fh, self._n)
+        return self._layers[i].read_spans(path, size, offset, inner)
 
     def unchanging(self, fh: int) -> bool:
         inner, i = divmod(fh, self._n)

@@ -30,6 +30,7 @@ from fimfs.casefold import CaseFold
 from fimfs.hostdir import OWNER_XATTR, HostDir
 from fimfs.owners import OwnerView
 from fimfs.union import Union
+from tests.containers import open_dev_fuse
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "fimowner"
@@ -193,6 +194,7 @@ def user() -> User:
             pytest.skip("needs useradd to create the unprivileged user")
         subprocess.run(["useradd", "-m", USER], check=True, capture_output=True)
         pw = pwd.getpwnam(USER)
+    open_dev_fuse()  # this module may run before any other that does it
     # This interpreter, or the system one of the same version (a pyenv Python under
     # /root is out of the user's reach; the packages come through PYTHONPATH).
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"

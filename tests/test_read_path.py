@@ -226,3 +226,70 @@ def test_writable_stack_readers_send_no_flush_and_writers_do(tmp_path: Path) -> 
     finally:
         umount(str(mp))
         proc.wait(30)
+
+
+@pytest.mark.parametrize("name", ["small-blocks", "default"])
+def test_read_spans_are_slices_of_the_cached_blocks(name: str) -> None:
+    """What the FUSE READ copies from: the same bytes as read(), taken from the block
+    cache itself (no copy per request); holes come as zeros. "small-blocks" splits files
+    over several blocks, "default" has sparse files."""
+    want = _contents(image_path(name))
+    with DwarfsImage.from_path(image_path(name)) as img:
+        cached = 0
+        for p, data in want.items():
+            fh = img.open(p, os.O_RDONLY)
+            for offset, size in ((0, len(data) + 1), (len(data) // 3, 5000), (1, 1 << 20)):
+                spans = img.read_spans(p, size, offset, fh)
+                joined = b"".join(buf[start:stop] for buf, start, stop in spans)
+                assert joined == data[offset:offset + size] == img.read(p, size, offset, fh)
+                for buf, start, stop in spans:
+                    assert 0 <= start <= stop <= len(buf)
+                    cached += any(buf is block for block in img._cache.values())
+        assert cached
+
+
+@pytest.mark.fuse
+def test_libfuse_workers_keep_their_thread_state_and_read_exactly(tmp_path: Path) -> None:
+    """Each libfuse worker pins its Python thread state once (not one made and destroyed
+    per request), up to the bound; reads through the mount, across blocks and holes, by
+    concurrent readers, give the image's bytes."""
+    from fimfs.fuse import binding
+
+    path = image_path("small-blocks")
+    want = _contents(path)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            lifecycle.mount(lambda: DwarfsImage.from_path(path), str(mp), foreground=True)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mp):
+            assert thread.is_alive() and time.monotonic() < deadline, errors
+            time.sleep(0.02)
+        got: dict[str, bytes] = {}
+
+        def reader_thread(paths: list[str]) -> None:
+            for p in paths:
+                got[p] = (mp / p.lstrip("/")).read_bytes()
+
+        paths = sorted(want)
+        readers = [threading.Thread(target=reader_thread, args=(paths[i::4],)) for i in range(4)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        assert got == want
+        served_by = binding._PINNED - {threading.get_ident(), thread.ident}
+        assert len(served_by) >= 1 and len(binding._PINNED) <= binding._MAX_PINNED
+    finally:
+        umount(str(mp))
+        thread.join(30)
+    assert errors == []

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from cachetools import LRUCache
 
 from ..errors import ImageError
-from ..vfs import Attr, Filesystem, StatFs, fs_error, split_path
+from ..vfs import Attr, Filesystem, Spans, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift
 from .frozen_decode import Decoder, parse_schema
 from .metadata import Metadata, type_name
@@ -243,19 +243,22 @@ class DwarfsImage(Filesystem):
         return True
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return _joined(self.read_spans(path, size, offset, fh))
+
+    def read_spans(self, path: str, size: int, offset: int, fh: int) -> Spans:
         m = self.meta
         if not m.file_inode_offset <= fh < m.device_inode_offset:
             raise fs_error(errno.EBADF, path)
-        return self._read(self._file_of(fh), size, offset, path)
+        return self._spans(self._file_of(fh), size, offset, path)
 
     def read_entry(self, entry: int, size: int, offset: int) -> bytes:
         """Read from the regular file of a directory entry without a handle."""
-        return self._read(self._file(entry, ""), size, offset, "")
+        return _joined(self._spans(self._file(entry, ""), size, offset, ""))
 
-    def _read(self, h: _File, size: int, offset: int, path: str) -> bytes:
+    def _spans(self, h: _File, size: int, offset: int, path: str) -> Spans:
         end = min(offset + size, h.size)
         if offset >= end:
-            return b""
+            return []
         # The kernel's read-ahead sends several requests at once, served by different
         # threads in any order: "sequential" is near where the reads got to, not equal.
         sequential = abs(offset - h.next_offset) <= SEQUENTIAL_SLACK
@@ -268,18 +271,18 @@ class DwarfsImage(Filesystem):
             start = h.starts[i]
             lo, hi = pos - start, min(end - start, length)
             if block < 0:
-                parts.append(bytes(hi - lo))
+                parts.append((bytes(hi - lo), 0, hi - lo))
             else:
                 data = self.block(block, path)
                 if boff + hi > len(data):
                     log.error("%s: chunk beyond the end of block %d", path, block)
                     raise fs_error(errno.EIO, path)
-                parts.append(data[boff + lo:boff + hi])
+                parts.append((data, boff + lo, boff + hi))
             pos = start + hi
             i += 1
         if sequential:
             self._prefetch(self._blocks_ahead(h, i))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
 
     def _blocks_ahead(self, h: _File, i: int) -> list[int]:
         """The first PREFETCH_BLOCKS distinct blocks of chunks[i:] not yet decompressed."""
@@ -518,6 +521,13 @@ def _load_metadata(f: sections.ImageFile, layout: sections.Layout
     values = Decoder(schema, raw[sections.METADATA]).root_value(idl.METADATA)
     blocks = by_type.get(sections.BLOCK, [])
     return Metadata(values, len(blocks)), blocks
+
+
+def _joined(spans: Spans) -> bytes:
+    if len(spans) == 1:
+        data, start, stop = spans[0]
+        return data if start == 0 and stop == len(data) else data[start:stop]
+    return b"".join([data[start:stop] for data, start, stop in spans])
 
 
 def _text(b: bytes | None) -> str | None:

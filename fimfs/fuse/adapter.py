@@ -18,7 +18,7 @@ from typing import Any
 
 from fimfs.fuse.aliases import Aliases
 from fimfs.fuse.binding import path_invalidator
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans
 
 log = logging.getLogger("fimfs.fuse")
 
@@ -189,11 +189,13 @@ class FuseOperations:
             return False
 
     @_guarded
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        data = self.fs.read(path, size, offset, fh)
-        if len(data) > size:
-            raise RuntimeError(f"read returned {len(data)} bytes for a request of {size}")
-        return data
+    def read(self, path: str, size: int, offset: int, fh: int) -> Spans:
+        """The slices the binding's READ copies into the reply (Filesystem.read_spans)."""
+        spans = self.fs.read_spans(path, size, offset, fh)
+        n = sum(stop - start for _, start, stop in spans)
+        if n > size:
+            raise RuntimeError(f"read returned {n} bytes for a request of {size}")
+        return spans
 
     @_guarded
     def release(self, path: str, fh: int) -> int:

@@ -14,6 +14,7 @@ requests with the kernel and needs no ``big_writes``.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import ctypes.util
 import functools
@@ -35,8 +36,8 @@ _FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attr
 
 #: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides, and the mfusepy
 #: helpers they use; each must exist upstream.
-PATCHED = ("open", "fgetattr", "rename_fuse_3", "readdir_fuse_3", "truncate_fuse_3",
-           "utimens_fuse_2")
+PATCHED = ("_wrapper", "open", "fgetattr", "read", "rename_fuse_3", "readdir_fuse_3",
+           "truncate_fuse_3", "utimens_fuse_2")
 _USED = ("FUSE", "c_stat", "fuse_version_major", "fuse_version_minor")
 
 
@@ -120,11 +121,55 @@ def _open_with_flags(self: Any, path: bytes, fip: Any) -> int:
     return 0
 
 
+_PINNED: set[int] = set()
+#: Pinned thread states stay until the process ends; libfuse (>= 3.12) keeps its workers,
+#: but with -o max_idle_threads they come and go, so pinning stops at this many.
+_MAX_PINNED = 64
+
+
+def _pin_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state from one callback to the next.
+
+    ctypes enters each callback with PyGILState_Ensure and leaves it with
+    PyGILState_Release, which on a thread Python did not start creates and destroys a
+    thread state (and its frame stack, an mmap) every time. One Ensure more that is never
+    released keeps it alive (see _MAX_PINNED)."""
+    ctypes.pythonapi.PyGILState_Ensure()
+    _PINNED.add(_thread.get_ident())
+
+
+def _read_into_reply(self: Any, path: bytes | None, buf: Any, size: int, offset: int,
+                     fip: Any) -> int:
+    """``FUSE.read`` that copies the layer's spans straight into libfuse's buffer: no
+    bytes object per request (mfusepy copies a returned slice, which itself was a copy)."""
+    spans = self.operations.read(
+        None if path is None else path.decode(self.encoding, self.errors), size, offset,
+        fip.contents.fh)
+    dst = ctypes.cast(buf, ctypes.c_void_p).value
+    for data, start, stop in spans:
+        src = data if start == 0 else ctypes.cast(data, ctypes.c_void_p).value + start
+        ctypes.memmove(dst, src, stop - start)
+        dst += stop - start
+    return dst - ctypes.cast(buf, ctypes.c_void_p).value
+
+
+def _pinning(upstream: Callable[..., Any]) -> Callable[..., Any]:
+    """mfusepy's per-callback wrapper, first pinning the calling thread's state."""
+
+    def _wrapper(self: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if _thread.get_ident() not in _PINNED and len(_PINNED) < _MAX_PINNED:
+            _pin_thread_state()
+        return upstream(self, func, *args, **kwargs)
+
+    return _wrapper
+
+
 @functools.cache
 def fuse_class() -> type:
-    """mfusepy.FUSE with five gaps filled: per-open flags (noflush, keep_cache), rename
-    flags, ftruncate's handle, UTIME_NOW/OMIT, and READDIRPLUS answered with full
-    attributes.
+    """mfusepy.FUSE with its gaps filled: per-open flags (noflush, keep_cache), rename
+    flags, ftruncate's handle, UTIME_NOW/OMIT, READDIRPLUS answered with full
+    attributes; and two costs per request gone: a thread state made and destroyed
+    (:func:`_pin_thread_state`) and a bytes object per READ (:func:`_read_into_reply`).
 
     Built lazily because it needs mfusepy.
     """
@@ -134,6 +179,9 @@ def fuse_class() -> type:
     class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
         open = _open_with_flags
         fgetattr = _fgetattr
+        read = _read_into_reply
+
+        _wrapper = _pinning(mfusepy.FUSE._wrapper)
 
         def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
             # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
