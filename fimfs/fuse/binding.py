@@ -145,12 +145,17 @@ def _read_into_reply(self: Any, path: bytes | None, buf: Any, size: int, offset:
     spans = self.operations.read(
         None if path is None else path.decode(self.encoding, self.errors), size, offset,
         fip.contents.fh)
-    dst = ctypes.cast(buf, ctypes.c_void_p).value
+    base = _address(buf)
+    n = 0
     for data, start, stop in spans:
-        src = data if start == 0 else ctypes.cast(data, ctypes.c_void_p).value + start
-        ctypes.memmove(dst, src, stop - start)
-        dst += stop - start
-    return dst - ctypes.cast(buf, ctypes.c_void_p).value
+        ctypes.memmove(base + n, data if start == 0 else _address(data) + start, stop - start)
+        n += stop - start
+    return n
+
+
+def _address(obj: Any) -> int:
+    """The address of a ctypes pointer's target, or of a bytes object's first byte."""
+    return ctypes.cast(obj, ctypes.c_void_p).value or 0
 
 
 def _pinning(upstream: Callable[..., Any]) -> Callable[..., Any]:
