@@ -29,6 +29,7 @@ from fimfs.errors import FimfsError
 from fimfs.vfs import Attr
 
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
+_LIBFUSE3_SONAME = "libfuse3.so.3"
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 _FUSE_READDIR_PLUS = 1  # libfuse 3: readdir flags bit, "the kernel asked for READDIRPLUS"
@@ -49,7 +50,7 @@ def path_invalidator() -> Callable[[str], None] | None:
     """
     if libfuse_version()[0] != 3:
         return None
-    lib = ctypes.CDLL(os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library("fuse3"))
+    lib = ctypes.CDLL(os.environ.get("FUSE_LIBRARY_PATH") or _libfuse3())
     if not hasattr(lib, "fuse_invalidate_path"):
         return None
     lib.fuse_get_context.restype = ctypes.POINTER(ctypes.c_void_p)
@@ -67,11 +68,12 @@ def load_mfusepy() -> ModuleType:
     if "mfusepy" in sys.modules:
         return sys.modules["mfusepy"]
     env_set = False
-    if ("FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ
-            and ctypes.util.find_library("fuse3")):
+    if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ:
         # mfusepy looks for libfuse 2 first; this makes it take libfuse 3 when present.
-        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-        env_set = True
+        libfuse3 = _libfuse3()
+        if libfuse3:
+            os.environ["FUSE_LIBRARY_PATH"] = libfuse3
+            env_set = True
     try:
         import mfusepy
     except ImportError:
@@ -82,8 +84,19 @@ def load_mfusepy() -> ModuleType:
         raise FimfsError(f"libfuse is not usable: {e}") from None
     finally:
         if env_set:
-            del os.environ["FUSE_LIBRARY_NAME"]
+            del os.environ["FUSE_LIBRARY_PATH"]
     return mfusepy
+
+
+@functools.cache
+def _libfuse3() -> str | None:
+    """libfuse 3 by its soname when the loader finds it (no ``ldconfig -p`` run, which
+    ctypes.util.find_library costs every mount ~2 ms), else as find_library finds it."""
+    try:
+        ctypes.CDLL(_LIBFUSE3_SONAME)
+        return _LIBFUSE3_SONAME
+    except OSError:
+        return ctypes.util.find_library("fuse3")
 
 
 def fill_stat(st: Any, a: Attr) -> None:
