@@ -57,8 +57,7 @@ import contextlib
 import errno
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from cachetools import LRUCache
 
@@ -84,8 +83,7 @@ def _fold(name: str) -> str:
     return name.casefold()
 
 
-@dataclass(frozen=True, slots=True)
-class _Dir:
+class _Dir(NamedTuple):
     """The names of one directory, indexed by their folded form."""
 
     chosen: dict[str, str]  # folded -> the real name it resolves to

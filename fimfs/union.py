@@ -51,7 +51,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import whiteout as wh
 from .copyup import copy_entry
@@ -68,8 +68,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 UPPER = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Node:
+class _Node(NamedTuple):
     """How a path resolves: which layers provide it."""
 
     layer: int  # the topmost layer that has it

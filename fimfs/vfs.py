@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Slices of file data: ``(buffer, start, stop)`` (see :meth:`Filesystem.read_spans`).
 Spans = list[tuple[bytes, int, int]]
@@ -24,8 +24,7 @@ def fs_error(code: int, path: str = "") -> OSError:
     return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
+class Attr(NamedTuple):
     """What ``stat`` reports for one inode. Times are in nanoseconds since the epoch."""
 
     mode: int
@@ -53,8 +52,7 @@ class Attr:
         return stat.S_ISLNK(self.mode)
 
 
-@dataclass(frozen=True, slots=True)
-class StatFs:
+class StatFs(NamedTuple):
     """What ``statvfs`` reports."""
 
     bsize: int

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, overload
 
 from . import thrift
 from .idl import FROZEN_SCHEMA, Struct
@@ -26,15 +25,13 @@ class FrozenError(ThriftError):
     """The metadata does not fit its schema (out of bounds, too wide, too large)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(NamedTuple):
     size: int
     bits: int
     fields: dict[int, tuple[int, int]]  # field id -> (layout id, offset: >=0 bytes, <0 -bits)
 
 
-@dataclass(frozen=True, slots=True)
-class Schema:
+class Schema(NamedTuple):
     layouts: list[Layout]
     root: int
 

@@ -11,21 +11,27 @@ Frozen types: ``("int", bits)``, ``("bool",)``, ``("string",)``, ``("list", T)``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     id: int
     name: str
     type: tuple | Struct
     optional: bool = False
 
 
-@dataclass(frozen=True)
 class Struct:
-    name: str
-    fields: tuple[Field, ...]  # declaration order
+    """A struct type: not a tuple, so that code can tell it from the tuple types."""
+
+    __slots__ = ("fields", "name")
+
+    def __init__(self, name: str, fields: tuple[Field, ...]) -> None:
+        self.name = name
+        self.fields = fields  # declaration order
+
+    def __repr__(self) -> str:
+        return f"Struct({self.name!r})"
 
 
 U8, U16, U32, U64 = ("int", 8), ("int", 16), ("int", 32), ("int", 64)

@@ -17,7 +17,6 @@ import threading
 from bisect import bisect_right
 from collections import Counter
 from concurrent.futures import Future
-from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -58,15 +57,17 @@ _CORRUPTION = (IndexError, KeyError, ValueError, struct.error, OverflowError, Ty
                MemoryError, RecursionError, ZeroDivisionError)
 
 
-@dataclass(slots=True)
 class _File:
     """A regular file being read: its chunks with their start offsets in the file, and
     where its previous read ended."""
 
-    starts: list[int]
-    chunks: list[tuple[int, int, int]]  # (block or -1 for a hole, offset in block, length)
-    size: int
-    next_offset: int = 0  # sequential-read detection
+    __slots__ = ("chunks", "next_offset", "size", "starts")
+
+    def __init__(self, starts: list[int], chunks: list[tuple[int, int, int]], size: int) -> None:
+        self.starts = starts
+        self.chunks = chunks  # (block or -1 for a hole, offset in block, length)
+        self.size = size
+        self.next_offset = 0  # sequential-read detection
 
 
 class DwarfsImage(Filesystem):

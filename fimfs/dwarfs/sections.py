@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -32,8 +32,7 @@ def type_name(t: int) -> str:
     return TYPE_NAMES.get(t, f"unknown({t})")
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
+class Section(NamedTuple):
     offset: int  # absolute file offset of the section header
     header_size: int  # 64, or 8 for format 2.0/2.1
     type: int
@@ -223,8 +222,7 @@ def resolve(f: ImageFile, s: Section) -> Section:
     return real
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(NamedTuple):
     """Where the image is and what sections it has."""
 
     offset: int
