@@ -10,11 +10,9 @@ exit with the program's exit code. See docs/architecture.md, "Running a containe
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import signal
-import subprocess
 
 from cli import log, timing
 from cli.expand import expand
@@ -163,7 +161,6 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     from cli.stack import build_stack
     from fimfs.errors import FimfsError
     from fimfs.fuse import mount, umount
-    from sandbox import janitor
 
     owner, inside = _owners(ident)
     source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
@@ -179,6 +176,8 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
         try:
             umount(inst.mount)
         except Exception:  # busy (a process of the sandbox lingers) or already gone
+            from sandbox import janitor
+
             janitor.detach(inst.mount)
 
     return _Root(["--bind", inst.mount, "/"], [inst.mount], close, pending.wait)
@@ -319,6 +318,8 @@ class _Pipes:
 
 def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
     """Start bwrap, forward signals to the program, return the exit code (spec 1.3)."""
+    import subprocess  # here, after the mount daemon's fork: it costs a start ~5 ms
+
     from sandbox.bwrap import explain_failure
 
     with _Forwarder() as fwd:
@@ -346,6 +347,8 @@ def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
 def _child_pid(status: BinaryIO) -> int | None:
     """The program's pid from bwrap's ``--json-status-fd`` (its first JSON document);
     None when bwrap exits before starting it."""
+    import json
+
     decoder = json.JSONDecoder()
     text = ""
     while chunk := status.read1(4096):  # type: ignore[attr-defined]

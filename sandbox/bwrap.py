@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: How the program starts: bash looks it up in the sandbox's PATH and reports a
 #: missing one as "bash: NAME: command not found", exit 127 (spec 2.3); bash execs the
@@ -32,8 +32,7 @@ RUN_EXEC = '[[ $(type -t -- "$1") == file ]] && exec "$@"; "$@"'
 BIND_FLAGS = {"ro": "--ro-bind-try", "rw": "--bind-try", "dev": "--dev-bind-try"}
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who the program runs as inside (spec 9)."""
 
     uid: int
@@ -47,8 +46,7 @@ class Identity:
         return f"{self.user}:x:{self.uid}:{self.gid}:{self.user}:{self.home}:{self.shell}\n"
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """A host path made visible inside: ``kind`` is ro, rw or dev."""
 
     kind: str
@@ -56,7 +54,6 @@ class Bind:
     dst: str
 
 
-@dataclass
 class Sandbox:
     """Everything bwrap is told, in the order it is told.
 
@@ -66,22 +63,29 @@ class Sandbox:
     host file to where it appears (read-only); ``passwd`` is the generated passwd
     file. ``permission_args``/``unshare_args`` come from :mod:`sandbox.permissions`;
     ``background`` commands start before the program (the guest portal daemon).
+
+    A plain class, not a dataclass: importing dataclasses costs a run's start ~10 ms.
     """
 
-    root_args: list[str]
-    identity: Identity
-    host_uid: int
-    host_gid: int
-    shell: str
-    passwd: str
-    runtime_dirs: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    binds: list[Bind] = field(default_factory=list)
-    permission_args: list[str] = field(default_factory=list)
-    unshare_args: list[str] = field(default_factory=list)
-    setenv: dict[str, str] = field(default_factory=dict)
-    #: commands started in the background before the program, stdio on /dev/null
-    background: list[list[str]] = field(default_factory=list)
+    def __init__(self, *, root_args: list[str], identity: Identity, host_uid: int,
+                 host_gid: int, shell: str, passwd: str, runtime_dirs: list[str] | None = None,
+                 files: dict[str, str] | None = None, binds: list[Bind] | None = None,
+                 permission_args: list[str] | None = None,
+                 unshare_args: list[str] | None = None, setenv: dict[str, str] | None = None,
+                 background: list[list[str]] | None = None) -> None:
+        self.root_args = root_args
+        self.identity = identity
+        self.host_uid, self.host_gid = host_uid, host_gid
+        self.shell = shell
+        self.passwd = passwd
+        self.runtime_dirs = runtime_dirs if runtime_dirs is not None else []
+        self.files = files if files is not None else {}
+        self.binds = binds if binds is not None else []
+        self.permission_args = permission_args if permission_args is not None else []
+        self.unshare_args = unshare_args if unshare_args is not None else []
+        self.setenv = setenv if setenv is not None else {}
+        #: commands started in the background before the program, stdio on /dev/null
+        self.background = background if background is not None else []
 
 
 def _identity_args(sb: Sandbox) -> list[str]:

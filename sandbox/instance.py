@@ -11,13 +11,12 @@ every call.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sandbox import portal
 
 
-@dataclass(frozen=True)
-class Instance:
+class Instance(NamedTuple):
     """One running instance: its pid and directory."""
 
     pid: int
