@@ -95,19 +95,23 @@ class Instance:
         self.log = os.path.join(path, "fuse.log")
 
     def create(self) -> None:
-        from sandbox import janitor
-
+        """Make the directory (the instances of killed runs are pruned by
+        :meth:`prune_others`, after the mount daemon has started)."""
         parent = os.path.dirname(self.path)
         try:
             os.makedirs(parent, exist_ok=True)
             if os.stat(parent).st_uid == os.getuid():
                 os.chmod(parent, 0o1777)  # shared by every user of this build, like /tmp
-            janitor.prune(parent)
             os.mkdir(self.path, 0o700)
             os.mkdir(self.mount, 0o700)
         except OSError as exc:
             raise Fatal(f"Could not create the instance directory '{self.path}': "
                         f"{exc.strerror}") from None
+
+    def prune_others(self) -> None:
+        from sandbox import janitor
+
+        janitor.prune(os.path.dirname(self.path))
 
     def remove(self) -> None:
         import shutil
@@ -418,6 +422,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         timing.mark("mounting")
         from cli.desktop import integrate
         from sandbox import bwrap, janitor, portal
+
+        inst.prune_others()
 
         try:
             bwrap_path = bwrap.find_bwrap(app_bin)
