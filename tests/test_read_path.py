@@ -293,3 +293,31 @@ def test_libfuse_workers_keep_their_thread_state_and_read_exactly(tmp_path: Path
         umount(str(mp))
         thread.join(30)
     assert errors == []
+
+
+def test_metadata_columns_unpack_on_first_use_and_race_safely() -> None:
+    """Opening leaves the times unpacked (only their bounds are checked); concurrent first
+    stats unpack them once and agree with an image that has them all unpacked."""
+    path = image_path("all-times")
+    with DwarfsImage.from_path(path) as ref:
+        for table in (ref.meta.m["inodes"],):
+            for name in list(table._pending):
+                getattr(table, name)
+        want = {p: ref.attr_of(e) for p, e in ref.walk()}
+    with DwarfsImage.from_path(path) as img:
+        inodes = img.meta.m["inodes"]
+        assert "mtime_offset" in inodes._pending and "mtime_offset" not in vars(inodes)
+        got: list[dict] = []
+        barrier = threading.Barrier(4)
+
+        def stat_all() -> None:
+            barrier.wait()
+            got.append({p: img.attr_of(e) for p, e in img.walk()})
+
+        threads = [threading.Thread(target=stat_all) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 4 and all(g == want for g in got)
+        assert "mtime_offset" in vars(inodes)

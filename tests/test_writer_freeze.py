@@ -77,3 +77,15 @@ def test_plain_values_and_tables_freeze_alike() -> None:
 def test_value_wider_than_its_type_is_refused() -> None:
     with pytest.raises(ValueError, match="32-bit"):
         freeze.freeze(idl.METADATA, {"block_size": 1 << 32})
+
+
+def test_a_table_column_beyond_the_payload_is_refused_when_decoded() -> None:
+    """Columns unpack on first use, but their bounds are checked when the table is read:
+    a truncated payload fails at open, not at some later stat."""
+    rows = [{"block": b, "offset": o, "size": s} for b, o, s in
+            [(0, 0, 5), (1, 7, 2**20), (3, 65535, 0)] * 50]
+    schema, payload = freeze.freeze(idl.METADATA, {"chunks": rows, "block_size": 1 << 24})
+    decoded = frozen.Decoder(frozen.parse_schema(schema), payload).root_value(idl.METADATA)
+    assert list(decoded["chunks"].offset) == [r["offset"] for r in rows]
+    with pytest.raises(frozen.FrozenError, match="list out of bounds"):
+        frozen.Decoder(frozen.parse_schema(schema), payload[:-40]).root_value(idl.METADATA)

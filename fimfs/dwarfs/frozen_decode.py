@@ -12,8 +12,9 @@ anything is materialised, so hostile counts cannot exhaust memory.
 
 from __future__ import annotations
 
+import functools
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, overload
 
 from . import thrift
@@ -94,24 +95,38 @@ Column = array | Zeros
 
 
 class Table:
-    """A decoded list of plain-integer structs, stored as one column per field."""
+    """A decoded list of plain-integer structs, stored as one column per field.
 
-    def __init__(self, n: int, columns: dict[str, Column], present: frozenset[str]) -> None:
+    A column is unpacked from the payload when it is first read (its bounds were checked
+    when the table was decoded): what opening an image does not look at (most times,
+    owners) costs nothing until a stat needs it."""
+
+    def __init__(self, n: int, columns: dict[str, Column], present: frozenset[str],
+                 pending: dict[str, Callable[[], Column]] | None = None) -> None:
         # The columns are plain attributes (``table.block``): readers look them up once per
-        # chunk or inode, and __getattr__ is a Python call each time.
+        # chunk or inode, and __getattr__ is a Python call each time; it runs only for a
+        # column not unpacked yet, which it then makes a plain attribute.
         self.__dict__.update(columns)
+        self._pending = pending or {}
         self.n = n
-        self.columns = columns
         self.present = present  # fields the item layout actually stores
 
     def __len__(self) -> int:
         return self.n
 
     def __getattr__(self, name: str) -> Column:
+        unpack = self.__dict__.get("_pending", {}).get(name)
+        if unpack is None:
+            raise AttributeError(name)
+        col = self.__dict__[name] = unpack()  # racing threads unpack the same values
+        return col
+
+    def column(self, name: str) -> Column | None:
+        """The column of field ``name``, None when the struct has no such field."""
         try:
-            return self.__dict__["columns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+            return getattr(self, name)
+        except AttributeError:
+            return None
 
 
 class StringList(list):
@@ -279,6 +294,7 @@ class Decoder:
     def _table(self, typ: Struct, ilay: Layout, lid: int | None, base: int, count: int,
                stride: int) -> Table:
         cols: dict[str, Column] = {}
+        pending: dict[str, Callable[[], Column]] = {}
         present = set()
         for f in typ.fields:
             c = self._child(ilay, f.id, base, 0) if lid is not None else None
@@ -289,8 +305,14 @@ class Decoder:
                 cols[f.name] = Zeros(count)
                 continue
             present.add(f.name)
-            cols[f.name] = self.column(c[1] * 8 + c[2], count, stride, width)  # type: ignore[index]  # width > 0 implies c
-        return Table(count, cols, frozenset(present))
+            first = c[1] * 8 + c[2]  # type: ignore[index]  # width > 0 implies c
+            self._check_bounds(first, count, stride, width)
+            pending[f.name] = functools.partial(self.column, first, count, stride, width)
+        return Table(count, cols, frozenset(present), pending)
+
+    def _check_bounds(self, first_bit: int, count: int, stride: int, width: int) -> None:
+        if first_bit + (count - 1) * stride + width > self.nbits:
+            raise FrozenError("metadata: list out of bounds")
 
     def column(self, first_bit: int, count: int, stride: int, width: int) -> Column:
         """``count`` unsigned ``width``-bit values, the first at ``first_bit``, ``stride`` apart."""
@@ -298,8 +320,7 @@ class Decoder:
             return Zeros(count)
         if stride == 0:  # every item is the same (degenerate, but well defined)
             return array("I" if width <= 32 else "Q", [self._bits(0, first_bit, width)]) * count
-        if first_bit + (count - 1) * stride + width > self.nbits:
-            raise FrozenError("metadata: list out of bounds")
+        self._check_bounds(first_bit, count, stride, width)
         out = array("I" if width <= 32 else "Q")
         mask = (1 << width) - 1
         data = self.data

@@ -111,7 +111,7 @@ def _columns(item: _Layout, value: Sequence) -> list[tuple[_Layout, Sequence[int
     out = []
     for f in item.fields:
         if isinstance(value, Table):
-            col = value.columns.get(f.key)  # type: ignore[arg-type]  # plain-struct fields have str keys
+            col = value.column(f.key)  # type: ignore[arg-type]  # plain-struct fields have str keys
             col = Zeros(len(value)) if col is None else col
         else:
             col = [d.get(f.key, 0) for d in value]  # type: ignore[assignment]  # a column: any int sequence
