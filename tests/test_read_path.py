@@ -5,11 +5,13 @@ FUSE callbacks a read-only mount registers, and a background mount's deferred wa
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,15 @@ from fimfs.hostdir import HostDir
 from fimfs.union import Union
 
 from .manifest import image_path
+
+
+def _run_threads(targets: list[Callable[[], None]]) -> None:
+    """Run the targets in threads at once; returns when all are done."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _contents(path: Path) -> dict[str, bytes]:
@@ -147,11 +158,7 @@ def test_read_only_listings_page_by_path_for_concurrent_readers(big_dir_image: P
             for _ in range(3):
                 results.append(sorted(os.listdir(mp / "many")))
 
-        threads = [threading.Thread(target=lister) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads([lister] * 4)
         assert len(results) == 12 and all(r == want for r in results)
         assert (mp / "many" / want[-1]).read_text() == "2999"
     finally:
@@ -281,11 +288,7 @@ def test_libfuse_workers_keep_their_thread_state_and_read_exactly(tmp_path: Path
                 got[p] = (mp / p.lstrip("/")).read_bytes()
 
         paths = sorted(want)
-        readers = [threading.Thread(target=reader_thread, args=(paths[i::4],)) for i in range(4)]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join()
+        _run_threads([functools.partial(reader_thread, paths[i::4]) for i in range(4)])
         assert got == want
         served_by = binding._PINNED - {threading.get_ident(), thread.ident}
         assert len(served_by) >= 1 and len(binding._PINNED) <= binding._MAX_PINNED
@@ -314,10 +317,6 @@ def test_metadata_columns_unpack_on_first_use_and_race_safely() -> None:
             barrier.wait()
             got.append({p: img.attr_of(e) for p, e in img.walk()})
 
-        threads = [threading.Thread(target=stat_all) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads([stat_all] * 4)
         assert len(got) == 4 and all(g == want for g in got)
         assert "mtime_offset" in vars(inodes)
