@@ -28,8 +28,8 @@ from typing import Any
 from fimfs.errors import FimfsError
 from fimfs.vfs import Attr
 
+_LIBFUSE3_SONAME = "libfuse3.so.3"  # what the dynamic loader finds without a search
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
-_LIBFUSE3_SONAME = "libfuse3.so.3"
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 _FUSE_READDIR_PLUS = 1  # libfuse 3: readdir flags bit, "the kernel asked for READDIRPLUS"
