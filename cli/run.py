@@ -95,8 +95,8 @@ class Instance:
         self.log = os.path.join(path, "fuse.log")
 
     def create(self) -> None:
-        """Make the directory (the instances of killed runs are pruned by
-        :meth:`prune_others`, after the mount daemon has started)."""
+        """Make the directory (run_program prunes the instances of killed runs once the
+        mount daemon has started)."""
         parent = os.path.dirname(self.path)
         try:
             os.makedirs(parent, exist_ok=True)
@@ -107,11 +107,6 @@ class Instance:
         except OSError as exc:
             raise Fatal(f"Could not create the instance directory '{self.path}': "
                         f"{exc.strerror}") from None
-
-    def prune_others(self) -> None:
-        from sandbox import janitor
-
-        janitor.prune(os.path.dirname(self.path))
 
     def remove(self) -> None:
         import shutil
@@ -423,7 +418,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         from cli.desktop import integrate
         from sandbox import bwrap, janitor, portal
 
-        inst.prune_others()
+        janitor.prune(os.path.dirname(inst.path))  # the instances of killed runs
 
         try:
             bwrap_path = bwrap.find_bwrap(app_bin)

@@ -98,8 +98,8 @@ class Table:
     """A decoded list of plain-integer structs, stored as one column per field.
 
     A column is unpacked from the payload when it is first read (its bounds were checked
-    when the table was decoded): what opening an image does not look at (most times,
-    owners) costs nothing until a stat needs it."""
+    when the table was decoded): what opening an image does not look at (the times, the
+    link counts) costs nothing until a stat needs it."""
 
     def __init__(self, n: int, columns: dict[str, Column], present: frozenset[str],
                  pending: dict[str, Callable[[], Column]] | None = None) -> None:
