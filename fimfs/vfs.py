@@ -13,10 +13,16 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+if TYPE_CHECKING:
+    import ctypes
+    from typing import TypeAlias
+
+#: A buffer spans slice: bytes, or a char array (a block still being decompressed into).
+SpanBuffer: TypeAlias = "bytes | ctypes.Array[ctypes.c_char]"
 #: Slices of file data: ``(buffer, start, stop)`` (see :meth:`Filesystem.read_spans`).
-Spans = list[tuple[bytes, int, int]]
+Spans = list[tuple[SpanBuffer, int, int]]
 
 
 def fs_error(code: int, path: str = "") -> OSError:

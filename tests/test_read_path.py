@@ -71,14 +71,15 @@ def test_path_cache_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def _wait_idle(img: DwarfsImage) -> None:
     deadline = time.monotonic() + 10
-    while img._queued or img._loading:
+    while img._queued:
         assert time.monotonic() < deadline, "prefetch did not finish"
         time.sleep(0.01)
 
 
 def test_open_prefetches_the_blocks_of_the_next_files_of_its_directory() -> None:
-    """Opening a file whose own blocks are cached decompresses, unasked, the block the
-    next file of the same directory starts in (what `tar` or an interpreter reads next)."""
+    """While files are being read, opening one decompresses, unasked, the block the next
+    file of the same directory starts in (what `tar` or an interpreter reads next); an
+    open that follows only opens prefetches nothing."""
     path = image_path("small-blocks")  # 16 KiB blocks: neighbours sit in other blocks
     with DwarfsImage.from_path(path) as img:
         m = img.meta
@@ -100,10 +101,14 @@ def test_open_prefetches_the_blocks_of_the_next_files_of_its_directory() -> None
         for b, _, _ in img._file(entry, fpath).chunks:  # the file's own blocks: cached
             if b >= 0:
                 img.block(b)
-        assert nxt not in img._cache
-        img.open(fpath, os.O_RDONLY)
+        img.open(fpath, os.O_RDONLY)  # nothing read yet: only an open
         _wait_idle(img)
-        assert nxt in img._cache
+        assert nxt not in img._cache
+        fh = img.open(fpath, os.O_RDONLY)
+        img.read(fpath, 1, 0, fh)
+        img.open(fpath, os.O_RDONLY)  # an open after a read
+        _wait_idle(img)
+        assert img._complete(nxt)
 
 
 def test_prefetch_after_close_is_refused_quietly() -> None:
@@ -251,7 +256,7 @@ def test_read_spans_are_slices_of_the_cached_blocks(name: str) -> None:
                 assert joined == data[offset:offset + size] == img.read(p, size, offset, fh)
                 for buf, start, stop in spans:
                     assert 0 <= start <= stop <= len(buf)
-                    cached += any(buf is block for block in img._cache.values())
+                    cached += any(buf is block.data for block in img._cache.values())
         assert cached
 
 

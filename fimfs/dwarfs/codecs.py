@@ -45,7 +45,8 @@ def uleb128(n: int) -> bytes:
     return bytes(out)
 
 
-def _announced(comp: int, payload: bytes, limit: int) -> int:
+def announced(comp: int, payload: bytes, limit: int) -> int:
+    """The uncompressed size the framing announces (-1: none), checked against ``limit``."""
     if comp == ZSTD:
         import zstandard
 
@@ -76,7 +77,7 @@ def decompress(comp: int, payload: bytes, limit: int) -> bytes:
         return bytes(payload)
     if comp not in DECODABLE:
         raise UnsupportedError(f"unsupported compression: {name(comp)}")
-    size = _announced(comp, payload, limit)
+    size = announced(comp, payload, limit)
     with _DECODERS:
         out = _decode(comp, payload, size, limit)
     if size >= 0 and len(out) != size:  # lzma announces no size: -1

@@ -4,6 +4,10 @@ Opening validates everything small (checksums of schema and metadata, every
 consistency rule); file data is decompressed block by block on demand into an LRU
 cache bounded in bytes, and a sequential reader gets the next block prefetched in
 a background thread (the codecs release the GIL, so that overlaps for real).
+
+A zstd block is decompressed only as far as its readers need (zstdstream), as native
+dwarfs does: a read waits for its own bytes, not for the whole block, and a block that
+only random reads touch is never decoded past the last of them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import struct
 import threading
 from bisect import bisect_right
 from collections import Counter
-from concurrent.futures import Future
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -24,12 +27,14 @@ from cachetools import LRUCache
 
 from ..errors import ImageError
 from ..vfs import Attr, Filesystem, Spans, StatFs, fs_error, split_path
-from . import codecs, idl, sections, thrift
+from . import codecs, idl, sections, thrift, zstdstream
 from .frozen_decode import Decoder, parse_schema
 from .metadata import Metadata, type_name
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from ..vfs import SpanBuffer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,11 @@ SIBLINGS = 64
 #: directory), one worker each. Two beat one on `tar c` of bench/corpus.py's 513 MB on
 #: 2 cores (3.32 s against 3.42 s, cold).
 PREFETCH_BLOCKS = 2
+#: How much more of a block a decoding thread makes visible to the readers waiting for
+#: it at a time.
+PROGRESS_STEP = 1 << 20
+#: ``need`` for a whole block.
+WHOLE = -1
 _METADATA_LIMIT = 1 << 30
 _SCHEMA_LIMIT = 16 << 20
 # Python-level failures that a malformed image could still provoke deep inside a
@@ -70,6 +80,27 @@ class _File:
         self.next_offset = 0  # sequential-read detection
 
 
+class _Block:
+    """A block in the cache, decompressed as far as ``done`` bytes of ``size``.
+
+    ``data`` is the decompressed buffer (bytes, or the progressive decoder's output, of
+    which only the first ``done`` bytes are final). One thread at a time advances it:
+    the one that set ``busy``; the others wait on the image's ``_progress`` condition."""
+
+    __slots__ = ("busy", "data", "decoder", "done", "failed", "size")
+
+    def __init__(self) -> None:
+        self.busy = True  # the thread that makes it starts it
+        self.data: bytes | SpanBuffer = b""
+        self.decoder: zstdstream.StreamDecoder | None = None
+        self.done = 0
+        self.size = -1  # unknown until the section is read
+        self.failed = False
+
+    def covers(self, need: int) -> bool:
+        return self.size >= 0 and self.done >= (self.size if need < 0 else min(need, self.size))
+
+
 class DwarfsImage(Filesystem):
     """A DwarFS image (any format 2.x the native tools write), read-only."""
 
@@ -80,15 +111,19 @@ class DwarfsImage(Filesystem):
         self.layout = layout
         self.meta = meta
         self._blocks = blocks
-        self._cache: LRUCache = LRUCache(maxsize=max(cache_bytes, 1), getsizeof=len)
+        block_size = meta.block_size
+        self._cache: LRUCache[int, _Block] = LRUCache(
+            maxsize=max(cache_bytes, 1),
+            getsizeof=lambda b: b.size if b.size >= 0 else block_size)
         self._lock = threading.Lock()
-        self._loading: dict[int, Future] = {}
+        self._progress = threading.Condition(self._lock)
         self._bad: dict[int, str] = {}
         self._files: dict[int, _File] = {}
         self._queued: set[int] = set()
         self._paths: dict[str, int] = {}
         self._scanned: dict[int, int] = {}  # directory entry -> last sibling looked at
         self._prefetcher: ThreadPoolExecutor | None = None  # made at the first prefetch
+        self._reading = False  # a file was read since the last open
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------
@@ -216,8 +251,13 @@ class DwarfsImage(Filesystem):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise fs_error(errno.EROFS, path)
         entry = self._entry(path)
-        f = self._file(entry, path)
-        self._prefetch(self._blocks_ahead(f, 0) or self._sibling_blocks(path, entry))
+        self._file(entry, path)
+        # Only while files are being read (a program going through a tree) are the next
+        # ones worth decompressing ahead; a program that opens many files without reading
+        # them yet (to keep them open, to fstat them) gets nothing it did not ask for.
+        if self._reading:
+            self._reading = False
+            self._prefetch(self._sibling_blocks(path, entry))
         return self.meta.ent_inode[entry]
 
     def _file(self, entry: int, path: str) -> _File:
@@ -257,6 +297,7 @@ class DwarfsImage(Filesystem):
         return _joined(self._spans(self._file(entry, ""), size, offset, ""))
 
     def _spans(self, h: _File, size: int, offset: int, path: str) -> Spans:
+        self._reading = True
         end = min(offset + size, h.size)
         if offset >= end:
             return []
@@ -265,7 +306,7 @@ class DwarfsImage(Filesystem):
         sequential = abs(offset - h.next_offset) <= SEQUENTIAL_SLACK
         h.next_offset = max(h.next_offset, end) if sequential else end
         i = bisect_right(h.starts, offset) - 1
-        parts = []
+        parts: Spans = []
         pos = offset
         while pos < end:
             block, boff, length = h.chunks[i]
@@ -274,7 +315,7 @@ class DwarfsImage(Filesystem):
             if block < 0:
                 parts.append((bytes(hi - lo), 0, hi - lo))
             else:
-                data = self.block(block, path)
+                data = self._data(block, boff + hi, path)
                 if boff + hi > len(data):
                     log.error("%s: chunk beyond the end of block %d", path, block)
                     raise fs_error(errno.EIO, path)
@@ -289,7 +330,7 @@ class DwarfsImage(Filesystem):
         """The first PREFETCH_BLOCKS distinct blocks of chunks[i:] not yet decompressed."""
         wanted: list[int] = []
         for block, _, _ in h.chunks[i:i + 256]:
-            if block >= 0 and block not in wanted and block not in self._cache:
+            if block >= 0 and block not in wanted and not self._complete(block):
                 wanted.append(block)
                 if len(wanted) == PREFETCH_BLOCKS:
                     break
@@ -315,7 +356,7 @@ class DwarfsImage(Filesystem):
         e = start
         while e < stop and len(wanted) < PREFETCH_BLOCKS:
             block = m.first_block(m.ent_inode[e])
-            if block is not None and block not in wanted and block not in self._cache:
+            if block is not None and block not in wanted and not self._complete(block):
                 wanted.append(block)
             e += 1
         if e > start:
@@ -328,7 +369,7 @@ class DwarfsImage(Filesystem):
         """Decompress ``blocks`` in the background (each queued once at a time)."""
         for block in blocks:
             with self._lock:
-                if block in self._queued or block in self._loading:
+                if block in self._queued:
                     continue
                 self._queued.add(block)
             if block < len(self._blocks):
@@ -361,48 +402,98 @@ class DwarfsImage(Filesystem):
             with self._lock:
                 self._queued.discard(block)
 
-    def block(self, n: int, path: str = "") -> bytes:
-        """Decompressed block ``n`` (cached). Raises EIO if it cannot be decoded."""
+    def _complete(self, n: int) -> bool:
         with self._lock:
-            data = self._cache.get(n)
-            if data is not None:
-                return data
-            if n in self._bad:
-                raise fs_error(errno.EIO, path)
-            fut = self._loading.get(n)
-            owner = fut is None
-            if fut is None:
-                fut = self._loading[n] = Future()
-        if not owner:
-            try:
-                return fut.result()
-            except OSError:
-                raise fs_error(errno.EIO, path) from None
-        try:
-            data = self._load_block(n)
-        except (ImageError, OSError) as e:
-            msg = str(e)
-            log.error("%s: block %d unreadable: %s", path or self.path, n, msg)
-            with self._lock:
-                self._bad[n] = msg
-                del self._loading[n]
-            err = fs_error(errno.EIO, path)
-            fut.set_exception(err)
-            raise err from None
-        with self._lock:
-            self._cache[n] = data
-            del self._loading[n]
-        fut.set_result(data)
-        return data
+            b = self._cache.get(n)
+            return b is not None and b.covers(WHOLE)
 
-    def _load_block(self, n: int) -> bytes:
+    def block(self, n: int, path: str = "") -> bytes | SpanBuffer:
+        """Decompressed block ``n``, whole (cached). Raises EIO if it cannot be decoded."""
+        return self._data(n, WHOLE, path)
+
+    def _data(self, n: int, need: int, path: str) -> bytes | SpanBuffer:
+        """Block ``n``'s buffer, decompressed at least up to byte ``need`` (WHOLE: all);
+        bytes past that may still be in the making. Raises EIO if it cannot be decoded."""
+        with self._lock:
+            b = self._cache.get(n)
+            if b is None:
+                if n in self._bad:
+                    raise fs_error(errno.EIO, path)
+                b = _Block()
+                self._keep(n, b)
+            else:
+                while not b.covers(need):
+                    if b.failed:
+                        raise fs_error(errno.EIO, path)
+                    if not b.busy:
+                        b.busy = True
+                        break
+                    self._progress.wait()
+                else:
+                    return b.data
+        try:
+            self._advance(n, b, need)
+        except (ImageError, OSError) as e:
+            log.error("%s: block %d unreadable: %s", path or self.path, n, e)
+            with self._lock:
+                self._bad[n] = str(e)
+                b.failed, b.busy, b.decoder = True, False, None
+                if self._cache.get(n) is b:
+                    del self._cache[n]
+                self._progress.notify_all()
+            raise fs_error(errno.EIO, path) from None
+        with self._lock:
+            b.busy = False
+            self._progress.notify_all()
+        return b.data
+
+    def _keep(self, n: int, b: _Block) -> None:
+        """Cache ``b`` (with the lock held), unless it is larger than the whole cache."""
+        try:
+            self._cache[n] = b
+        except ValueError:
+            self._cache.pop(n, None)
+
+    def _advance(self, n: int, b: _Block, need: int) -> None:
+        """Decompress ``b`` (owned by this thread: ``busy``) up to ``need``, publishing
+        the progress every PROGRESS_STEP bytes."""
+        if b.size < 0:
+            self._start(n, b)
+        dec = b.decoder
+        if dec is None:
+            return
+        target = b.size if need < 0 else min(need, b.size)
+        while b.done < target:
+            done = dec.advance(min(target, b.done + PROGRESS_STEP))
+            with self._lock:
+                b.done = done
+                if done == b.size:
+                    b.decoder = None
+                self._progress.notify_all()
+
+    def _start(self, n: int, b: _Block) -> None:
+        """Read and verify block ``n``'s section; a zstd block gets a progressive
+        decoder, any other is decompressed whole here."""
         if n >= len(self._blocks):
             raise ImageError(f"block {n} does not exist")
         s = sections.resolve(self._f, self._blocks[n])
         payload = sections.read_payload(self._f, s)
         if not sections.verify_xxh3(self._f, s, payload):
             raise ImageError("attempt to access damaged block (checksum mismatch)")
-        return codecs.decompress(s.compression, payload, self.meta.block_size)
+        limit = self.meta.block_size
+        if s.compression == codecs.ZSTD and zstdstream.available():
+            size = codecs.announced(codecs.ZSTD, payload, limit)
+            dec = zstdstream.StreamDecoder(payload, size)
+            data: bytes | SpanBuffer = dec.data
+            done = 0
+        else:
+            dec, data = None, codecs.decompress(s.compression, payload, limit)
+            size = done = len(data)
+        with self._lock:
+            b.decoder, b.data, b.size, b.done = dec, data, size, done
+            if self._cache.get(n) is b:
+                self._keep(n, b)  # accounted at its real size from now on
+            self._progress.notify_all()
 
     # -- inspection ------------------------------------------------------------------
     def walk(self):  # noqa: ANN201 - generator of (path, entry)
@@ -486,12 +577,12 @@ class DwarfsImage(Filesystem):
             except ImageError as e:
                 problems.append(str(e))
         m = self.meta
+        lengths = {}
         for n in range(len(self._blocks)):
             try:
-                self.block(n)
+                lengths[n] = len(self.block(n))
             except OSError:
                 problems.append(f"block {n}: {self._bad.get(n, 'unreadable')}")
-        lengths = {n: len(d) for n, d in self._cache.items()}
         for k in range(len(m.chunk_table) - 1):
             for block, off, size in m.file_chunks(k):
                 if block >= 0 and block in lengths and off + size > lengths[block]:
@@ -527,8 +618,9 @@ def _load_metadata(f: sections.ImageFile, layout: sections.Layout
 def _joined(spans: Spans) -> bytes:
     if len(spans) == 1:
         data, start, stop = spans[0]
-        return data if start == 0 and stop == len(data) else data[start:stop]
-    return b"".join([data[start:stop] for data, start, stop in spans])
+        if isinstance(data, bytes) and start == 0 and stop == len(data):
+            return data
+    return b"".join([memoryview(data)[start:stop] for data, start, stop in spans])
 
 
 def _text(b: bytes | None) -> str | None:
