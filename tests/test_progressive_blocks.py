@@ -61,11 +61,14 @@ def test_stream_decoder_gives_the_whole_decompression(name: str) -> None:
                 continue
             payload = sections.read_payload(img._f, s)
             size = codecs.announced(codecs.ZSTD, payload, img.meta.block_size)
-            dec = zstdstream.StreamDecoder(payload, size)
+            dec = zstdstream.StreamDecoder(
+                payload, size, lambda pos, n, at=s.payload_offset: img._f.pread(at + pos, n))
             done = 0
             while done < size:  # in uneven steps, each one final once reported
                 done = dec.advance(done + rnd.randrange(1, 300_000))
                 assert dec.done == done
+                if rnd.random() < 0.5:
+                    dec.release_input()  # the rest read again from the image
             assert bytes(dec.data) == _whole(img, n)
 
 

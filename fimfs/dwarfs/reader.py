@@ -470,6 +470,7 @@ class DwarfsImage(Filesystem):
                 if done == b.size:
                     b.decoder = None
                 self._progress.notify_all()
+        dec.release_input()  # left half decoded: keep no compressed bytes
 
     def _start(self, n: int, b: _Block) -> None:
         """Read and verify block ``n``'s section; a zstd block gets a progressive
@@ -483,7 +484,9 @@ class DwarfsImage(Filesystem):
         limit = self.meta.block_size
         if s.compression == codecs.ZSTD and zstdstream.available():
             size = codecs.announced(codecs.ZSTD, payload, limit)
-            dec = zstdstream.StreamDecoder(payload, size)
+            at = s.payload_offset
+            dec = zstdstream.StreamDecoder(payload, size,
+                                           lambda pos, n: self._f.pread(at + pos, n))
             data: bytes | SpanBuffer = dec.data
             done = 0
         else:

@@ -6,7 +6,8 @@ blocks only as far as asked for. python-zstandard cannot do that without a secon
 window per block (its streaming decoder copies out of its own buffer), so this calls
 libzstd with ``ZSTD_d_stableOutBuffer``: the block's buffer is the window, and how
 much compressed input is handed over bounds how far a call decodes. The buffer is an
-anonymous mapping, so the part not decoded yet costs no memory.
+anonymous mapping, so the part not decoded yet costs no memory, and a block left half
+decoded holds no compressed input either (it is read again from the image).
 
 Optional: :func:`available` is False where libzstd.so.1 cannot be loaded, and blocks
 are then decompressed whole by python-zstandard (codecs.decompress).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import threading
+from collections.abc import Callable
 
 from ..errors import ImageError
 
@@ -24,6 +26,8 @@ from ..errors import ImageError
 #: how finely a reader waiting for the start of a block sees it arrive (finer steps
 #: cost more calls: 64 KiB made a block 10 % slower to decode than whole).
 STEP = 256 << 10
+#: Compressed bytes read again at a time by a decoder that released its input.
+REFILL = 1 << 20
 _STABLE_OUT_BUFFER = 1001  # ZSTD_d_stableOutBuffer (ZSTD_d_experimentalParam2)
 
 
@@ -82,7 +86,9 @@ class StreamDecoder:
     :meth:`advance` is not reentrant: one thread at a time (the reader's block lock).
     """
 
-    def __init__(self, payload: bytes, size: int) -> None:
+    def __init__(self, payload: bytes, size: int, read: Callable[[int, int], bytes]) -> None:
+        """``payload``: the whole compressed frame (already read, to verify it);
+        ``read(offset, n)``: its bytes again, once :meth:`release_input` dropped them."""
         lib = _library()
         if lib is None:
             raise RuntimeError("libzstd is not available")
@@ -90,8 +96,12 @@ class StreamDecoder:
         self.size = size
         self._mm = mmap.mmap(-1, max(size, 1))
         self.data: ctypes.Array[ctypes.c_char] = (ctypes.c_char * size).from_buffer(self._mm)
-        self._payload: bytes | None = payload
-        self._in = _InBuffer(ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p), 0, 0)
+        self._read = read
+        self._length = len(payload)
+        self._chunk: bytes | None = None  # the input being handed over
+        self._chunk_at = 0  # where it starts in the frame
+        self._in = _InBuffer(None, 0, 0)
+        self._take(payload)
         self._out = _OutBuffer(ctypes.addressof(self.data), size, 0)
         self._dctx = lib.ZSTD_createDCtx()
         if not self._dctx:
@@ -105,24 +115,46 @@ class StreamDecoder:
     def advance(self, target: int) -> int:
         """Decode until at least ``target`` bytes (or all) are done; returns done."""
         lib, inp, out = self._lib, self._in, self._out
-        payload = self._payload
         while out.pos < min(target, self.size):
-            if payload is None:
+            if not self._dctx:
                 raise ImageError("zstd: frame ended early")
-            inp.size = min(len(payload), inp.size + STEP)
+            if self._chunk is None or inp.pos == len(self._chunk):
+                self._refill()
+            inp.size = min(len(self._chunk or b""), inp.size + STEP)
             before = (inp.pos, out.pos)
             left = self._check(lib.ZSTD_decompressStream(self._dctx, ctypes.byref(out),
                                                          ctypes.byref(inp)))
+            if (inp.pos, out.pos) == before:  # never with output room: a hostile frame
+                self._finish()
+                raise ImageError("zstd: the decoder made no progress")
             if left == 0:  # the frame is complete
                 self._finish()
                 if out.pos != self.size:
                     raise ImageError(f"zstd: size mismatch ({out.pos} != {self.size})")
-                break
-            if (inp.pos, out.pos) == before and inp.size == len(payload):
-                raise ImageError("zstd: truncated frame")
         if out.pos >= self.size:
             self._finish()
         return out.pos
+
+    def release_input(self) -> None:
+        """Drop the compressed bytes held (a block left half decoded keeps none of its
+        input; :meth:`advance` reads the rest again when asked for more)."""
+        if self._chunk is not None:
+            self._chunk_at += self._in.pos
+            self._chunk = None
+            self._in.pos = self._in.size = 0
+
+    def _refill(self) -> None:
+        if self._chunk is not None:
+            self._chunk_at += len(self._chunk)
+        if self._chunk_at >= self._length:
+            self._finish()
+            raise ImageError("zstd: truncated frame")
+        self._take(self._read(self._chunk_at, min(REFILL, self._length - self._chunk_at)))
+
+    def _take(self, chunk: bytes) -> None:
+        self._chunk = chunk
+        self._in.src = ctypes.cast(ctypes.c_char_p(chunk), ctypes.c_void_p)
+        self._in.pos = self._in.size = 0
 
     def _check(self, ret: int) -> int:
         if self._lib.ZSTD_isError(ret):
@@ -136,7 +168,7 @@ class StreamDecoder:
         if self._dctx:
             self._lib.ZSTD_freeDCtx(self._dctx)
             self._dctx = None
-        self._payload = None
+        self._chunk = None
 
     def __del__(self) -> None:
         self._finish()
