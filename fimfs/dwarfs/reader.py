@@ -458,7 +458,7 @@ class DwarfsImage(Filesystem):
         """Decompress ``b`` (owned by this thread: ``busy``) up to ``need``, publishing
         the progress every PROGRESS_STEP bytes."""
         if b.size < 0:
-            self._start(n, b)
+            self._start(n, b, whole=need < 0)
         dec = b.decoder
         if dec is None:
             return
@@ -472,7 +472,7 @@ class DwarfsImage(Filesystem):
                 self._progress.notify_all()
         dec.release_input()  # left half decoded: keep no compressed bytes
 
-    def _start(self, n: int, b: _Block) -> None:
+    def _start(self, n: int, b: _Block, whole: bool) -> None:
         """Read and verify block ``n``'s section; a zstd block gets a progressive
         decoder, any other is decompressed whole here."""
         if n >= len(self._blocks):
@@ -486,7 +486,7 @@ class DwarfsImage(Filesystem):
             size = codecs.announced(codecs.ZSTD, payload, limit)
             at = s.payload_offset
             dec = zstdstream.StreamDecoder(payload, size,
-                                           lambda pos, n: self._f.pread(at + pos, n))
+                                           lambda pos, n: self._f.pread(at + pos, n), whole)
             data: bytes | SpanBuffer = dec.data
             done = 0
         else:

@@ -86,15 +86,19 @@ class StreamDecoder:
     :meth:`advance` is not reentrant: one thread at a time (the reader's block lock).
     """
 
-    def __init__(self, payload: bytes, size: int, read: Callable[[int, int], bytes]) -> None:
+    def __init__(self, payload: bytes, size: int, read: Callable[[int, int], bytes],
+                 whole: bool = False) -> None:
         """``payload``: the whole compressed frame (already read, to verify it);
-        ``read(offset, n)``: its bytes again, once :meth:`release_input` dropped them."""
+        ``read(offset, n)``: its bytes again, once :meth:`release_input` dropped them;
+        ``whole``: it will be decoded to the end (its pages are mapped in at once, which
+        costs the kernel less than a fault per page)."""
         lib = _library()
         if lib is None:
             raise RuntimeError("libzstd is not available")
         self._lib = lib
         self.size = size
-        self._mm = mmap.mmap(-1, max(size, 1))
+        populate = getattr(mmap, "MAP_POPULATE", 0) if whole else 0
+        self._mm = mmap.mmap(-1, max(size, 1), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
         self.data: ctypes.Array[ctypes.c_char] = (ctypes.c_char * size).from_buffer(self._mm)
         self._read = read
         self._length = len(payload)
