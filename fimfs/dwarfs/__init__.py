@@ -12,6 +12,7 @@ Read side
     ``metadata``       the decoded metadata as inodes, directories, names and chunks
     ``frozen_decode``  Frozen2: the bit-packed metadata, decoded under its schema
     ``fsst``           FSST-compressed string tables (names, symlink targets)
+    ``zstdstream``     zstd blocks decoded progressively, only as far as read (libzstd)
 
 Write side
     ``writer``         write_image: scan, order, pack, freeze, write (the mkdwarfs of fim)
