@@ -211,3 +211,23 @@ def test_without_libzstd_blocks_are_decoded_whole(monkeypatch: pytest.MonkeyPatc
         _files(img)
         b = img._cache[0]
         assert isinstance(b.data, bytes) and b.done == b.size and b.decoder is None
+
+
+def test_an_unexpected_failure_leaves_the_block_to_the_next_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoding thread that dies of something unforeseen still hands the block on: the
+    next reader decodes it (nobody waits forever on a block nobody advances)."""
+    real = zstdstream.StreamDecoder.advance
+    calls = []
+
+    def failing_once(self: zstdstream.StreamDecoder, target: int) -> int:
+        if not calls:
+            calls.append(target)
+            raise RuntimeError("unforeseen")
+        return real(self, target)
+
+    monkeypatch.setattr(zstdstream.StreamDecoder, "advance", failing_once)
+    with DwarfsImage.from_path(image_path("default")) as img:
+        with pytest.raises(RuntimeError):
+            img.block(0)
+        assert bytes(img.block(0)) == _whole(img, 0)

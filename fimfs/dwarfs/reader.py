@@ -91,7 +91,7 @@ class _Block:
 
     def __init__(self) -> None:
         self.busy = True  # the thread that makes it starts it
-        self.data: bytes | SpanBuffer = b""
+        self.data: SpanBuffer = b""
         self.decoder: zstdstream.StreamDecoder | None = None
         self.done = 0
         self.size = -1  # unknown until the section is read
@@ -407,11 +407,11 @@ class DwarfsImage(Filesystem):
             b = self._cache.get(n)
             return b is not None and b.covers(WHOLE)
 
-    def block(self, n: int, path: str = "") -> bytes | SpanBuffer:
+    def block(self, n: int, path: str = "") -> SpanBuffer:
         """Decompressed block ``n``, whole (cached). Raises EIO if it cannot be decoded."""
         return self._data(n, WHOLE, path)
 
-    def _data(self, n: int, need: int, path: str) -> bytes | SpanBuffer:
+    def _data(self, n: int, need: int, path: str) -> SpanBuffer:
         """Block ``n``'s buffer, decompressed at least up to byte ``need`` (WHOLE: all);
         bytes past that may still be in the making. Raises EIO if it cannot be decoded."""
         with self._lock:
@@ -433,18 +433,18 @@ class DwarfsImage(Filesystem):
                     return b.data
         try:
             self._advance(n, b, need)
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError, MemoryError) as e:
             log.error("%s: block %d unreadable: %s", path or self.path, n, e)
             with self._lock:
                 self._bad[n] = str(e)
-                b.failed, b.busy, b.decoder = True, False, None
+                b.failed, b.decoder = True, None
                 if self._cache.get(n) is b:
                     del self._cache[n]
-                self._progress.notify_all()
             raise fs_error(errno.EIO, path) from None
-        with self._lock:
-            b.busy = False
-            self._progress.notify_all()
+        finally:  # whatever happened, the threads waiting on it go on
+            with self._lock:
+                b.busy = False
+                self._progress.notify_all()
         return b.data
 
     def _keep(self, n: int, b: _Block) -> None:
@@ -485,9 +485,9 @@ class DwarfsImage(Filesystem):
         if s.compression == codecs.ZSTD and zstdstream.available():
             size = codecs.announced(codecs.ZSTD, payload, limit)
             at = s.payload_offset
-            dec = zstdstream.StreamDecoder(payload, size,
-                                           lambda pos, n: self._f.pread(at + pos, n), whole)
-            data: bytes | SpanBuffer = dec.data
+            dec = zstdstream.StreamDecoder(
+                payload, size, lambda pos, count: self._f.pread(at + pos, count), whole)
+            data: SpanBuffer = dec.data
             done = 0
         else:
             dec, data = None, codecs.decompress(s.compression, payload, limit)
