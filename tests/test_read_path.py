@@ -71,50 +71,43 @@ def test_path_cache_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def _wait_idle(img: DwarfsImage) -> None:
     deadline = time.monotonic() + 10
-    while img._queued:
+    while img._queued or (img._order_started and img._order is None):
         assert time.monotonic() < deadline, "prefetch did not finish"
         time.sleep(0.01)
 
 
-def test_open_prefetches_the_blocks_of_the_next_files_of_its_directory() -> None:
-    """While files are being read, opening one decompresses, unasked, the block the next
-    file of the same directory starts in (what `tar` or an interpreter reads next); an
+def test_open_prefetches_what_the_next_files_in_tree_order_need() -> None:
+    """While files are being read, opening one decompresses, unasked, the blocks the next
+    files in tree order start in, as far as they need them (what `tar` reads next); an
     open that follows only opens prefetches nothing."""
     path = image_path("small-blocks")  # 16 KiB blocks: neighbours sit in other blocks
     with DwarfsImage.from_path(path) as img:
         m = img.meta
-        case = None
-        for dpath, d in img.walk():
-            ino = m.ent_inode[d]
-            if ino >= m.dir_count:
-                continue
-            kids = list(m.children(ino))
-            for a, b in zip(kids, kids[1:]):
-                ba, bb = m.first_block(m.ent_inode[a]), m.first_block(m.ent_inode[b])
-                if ba is not None and bb is not None and ba != bb:
-                    case = (dpath.rstrip("/") + "/" + os.fsdecode(m.name(a)), a, ba, bb)
-                    break
-            if case:
-                break
-        assert case, "the image has no directory with neighbours in different blocks"
-        fpath, entry, own, nxt = case
-        for b, _, _ in img._file(entry, fpath).chunks:  # the file's own blocks: cached
-            if b >= 0:
-                img.block(b)
+        files = [(p, m.ent_inode[e]) for p, e in img.walk()
+                 if m.first_block(m.ent_inode[e]) is not None]
+        case = next(((pa, a, b) for (pa, a), (_, b) in zip(files, files[1:])
+                     if m.first_block(a) != m.first_block(b)), None)
+        assert case, "the image has no neighbours in different blocks"
+        fpath, ino, nxt = case
+        block, offset, size = next(m.file_chunks(m.chunk_index(nxt)))
+        fh = img.open(fpath, os.O_RDONLY)
         img.open(fpath, os.O_RDONLY)  # nothing read yet: only an open
         _wait_idle(img)
-        assert nxt not in img._cache
-        fh = img.open(fpath, os.O_RDONLY)
+        assert block not in img._cache and img._order is None
         img.read(fpath, 1, 0, fh)
-        img.open(fpath, os.O_RDONLY)  # an open after a read
+        img.open(fpath, os.O_RDONLY)  # the first open after a read: the order is built
         _wait_idle(img)
-        assert img._complete(nxt)
+        assert img._order is not None
+        img.read(fpath, 1, 0, fh)
+        img.open(fpath, os.O_RDONLY)
+        _wait_idle(img)
+        assert img._covered(block, offset + size)
 
 
 def test_prefetch_after_close_is_refused_quietly() -> None:
     img = DwarfsImage.from_path(image_path("small-blocks"))
     img.close()
-    img._prefetch([0])  # a read racing the unmount: nothing is started, nothing raised
+    img._prefetch({0: reader.WHOLE})  # a read racing the unmount: nothing started or raised
     assert img._prefetcher is None
 
 

@@ -29,6 +29,7 @@ from ..errors import ImageError
 from ..vfs import Attr, Filesystem, Spans, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift, zstdstream
 from .frozen_decode import Decoder, parse_schema
+from .lookahead import TreeOrder
 from .metadata import Metadata, type_name
 
 if TYPE_CHECKING:
@@ -48,10 +49,8 @@ CHUNK_LISTS = 4096
 SEQUENTIAL_SLACK = 8 << 20
 #: Paths whose entry is remembered (FUSE asks by path, several times per file).
 PATHS = 1 << 16
-#: How many of the next files of a directory an open looks at for blocks to prefetch.
-SIBLINGS = 64
-#: Blocks decompressed ahead (of a sequential reader, or of the next files of a
-#: directory), one worker each. Two beat one on `tar c` of bench/corpus.py's 513 MB on
+#: Blocks decompressed ahead (of a sequential reader, or of the next files in tree
+#: order), one worker each. Two beat one on `tar c` of bench/corpus.py's 513 MB on
 #: 2 cores (3.32 s against 3.42 s, cold).
 PREFETCH_BLOCKS = 2
 #: How much more of a block a decoding thread makes visible to the readers waiting for
@@ -119,9 +118,10 @@ class DwarfsImage(Filesystem):
         self._progress = threading.Condition(self._lock)
         self._bad: dict[int, str] = {}
         self._files: dict[int, _File] = {}
-        self._queued: set[int] = set()
+        self._queued: dict[int, int] = {}  # block -> how far to decompress it ahead
         self._paths: dict[str, int] = {}
-        self._scanned: dict[int, int] = {}  # directory entry -> last sibling looked at
+        self._order: TreeOrder | None = None  # built in the background at the first need
+        self._order_started = False
         self._prefetcher: ThreadPoolExecutor | None = None  # made at the first prefetch
         self._reading = False  # a file was read since the last open
         self._closed = False
@@ -252,13 +252,14 @@ class DwarfsImage(Filesystem):
             raise fs_error(errno.EROFS, path)
         entry = self._entry(path)
         self._file(entry, path)
+        ino = self.meta.ent_inode[entry]
         # Only while files are being read (a program going through a tree) are the next
         # ones worth decompressing ahead; a program that opens many files without reading
         # them yet (to keep them open, to fstat them) gets nothing it did not ask for.
         if self._reading:
             self._reading = False
-            self._prefetch(self._sibling_blocks(path, entry))
-        return self.meta.ent_inode[entry]
+            self._prefetch(self._needs_after(ino))
+        return ino
 
     def _file(self, entry: int, path: str) -> _File:
         m = self.meta
@@ -326,52 +327,51 @@ class DwarfsImage(Filesystem):
             self._prefetch(self._blocks_ahead(h, i))
         return parts
 
-    def _blocks_ahead(self, h: _File, i: int) -> list[int]:
-        """The first PREFETCH_BLOCKS distinct blocks of chunks[i:] not yet decompressed."""
-        wanted: list[int] = []
+    def _blocks_ahead(self, h: _File, i: int) -> dict[int, int]:
+        """The first PREFETCH_BLOCKS distinct blocks of chunks[i:] not yet decompressed
+        (to decompress whole)."""
+        wanted: dict[int, int] = {}
         for block, _, _ in h.chunks[i:i + 256]:
-            if block >= 0 and block not in wanted and not self._complete(block):
-                wanted.append(block)
+            if block >= 0 and block not in wanted and not self._covered(block, WHOLE):
+                wanted[block] = WHOLE
                 if len(wanted) == PREFETCH_BLOCKS:
                     break
         return wanted
 
-    def _sibling_blocks(self, path: str, entry: int) -> list[int]:
-        """Blocks that the next files of the same directory start in, not yet decompressed.
+    def _needs_after(self, ino: int) -> dict[int, int]:
+        """What the files after ``ino`` in tree order need (lookahead.TreeOrder); nothing
+        until the order is built, in the background, at the first call."""
+        order = self._order
+        if order is not None:
+            return order.needs_after(ino)
+        with self._lock:
+            started, self._order_started = self._order_started, True
+        if not started:
+            try:
+                self._pool().submit(self._build_order)
+            except RuntimeError:  # closed
+                pass
+        return {}
 
-        A program that reads a tree (tar, cp, a package manager, an interpreter loading its
-        modules) goes through a directory in name order; the image stores files in another
-        order (similarity), so the next file's block is often another one: decompressing
-        it ahead takes that off the critical path of the next open."""
-        m = self.meta
+    def _build_order(self) -> None:
         try:
-            parent = self._entry(path.rsplit("/", 1)[0] or "/")
-        except OSError:
-            return []
-        # Each sibling is looked at once per pass through the directory (the mark says how
-        # far the previous opens looked), so an open costs O(1) on average.
-        start = max(entry + 1, self._scanned.get(parent, -1) + 1)
-        stop = min(m.children(m.ent_inode[parent]).stop, entry + 1 + SIBLINGS)
-        wanted: list[int] = []
-        e = start
-        while e < stop and len(wanted) < PREFETCH_BLOCKS:
-            block = m.first_block(m.ent_inode[e])
-            if block is not None and block not in wanted and not self._complete(block):
-                wanted.append(block)
-            e += 1
-        if e > start:
-            if len(self._scanned) >= PATHS:
-                self._scanned.clear()
-            self._scanned[parent] = e - 1
-        return wanted
+            self._order = TreeOrder(self.meta)
+        except _CORRUPTION as e:  # the metadata was validated: this is not expected
+            log.warning("%s: no read-ahead in tree order: %s", self.path, e)
 
-    def _prefetch(self, blocks: list[int]) -> None:
-        """Decompress ``blocks`` in the background (each queued once at a time)."""
-        for block in blocks:
+    def _prefetch(self, needs: dict[int, int]) -> None:
+        """Decompress each block of ``needs`` up to its offset (WHOLE: all of it) in the
+        background; a block already queued gets the further of the two targets."""
+        for block, need in needs.items():
             with self._lock:
-                if block in self._queued:
+                queued = self._queued.get(block)
+                if queued is not None:
+                    self._queued[block] = _further(queued, need)
                     continue
-                self._queued.add(block)
+                b = self._cache.get(block)
+                if b is not None and b.covers(need):
+                    continue
+                self._queued[block] = need
             if block < len(self._blocks):
                 s = self._blocks[block]
                 self._f.will_need(s.offset, s.header_size + s.length)
@@ -394,18 +394,27 @@ class DwarfsImage(Filesystem):
             return self._prefetcher
 
     def _prefetch_one(self, block: int) -> None:
+        """Decompress ``block`` as far as queued, and further while the target grows."""
+        done = None
         try:
-            self.block(block, "")
-        except OSError:
-            pass  # the foreground read of that block reports it
-        finally:
+            while True:
+                with self._lock:
+                    need = self._queued.get(block)
+                    if need is None or need == done:
+                        self._queued.pop(block, None)
+                        return
+                self._data(block, need, "")
+                done = need
+        except Exception as e:
             with self._lock:
-                self._queued.discard(block)
+                self._queued.pop(block, None)
+            if not isinstance(e, OSError):  # an OSError: the foreground read reports it
+                raise
 
-    def _complete(self, n: int) -> bool:
+    def _covered(self, n: int, need: int) -> bool:
         with self._lock:
             b = self._cache.get(n)
-            return b is not None and b.covers(WHOLE)
+            return b is not None and b.covers(need)
 
     def block(self, n: int, path: str = "") -> SpanBuffer:
         """Decompressed block ``n``, whole (cached). Raises EIO if it cannot be decoded."""
@@ -616,6 +625,11 @@ def _load_metadata(f: sections.ImageFile, layout: sections.Layout
     values = Decoder(schema, raw[sections.METADATA]).root_value(idl.METADATA)
     blocks = by_type.get(sections.BLOCK, [])
     return Metadata(values, len(blocks)), blocks
+
+
+def _further(a: int, b: int) -> int:
+    """The further of two decompression targets (WHOLE is the furthest)."""
+    return WHOLE if WHOLE in (a, b) else max(a, b)
 
 
 def _joined(spans: Spans) -> bytes:
