@@ -403,7 +403,7 @@ class DwarfsImage(Filesystem):
                     if need is None or need == done:
                         self._queued.pop(block, None)
                         return
-                self._data(block, need, "")
+                self._data(block, need, "", ahead=True)
                 done = need
         except Exception as e:
             with self._lock:
@@ -420,9 +420,11 @@ class DwarfsImage(Filesystem):
         """Decompressed block ``n``, whole (cached). Raises EIO if it cannot be decoded."""
         return self._data(n, WHOLE, path)
 
-    def _data(self, n: int, need: int, path: str) -> SpanBuffer:
+    def _data(self, n: int, need: int, path: str, ahead: bool = False) -> SpanBuffer:
         """Block ``n``'s buffer, decompressed at least up to byte ``need`` (WHOLE: all);
-        bytes past that may still be in the making. Raises EIO if it cannot be decoded."""
+        bytes past that may still be in the making. Raises EIO if it cannot be decoded.
+        ``ahead``: for the prefetch (the block's memory is then mapped in whole at once:
+        what a program going through a tree does not need yet it soon will)."""
         with self._lock:
             b = self._cache.get(n)
             if b is None:
@@ -441,7 +443,7 @@ class DwarfsImage(Filesystem):
                 else:
                     return b.data
         try:
-            self._advance(n, b, need)
+            self._advance(n, b, need, ahead)
         except (ImageError, OSError, MemoryError) as e:
             log.error("%s: block %d unreadable: %s", path or self.path, n, e)
             with self._lock:
@@ -463,11 +465,11 @@ class DwarfsImage(Filesystem):
         except ValueError:
             self._cache.pop(n, None)
 
-    def _advance(self, n: int, b: _Block, need: int) -> None:
+    def _advance(self, n: int, b: _Block, need: int, ahead: bool) -> None:
         """Decompress ``b`` (owned by this thread: ``busy``) up to ``need``, publishing
         the progress every PROGRESS_STEP bytes."""
         if b.size < 0:
-            self._start(n, b, whole=need < 0)
+            self._start(n, b, whole=ahead or need < 0)
         dec = b.decoder
         if dec is None:
             return
