@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fimfs.dwarfs import DwarfsImage
+from fimfs.dwarfs.filedata import RECURRING, order
 from fimfs.dwarfs.options import WriteOptions
+from fimfs.dwarfs.scan import FileData
 from fimfs.dwarfs.writer import write_image
 from tests.manifest import compare, manifest_of_dir, view_dir, view_fs
 
@@ -270,3 +272,18 @@ def test_same_tree_same_bytes(tmp_path: Path) -> None:
         write_image(src, out, WriteOptions(level=4, block_size_bits=14, jobs=jobs))
         images.append(out.read_bytes())
     assert images[0] == images[1] == images[2]
+
+
+def test_similarity_order_groups_recurring_names() -> None:
+    """By extension; a name found in RECURRING files or more (a catalogue in every
+    language) groups them by name, across directories; other files keep path order."""
+    langs = [b"de", b"fr", b"ja", b"pt"][:RECURRING]
+    paths = [b"/src/b.py", b"/src/a.txt", b"/lib/z.py"]
+    for lang in reversed(langs):
+        paths += [b"/locale/" + lang + b"/bash.mo", b"/locale/" + lang + b"/" + lang + b".mo"]
+    files = [FileData(p, 1, 0, i, 0, False) for i, p in enumerate(paths)]
+    got = [f.path for f in order(files, "similarity")]
+    assert got == ([b"/locale/" + lang + b"/" + lang + b".mo" for lang in langs]  # by path
+                   + [b"/locale/" + lang + b"/bash.mo" for lang in langs]  # bash.mo together
+                   + [b"/lib/z.py", b"/src/b.py", b"/src/a.txt"])
+    assert order(files, "path") == files

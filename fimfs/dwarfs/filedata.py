@@ -142,14 +142,28 @@ def _read_small(f: FileData) -> bytes:
     return data
 
 
+#: How many files must share a name for ``similarity`` to put them together.
+RECURRING = 4
+
+
 def order(files: list[FileData], how: str) -> list[FileData]:
     """Data order. ``path``: tree order, which keeps each package's files together.
-    ``similarity``: by extension, then path, so files of one type share blocks, where
-    the compressor sees them together (on the bench corpus this beat tree order,
-    name-reversed order and grouping by magic bytes at level 7)."""
+    ``similarity``: by extension; then files whose name recurs (one message catalogue
+    in every language, each package's copyright file) by name, the others by path; so
+    files alike share blocks, where the compressor sees them together. At level 7 this
+    beat extension-then-path by 4.6 % on bench/corpus.py (/usr/share/locale's catalogues
+    share their untranslated strings), and was within -0.5 %..+0.3 % of it on
+    /usr/lib/python3.11, /usr/share/doc, /usr/include and dist-packages; extension-then-
+    path had beaten tree order, name-reversed order and grouping by magic bytes."""
     if how == "path":
         return files
-    return sorted(files, key=lambda f: (os.path.splitext(f.path)[1], f.path))
+    names = Counter(os.path.basename(f.path) for f in files)
+
+    def key(f: FileData) -> tuple[bytes, bytes, bytes]:
+        name = os.path.basename(f.path)
+        return (os.path.splitext(name)[1], name if names[name] >= RECURRING else b"", f.path)
+
+    return sorted(files, key=key)
 
 
 class Contents:
