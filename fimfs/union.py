@@ -83,12 +83,16 @@ _MISS = _Node(-2, (), None, -2)
 
 
 class _LowerDir:
-    """What a lower layer's directory holds (cached: lower layers never change)."""
+    """What a lower layer's directory holds (cached: lower layers never change): its
+    names as a set, and in the layer's order (a union lists them in that order, so a
+    program going through the tree reads each layer's files in the order its own
+    read-ahead expects)."""
 
-    __slots__ = ("names", "opaque", "listing")
+    __slots__ = ("names", "order", "opaque", "listing")
 
-    def __init__(self, names: frozenset[str], opaque: bool) -> None:
-        self.names = names
+    def __init__(self, order: tuple[str, ...], opaque: bool) -> None:
+        self.order = order
+        self.names = frozenset(order)
         self.opaque = opaque
         # (names shown, names whited out), computed on the first readdir
         self.listing: tuple[tuple[str, ...], frozenset[str]] | None = None
@@ -135,7 +139,7 @@ class Union(Filesystem):
         d = self._lower_dirs.get((i, path))
         if d is None:
             layer = self._layers[i]
-            names = frozenset(layer.readdir(path))
+            names = tuple(layer.readdir(path))
             d = _LowerDir(names, wh.OPAQUE_MARKER in names or wh.xattr_opaque(layer, path))
             if len(self._lower_dirs) >= _LOWER_DIRS_MAX:
                 self._lower_dirs.clear()
@@ -296,7 +300,7 @@ class Union(Filesystem):
         if i >= self._first_lower:
             d = self._lower_dir(i, path)
             if d.listing is None:
-                d.listing = self._classify(self._layers[i], path, d.names)
+                d.listing = self._classify(self._layers[i], path, d.order)
             return d.listing
         upper = self._layers[i]
         return self._classify(upper, path, upper.readdir(path))
@@ -337,6 +341,9 @@ class Union(Filesystem):
                     seen.add(name)
                     out.append(name)
             hidden.update(whited)
+        # In name order, as each DwarFS layer lists its own: a program going through the
+        # tree then meets every layer's files in that layer's order (lookahead.py).
+        out.sort()
         return out
 
     def readlink(self, path: str) -> str:

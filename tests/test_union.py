@@ -764,3 +764,31 @@ def test_union_reads_a_kernel_overlayfs_upper(stack: Stack, tmp_path: Path) -> N
         (merged / "o/new").write_bytes(b"n")
         expected = _comparable(view_dir(merged))
     assert _comparable(view_fs(stack.union())) == expected
+
+
+def test_listings_keep_each_layers_order(tmp_path: Path) -> None:
+    """A directory of one lower layer is listed in that layer's order (a DwarFS image's:
+    by name), not in a set's; a merged one in name order, so a program going through the
+    tree meets each layer's files in the layer's order (the reader's read-ahead follows
+    it). Names chosen so that a set of them iterates in another order."""
+    names = [f"f{i:03d}" for i in range(200)]
+    for side in ("lower", "top"):
+        (tmp_path / side / "only").mkdir(parents=True)
+        (tmp_path / side / "both").mkdir(parents=True)
+    for i, name in enumerate(names):
+        (tmp_path / "lower" / "only" / name).write_text(name)
+        (tmp_path / ("lower" if i % 2 else "top") / "both" / name).write_text(name)
+    images = []
+    for side in ("lower", "top"):
+        write_image(tmp_path / side, tmp_path / f"{side}.dwarfs")
+        images.append(DwarfsImage.from_path(tmp_path / f"{side}.dwarfs"))
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "upper" / "both").mkdir()
+    (tmp_path / "upper" / "both" / "e-new").write_text("new")
+    u = Union(HostDir(tmp_path / "upper"), images[::-1])
+    try:
+        assert u.readdir("/only") == names
+        assert u.readdir("/both") == sorted([*names, "e-new"])
+    finally:
+        for img in images:
+            img.close()
