@@ -13,6 +13,7 @@ Read side
     ``frozen_decode``  Frozen2: the bit-packed metadata, decoded under its schema
     ``fsst``           FSST-compressed string tables (names, symlink targets)
     ``zstdstream``     zstd blocks decoded progressively, only as far as read (libzstd)
+    ``lookahead``      the tree order the prefetch follows (what tar reads next)
 
 Write side
     ``writer``         write_image: scan, order, pack, freeze, write (the mkdwarfs of fim)
