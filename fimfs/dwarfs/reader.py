@@ -2,8 +2,9 @@
 
 Opening validates everything small (checksums of schema and metadata, every
 consistency rule); file data is decompressed block by block on demand into an LRU
-cache bounded in bytes, and a sequential reader gets the next block prefetched in
-a background thread (the codecs release the GIL, so that overlaps for real).
+cache bounded in bytes; a sequential reader gets the next blocks prefetched in
+background threads (the codecs release the GIL, so that overlaps for real), and a
+program going through the tree what its next files need (lookahead).
 
 A zstd block is decompressed only as far as its readers need (zstdstream), as native
 dwarfs does: a read waits for its own bytes, not for the whole block, and a block that
