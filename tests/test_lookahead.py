@@ -29,7 +29,8 @@ def test_the_order_is_depth_first_by_name(name: str) -> None:
 
 def test_each_file_is_looked_at_once_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """Opens in tree order each get the needs of files no earlier open looked at; an open
-    back at the start is a new pass; the needs are the chunks' ends, per block."""
+    back at the start is a new pass; opens out of order get nothing; the needs are the
+    chunks' ends, per block."""
     monkeypatch.setattr(lookahead, "FILES", 5)
     with DwarfsImage.from_path(image_path("small-blocks")) as img:
         m = img.meta
@@ -48,7 +49,11 @@ def test_each_file_is_looked_at_once_per_pass(monkeypatch: pytest.MonkeyPatch) -
         assert t.needs_after(order[1]) == expected(order[6:7])  # only the newly reached one
         assert t.needs_after(order[2]) == expected(order[7:8])
         assert t.needs_after(order[0]) == expected(order[1:6])  # a new pass
-        assert t.needs_after(order[20]) == expected(order[21:26])  # a jump ahead
+        assert t.needs_after(order[40]) == {}  # a jump: not going through the tree
+        assert t.needs_after(order[41]) == expected(order[42:47])  # going on from there
+        assert t.needs_after(order[30]) == {}  # back: no pass either
+        assert t.needs_after(order[30 + lookahead.STRIDE]) == expected(
+            order[31 + lookahead.STRIDE:36 + lookahead.STRIDE])  # files skipped: still a pass
         assert t.needs_after(m.file_inode_offset - 1) == {}  # not a regular file
 
 

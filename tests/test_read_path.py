@@ -90,16 +90,19 @@ def test_open_prefetches_what_the_next_files_in_tree_order_need() -> None:
         assert case, "the image has no neighbours in different blocks"
         fpath, ino, nxt = case
         block, offset, size = next(m.file_chunks(m.chunk_index(nxt)))
-        fh = img.open(fpath, os.O_RDONLY)
-        img.open(fpath, os.O_RDONLY)  # nothing read yet: only an open
+        first = files[0][0]
+        for p, _ in files[:5]:  # nothing read yet: only opens
+            img.open(p, os.O_RDONLY)
         _wait_idle(img)
         assert block not in img._cache and img._order is None
-        img.read(fpath, 1, 0, fh)
-        img.open(fpath, os.O_RDONLY)  # the first open after a read: the order is built
+        fh = img.open(first, os.O_RDONLY)
+        img.read(first, 1, 0, fh)
+        img.open(first, os.O_RDONLY)  # the first open after a read: the order is built
         _wait_idle(img)
-        assert img._order is not None
-        img.read(fpath, 1, 0, fh)
-        img.open(fpath, os.O_RDONLY)
+        assert img._order is not None and block not in img._cache
+        img.read(first, 1, 0, fh)
+        for p, _ in files[:files.index((fpath, ino)) + 1]:  # tar's way up to fpath
+            img.read(p, 1, 0, img.open(p, os.O_RDONLY))
         _wait_idle(img)
         assert img._covered(block, offset + size)
 

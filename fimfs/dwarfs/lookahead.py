@@ -17,6 +17,9 @@ from .metadata import Metadata
 FILES = 256
 #: ... and how many bytes of their data.
 BYTES = 48 << 20
+#: How far past the previous open in tree order an open may be and still continue the
+#: pass (tar does not open every file: hard links, empty files, replaced ones).
+STRIDE = 16
 
 
 class TreeOrder:
@@ -47,18 +50,23 @@ class TreeOrder:
     def needs_after(self, ino: int) -> dict[int, int]:
         """Block -> the offset up to which the files after inode ``ino`` need it, in the
         order they need them; only the files not looked at yet in this pass through the
-        tree (each file is looked at once per pass, so an open costs O(1) on average)."""
+        tree (each file is looked at once per pass, so an open costs O(1) on average).
+        Nothing unless this open continues a pass: a file at most STRIDE files after the
+        one opened before, or the first file of the tree (a program that opens files in
+        another order gets no decompression it will not use)."""
         m = self._meta
         k = ino - m.file_inode_offset
         if not 0 <= k < len(self._position) or self._position[k] < 0:
             return {}
         p = self._position[k]
-        if p < self._last or self._ahead <= p:  # a new pass, or a jump ahead
+        last, self._last = self._last, p
+        if not 0 < p - last <= STRIDE:  # not going through the tree (or a new start)
             self._ahead = p + 1
-        self._last = p
+            if p != 0:
+                return {}
         needs: dict[int, int] = {}
         stop = min(len(self._order), p + 1 + FILES)
-        q, budget = self._ahead, BYTES
+        q, budget = max(self._ahead, p + 1), BYTES
         while q < stop and budget > 0:
             for block, offset, size in m.file_chunks(m.chunk_index(self._order[q])):
                 if block >= 0:
