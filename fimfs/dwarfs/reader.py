@@ -332,11 +332,14 @@ class DwarfsImage(Filesystem):
         """The first PREFETCH_BLOCKS distinct blocks of chunks[i:] not yet decompressed
         (to decompress whole)."""
         wanted: dict[int, int] = {}
-        for block, _, _ in h.chunks[i:i + 256]:
-            if block >= 0 and block not in wanted and not self._covered(block, WHOLE):
-                wanted[block] = WHOLE
-                if len(wanted) == PREFETCH_BLOCKS:
-                    break
+        with self._lock:  # once, not per chunk: this runs at every sequential read
+            for block, _, _ in h.chunks[i:i + 256]:
+                if block < 0 or block in wanted:
+                    continue
+                if not self._covered(block, WHOLE):
+                    wanted[block] = WHOLE
+                    if len(wanted) == PREFETCH_BLOCKS:
+                        break
         return wanted
 
     def _needs_after(self, ino: int) -> dict[int, int]:
@@ -369,8 +372,7 @@ class DwarfsImage(Filesystem):
                 if queued is not None:
                     self._queued[block] = _further(queued, need)
                     continue
-                b = self._cache.get(block)
-                if b is not None and b.covers(need):
+                if self._covered(block, need):
                     continue
                 self._queued[block] = need
             if block < len(self._blocks):
@@ -413,9 +415,9 @@ class DwarfsImage(Filesystem):
                 raise
 
     def _covered(self, n: int, need: int) -> bool:
-        with self._lock:
-            b = self._cache.get(n)
-            return b is not None and b.covers(need)
+        """Block ``n`` is cached and decompressed up to ``need`` (the lock held)."""
+        b = self._cache.get(n)
+        return b is not None and b.covers(need)
 
     def block(self, n: int, path: str = "") -> SpanBuffer:
         """Decompressed block ``n``, whole (cached). Raises EIO if it cannot be decoded."""
