@@ -59,8 +59,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, TypeVar
 
-from cachetools import LRUCache
-
+from fimfs.lru import SizedLRU
 from fimfs.paths import join, split_parent
 from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
 
@@ -128,7 +127,7 @@ class CaseFold(Filesystem):
     def __init__(self, inner: Filesystem, cache_names: int = DEFAULT_CACHE_NAMES) -> None:
         self.inner = inner
         self._lock = threading.Lock()
-        self._cache: LRUCache[str, _Dir] = LRUCache(maxsize=cache_names, getsizeof=_Dir.size)
+        self._cache: SizedLRU[str, _Dir] = SizedLRU(maxsize=cache_names, getsizeof=_Dir.size)
         # Directories being listed right now, each with the token of its latest reader;
         # forgetting a directory drops its token, so a listing that may predate the
         # change is not stored.

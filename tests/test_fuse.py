@@ -427,7 +427,7 @@ def test_exception_in_op_is_eio_logged_and_mount_survives(ro_mount: Path, tmp_pa
     assert (ro_mount / "hello.txt").read_bytes() == b"hello world\n"
     log = (tmp_path / "log").read_text()
     assert "fuse read '/boom' failed" in log and "RuntimeError: kaboom" in log
-    assert "fuse stat '/weird' failed" in log
+    assert "fuse getattr '/weird' failed" in log
 
 
 # -- through a writable mount ---------------------------------------------------------------
@@ -721,6 +721,25 @@ def test_import_does_not_load_libfuse() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+def test_stat_packer_writes_every_field_where_ctypes_puts_it() -> None:
+    import ctypes
+
+    from fimfs.fuse import binding
+
+    mfusepy = binding.load_mfusepy()
+    fill = binding._stat_packer(mfusepy.c_stat, mfusepy.c_timespec)
+    st = mfusepy.c_stat()
+    ctypes.memset(ctypes.addressof(st), 0xAB, ctypes.sizeof(st))  # all stale bytes
+    a = Attr(ino=41, mode=stat.S_IFREG | 0o640, nlink=3, uid=1000, gid=100, size=1 << 40,
+             rdev=0x0801, blocks=9, atime_ns=-1_500_000_000, mtime_ns=T0 + 7,
+             ctime_ns=2**40 * 1_000_000_000 + 5)
+    fill(ctypes.addressof(st), a)
+    assert (st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid) == (42, a.mode, 3, 1000, 100)
+    assert (st.st_size, st.st_rdev, st.st_blocks, st.st_dev) == (1 << 40, 0x0801, 9, 0)
+    times = [(t.tv_sec, t.tv_nsec) for t in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec)]
+    assert times == [(-2, 500_000_000), divmod(T0 + 7, 1_000_000_000), (2**40, 5)]
+
+
 def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
     import types
 
@@ -737,22 +756,38 @@ def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
 
         def rename_fuse_3(self) -> None: ...
 
-    fake = types.SimpleNamespace(FUSE=Upstream, c_stat=0, set_st_attrs=0,
+    fake = types.SimpleNamespace(FUSE=Upstream, c_stat=0, c_timespec=0, fuse_file_info=0,
                                  fuse_version_major=3, fuse_version_minor=14)
     with pytest.raises(FimfsError, match="lacks FUSE.readdir_fuse_3, FUSE.truncate_fuse_3"):
         binding.check_upstream(fake)  # type: ignore[arg-type]
 
 
-def test_adapter_turns_bugs_into_eio_and_keeps_errnos(caplog: pytest.LogCaptureFixture) -> None:
+def test_callbacks_turn_bugs_into_eio_and_keep_errnos(caplog: pytest.LogCaptureFixture) -> None:
+    from fimfs.fuse.binding import call
+
     fs = TreeFS()
     ops = fuse.FuseOperations(fs)
-    with pytest.raises(OSError) as info:
-        ops.read("/boom", 10, 0, 1)
-    assert info.value.errno == errno.EIO
+    assert call(ops.read, "/boom", 10, 0, 1) == -errno.EIO
     assert "fuse read '/boom' failed" in caplog.text
-    with pytest.raises(OSError) as info:
-        ops.getattr("/missing")
-    assert info.value.errno == errno.ENOENT
+    assert call(ops.getattr, "/missing") == -errno.ENOENT
+    assert call(ops.release, "/hello.txt", 1) == 0
+
+    def no_errno(path: bytes) -> None:
+        raise OSError("no errno")
+
+    assert call(no_errno, b"/x") == -errno.EIO
+    assert "fuse no_errno '/x': OSError without errno" in caplog.text
+
+    def init(path: bytes) -> None:
+        raise ValueError("init must fail loudly")
+
+    with pytest.raises(ValueError):
+        call(init, b"/")
+
+
+def test_adapter_conventions() -> None:
+    fs = TreeFS()
+    ops = fuse.FuseOperations(fs)
     assert [name for name, _, _ in ops.readdir("/dir", 0)] == [".", "..", "big.bin"]
     assert ops.getattr("/hello.txt")["st_mtime"] == T0
     assert ops.getattr("/")["st_ino"] == fs.getattr("/").ino + 1

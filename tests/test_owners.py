@@ -200,7 +200,7 @@ def user() -> User:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         candidate = User(USER, pw.pw_uid, pw.pw_gid, pw.pw_dir or "/tmp", python)
-        probe = candidate.run(python, "-c", "import fimfs.hostdir, zstandard, cachetools",
+        probe = candidate.run(python, "-c", "import fimfs.hostdir, zstandard, xxhash",
                               check=False)
         if probe.returncode == 0:
             return candidate

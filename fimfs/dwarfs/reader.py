@@ -24,9 +24,8 @@ from collections import Counter
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from cachetools import LRUCache
-
 from ..errors import ImageError
+from ..lru import SizedLRU
 from ..vfs import Attr, Filesystem, Spans, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift, zstdstream
 from .frozen_decode import Decoder, parse_schema
@@ -112,7 +111,7 @@ class DwarfsImage(Filesystem):
         self.meta = meta
         self._blocks = blocks
         block_size = meta.block_size
-        self._cache: LRUCache[int, _Block] = LRUCache(
+        self._cache: SizedLRU[int, _Block] = SizedLRU(
             maxsize=max(cache_bytes, 1),
             getsizeof=lambda b: b.size if b.size >= 0 else block_size)
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ are then decompressed whole by python-zstandard (codecs.decompress).
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import threading
 from collections.abc import Callable
@@ -74,18 +75,29 @@ def _bind() -> ctypes.CDLL | None:
     return lib
 
 
-def _map_in(mm: mmap.mmap) -> None:
+def _map_in(address: int, length: int) -> None:
     """Back a buffer that will be written whole with huge pages, mapped in at once: a
     16 MiB block then decodes in 21.5 ms instead of 25.7 (a fault per 4 KiB page) or
-    26 (python-zstandard's one-shot call), measured on bench/corpus.py's blocks alone
-    (a whole `tar` of the corpus, where decoding overlaps the reads, did not change
-    measurably). Advice only: a kernel without MADV_POPULATE_WRITE (Linux 5.14)
+    26 (python-zstandard's one-shot call), measured on bench/corpus.py's blocks alone.
+    Through libc, not ``mmap.madvise``, which holds the GIL for the ~3 ms the pages
+    take to map in: every request of the mount waited that long, at each block the
+    prefetch began. Advice only: a kernel without MADV_POPULATE_WRITE (Linux 5.14)
     faults the pages in."""
+    madvise = _madvise()
+    if madvise is not None:
+        madvise(address, length, mmap.MADV_HUGEPAGE)
+        madvise(address, length, _MADV_POPULATE_WRITE)
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
     try:
-        mm.madvise(mmap.MADV_HUGEPAGE)
-        mm.madvise(_MADV_POPULATE_WRITE)
-    except (OSError, AttributeError, ValueError):
-        pass
+        madvise = ctypes.CDLL(None).madvise  # libc's, in the process already
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
 
 
 def available() -> bool:
@@ -113,9 +125,9 @@ class StreamDecoder:
         self._lib = lib
         self.size = size
         self._mm = mmap.mmap(-1, max(size, 1))
-        if whole:
-            _map_in(self._mm)
         self.data: ctypes.Array[ctypes.c_char] = (ctypes.c_char * size).from_buffer(self._mm)
+        if whole:
+            _map_in(ctypes.addressof(self.data), size)
         self._read = read
         self._length = len(payload)
         self._chunk: bytes | None = None  # the input being handed over

@@ -17,8 +17,11 @@ from __future__ import annotations
 import _thread
 import ctypes
 import ctypes.util
+import errno
 import functools
+import logging
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +31,8 @@ from typing import Any
 from fimfs.errors import FimfsError
 from fimfs.vfs import Attr
 
+log = logging.getLogger("fimfs.fuse")
+
 _LIBFUSE3_SONAME = "libfuse3.so.3"  # what the dynamic loader finds without a search
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
 _UTIME_NOW = (1 << 30) - 1
@@ -35,11 +40,9 @@ _UTIME_OMIT = (1 << 30) - 2
 _FUSE_READDIR_PLUS = 1  # libfuse 3: readdir flags bit, "the kernel asked for READDIRPLUS"
 _FUSE_FILL_DIR_PLUS = 2  # libfuse 3: filler flag, "this entry carries full attributes"
 
-#: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides, and the mfusepy
-#: helpers they use; each must exist upstream.
-PATCHED = ("_wrapper", "open", "fgetattr", "read", "rename_fuse_3", "readdir_fuse_3",
-           "truncate_fuse_3", "utimens_fuse_2")
-_USED = ("FUSE", "c_stat", "fuse_version_major", "fuse_version_minor")
+#: The mfusepy names the overrides use; each must exist upstream.
+_USED = ("FUSE", "c_stat", "c_timespec", "fuse_file_info", "fuse_version_major",
+         "fuse_version_minor")
 
 
 def path_invalidator() -> Callable[[str], None] | None:
@@ -99,39 +102,46 @@ def _libfuse3() -> str | None:
         return ctypes.util.find_library("fuse3")
 
 
-def fill_stat(st: Any, a: Attr) -> None:
-    """Copy ``a`` into the ctypes ``struct stat`` ``st`` (every field libfuse passes on;
-    ``st_ino`` is ``a.ino + 1``, see :func:`fimfs.fuse.adapter.attr_to_stat`). Direct
-    assignments: mfusepy's dict-driven ``set_st_attrs`` costs a getattr per field."""
-    st.st_mode, st.st_nlink, st.st_uid, st.st_gid = a.mode, a.nlink, a.uid, a.gid
-    st.st_size, st.st_rdev, st.st_ino, st.st_blocks = a.size, a.rdev, a.ino + 1, a.blocks
-    st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a.atime_ns, 1_000_000_000)
-    st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a.mtime_ns, 1_000_000_000)
-    st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a.ctime_ns, 1_000_000_000)
+def _stat_packer(c_stat: Any, c_timespec: Any) -> Callable[[int, Attr], None]:
+    """``fill(address, attr)``: write ``attr`` as the ``struct stat`` at ``address``.
+
+    Every field libfuse passes on is set, the rest is zero; ``st_ino`` is ``a.ino + 1``
+    (see :func:`fimfs.fuse.adapter.attr_to_stat`). The layout is read from mfusepy's
+    ctypes definition for this machine (offsets, sizes and order differ between
+    architectures) into one ``struct.Struct``: one pack and one copy per stat, where
+    setting the ctypes fields one by one costs a few microseconds more."""
+    places: list[tuple[int, int, str]] = []  # (offset, size, value name)
+    for name in _STAT_FIELDS:
+        field = getattr(c_stat, name)
+        places.append((field.offset, field.size, name))
+    for name in _STAT_TIMES:
+        base = getattr(c_stat, name).offset
+        for part in ("tv_sec", "tv_nsec"):
+            field = getattr(c_timespec, part)
+            places.append((base + field.offset, field.size, f"{name}.{part}"))
+    fmt, pos = "=", 0
+    for offset, size, _ in sorted(places):
+        fmt += "x" * (offset - pos) + _CODES[size]
+        pos = offset + size
+    packer = struct.Struct(fmt + "x" * (ctypes.sizeof(c_stat) - pos))
+    order = [places.index(p) for p in sorted(places)]
+    pack, size, in_order = packer.pack, packer.size, order == sorted(order)
+
+    def fill(address: int, a: Attr) -> None:
+        values = (a.ino + 1, a.nlink, a.mode, a.uid, a.gid, a.rdev, a.size, a.blocks,
+                  *divmod(a.atime_ns, _NS), *divmod(a.mtime_ns, _NS), *divmod(a.ctime_ns, _NS))
+        packed = pack(*values) if in_order else pack(*map(values.__getitem__, order))
+        ctypes.memmove(address, packed, size)
+
+    return fill
 
 
-def _fgetattr(self: Any, path: bytes | None, buf: Any, fip: Any) -> int:
-    """``FUSE.fgetattr`` (also behind libfuse 3's getattr) with :func:`fill_stat`."""
-    ctypes.memset(buf, 0, ctypes.sizeof(buf.contents))
-    attr = self.operations.stat(None if path is None else path.decode(self.encoding,
-                                                                       self.errors))
-    fill_stat(buf.contents, attr)
-    return 0
-
-
-def _open_with_flags(self: Any, path: bytes, fip: Any) -> int:
-    """``FUSE.open`` with the per-open flags mfusepy does not set. A reader has nothing to
-    flush: with noflush (libfuse >= 3.11) its close sends no FLUSH request, one synchronous
-    round trip less per file. A file of a read-only layer keeps its pages in the kernel's
-    cache (keep_cache), on a writable mount too."""
-    fi = fip.contents
-    fi.fh = self.operations.open(path.decode(self.encoding, self.errors), fi.flags)
-    if fi.flags & os.O_ACCMODE == os.O_RDONLY:
-        if hasattr(fi, "noflush"):
-            fi.noflush = 1
-        if self.operations.unchanging(fi.fh):
-            fi.keep_cache = 1
-    return 0
+#: The order of the values ``fill`` packs: these fields, then each time's sec and nsec.
+_STAT_FIELDS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_rdev", "st_size",
+                "st_blocks")
+_STAT_TIMES = ("st_atimespec", "st_mtimespec", "st_ctimespec")
+_CODES = {2: "H", 4: "I", 8: "q"}
+_NS = 1_000_000_000
 
 
 _PINNED: set[int] = set()
@@ -151,19 +161,40 @@ def _pin_thread_state() -> None:
     _PINNED.add(_thread.get_ident())
 
 
-def _read_into_reply(self: Any, path: bytes | None, buf: Any, size: int, offset: int,
-                     fip: Any) -> int:
-    """``FUSE.read`` that copies the layer's spans straight into libfuse's buffer: no
-    bytes object per request (mfusepy copies a returned slice, which itself was a copy)."""
-    spans = self.operations.read(
-        None if path is None else path.decode(self.encoding, self.errors), size, offset,
-        fip.contents.fh)
-    base = _address(buf)
-    n = 0
-    for data, start, stop in spans:
-        ctypes.memmove(base + n, data if start == 0 else _address(data) + start, stop - start)
-        n += stop - start
-    return n
+def call(func: Callable[..., Any], *args: Any) -> int:
+    """Run one FUSE callback: its result, or the negative errno libfuse replies with.
+
+    An OSError with an errno is the answer (ENOENT, EROFS...); anything else is a bug
+    of the layer, logged with the path and answered EIO (mfusepy would say EINVAL,
+    which misleads callers into thinking they passed a bad argument). ``init`` is let
+    through, as mfusepy needs. Every callback comes through here, so this is also where
+    a libfuse worker thread gets its Python thread state pinned."""
+    if _thread.get_ident() not in _PINNED and len(_PINNED) < _MAX_PINNED:
+        _pin_thread_state()
+    try:
+        return func(*args) or 0
+    except OSError as e:
+        if type(e.errno) is int and e.errno > 0:
+            return -e.errno
+        log.error("fuse %s %r: OSError without errno: %s", _op(func), _path_of(args), e)
+    except Exception:
+        if func.__name__ == "init":
+            raise
+        log.exception("fuse %s %r failed", _op(func), _path_of(args))
+    return -errno.EIO
+
+
+def _op(func: Callable[..., Any]) -> str:
+    """The FUSE operation a callback serves, as a log line names it: mfusepy's
+    ``getattr_fuse_3`` and ``fgetattr`` are both getattr."""
+    name = func.__name__.split("_fuse_")[0]
+    return "getattr" if name == "fgetattr" else name
+
+
+def _path_of(args: tuple[Any, ...]) -> Any:
+    """The path a callback was given (its first argument), for a log line."""
+    first = args[0] if args else None
+    return _decode(first) if isinstance(first, bytes) else first
 
 
 def _address(obj: Any) -> int:
@@ -171,92 +202,126 @@ def _address(obj: Any) -> int:
     return ctypes.cast(obj, ctypes.c_void_p).value or 0
 
 
-def _pinning(upstream: Callable[..., Any]) -> Callable[..., Any]:
-    """mfusepy's per-callback wrapper, first pinning the calling thread's state."""
+def _decode(path: bytes | None) -> str | None:
+    return None if path is None else path.decode("utf-8", "surrogateescape")
 
-    def _wrapper(self: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
-        if _thread.get_ident() not in _PINNED and len(_PINNED) < _MAX_PINNED:
-            _pin_thread_state()
-        return upstream(self, func, *args, **kwargs)
 
-    return _wrapper
+class _Overrides:
+    """The methods of ``mfusepy.FUSE`` that :func:`fuse_class` replaces (see there)."""
+
+    operations: Any  # set by mfusepy.FUSE.__init__
+    fill_stat: Callable[[int, Attr], None]  # the rest by fuse_class
+    c_stat: Any
+    has_noflush: bool  # libfuse >= 3.11
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any) -> int:
+        return call(func, *args)
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # Also behind libfuse 3's getattr.
+        self.fill_stat(_address(buf), self.operations.stat(_decode(path)))
+        return 0
+
+    def open(self, path: bytes, fip: Any) -> int:
+        # The per-open flags mfusepy does not set. A reader has nothing to flush: with
+        # noflush its close sends no FLUSH request, one synchronous round trip less per
+        # file. A file of a read-only layer keeps its pages in the kernel's cache
+        # (keep_cache), on a writable mount too.
+        fi = fip.contents
+        fi.fh = self.operations.open(_decode(path), fi.flags)
+        if fi.flags & os.O_ACCMODE == os.O_RDONLY:
+            if self.has_noflush:
+                fi.noflush = 1
+            if self.operations.unchanging(fi.fh):
+                fi.keep_cache = 1
+        return 0
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # The layer's spans copied straight into libfuse's buffer: no bytes object per
+        # request (mfusepy copies a returned slice, which itself was a copy).
+        spans = self.operations.read(_decode(path), size, offset, fip.contents.fh)
+        base = _address(buf)
+        n = 0
+        for data, start, stop in spans:
+            if n + stop - start > size:
+                raise RuntimeError(f"read returned more than the {size} bytes asked for")
+            ctypes.memmove(base + n, data if start == 0 else _address(data) + start,
+                           stop - start)
+            n += stop - start
+        return n
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
+        return self.operations.rename(_decode(old), _decode(new), flags)
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                       fip: Any, flags: int) -> int:
+        # mfusepy lists names only and lets libfuse buffer them (its "list mode"):
+        # READDIRPLUS then carries no attributes and the kernel sends one LOOKUP per
+        # entry. libfuse makes nodes of entries with attributes only in its offset mode,
+        # so offsets here are positions in the handle's snapshot.
+        plus = bool(flags & _FUSE_READDIR_PLUS)
+        entries = self.operations.listing(_decode(path), fip.contents.fh, offset, plus)
+        st = self.c_stat()
+        address = ctypes.addressof(st)
+        for i in range(offset, len(entries)):
+            name, attr = entries[i]
+            encoded = name.encode("utf-8", "surrogateescape")
+            if attr is None:
+                full = filler(buf, encoded, None, i + 1, 0)
+            else:
+                self.fill_stat(address, attr)
+                full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS if plus else 0)
+            if full:
+                break
+        return 0
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        # mfusepy drops the file handle of ftruncate(2).
+        fh = fip.contents.fh if fip else None
+        return self.operations.truncate(_decode(path), length, fh)
+
+    def utimens_fuse_2(self, path: bytes | None, buf: Any) -> int:
+        # mfusepy folds UTIME_NOW/UTIME_OMIT into plain numbers.
+        times: tuple[int | None, int | None] | None = None
+        if buf:
+            now = time.time_ns()
+            vals: list[int | None] = []
+            for ts in (buf.contents.actime, buf.contents.modtime):
+                if ts.tv_nsec == _UTIME_OMIT:
+                    vals.append(None)
+                elif ts.tv_nsec == _UTIME_NOW:
+                    vals.append(now)
+                else:
+                    vals.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+            times = (vals[0], vals[1])
+        return self.operations.utimens(_decode(path), times)
+
+
+#: The methods of ``mfusepy.FUSE`` that :func:`fuse_class` overrides; each must exist
+#: upstream (:func:`check_upstream`).
+PATCHED = tuple(name for name, value in vars(_Overrides).items()
+                if callable(value) and not name.startswith("__"))
 
 
 @functools.cache
 def fuse_class() -> type:
     """mfusepy.FUSE with its gaps filled: per-open flags (noflush, keep_cache), rename
     flags, ftruncate's handle, UTIME_NOW/OMIT, READDIRPLUS answered with full
-    attributes; and two costs per request gone: a thread state made and destroyed
-    (:func:`_pin_thread_state`) and a bytes object per READ (:func:`_read_into_reply`).
+    attributes; and the costs of its generic path gone from the frequent requests: one
+    wrapper per callback (:func:`call`, which also pins the thread's state), a struct
+    stat packed in one go, READ copied from the layer's spans into libfuse's buffer.
 
+    Paths are UTF-8 with surrogate escapes (names that are not UTF-8 round-trip).
     Built lazily because it needs mfusepy.
     """
     mfusepy = load_mfusepy()
     check_upstream(mfusepy)
-
-    class _FUSE(mfusepy.FUSE):  # type: ignore[name-defined]  # loaded at run time
-        open = _open_with_flags
-        fgetattr = _fgetattr
-        read = _read_into_reply
-
-        _wrapper = _pinning(mfusepy.FUSE._wrapper)
-
-        def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-            # mfusepy drops the flags; ignoring RENAME_NOREPLACE would overwrite the target.
-            return self.operations.rename(
-                old.decode(self.encoding, self.errors),
-                new.decode(self.encoding, self.errors),
-                flags,
-            )
-
-        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
-                           fip: Any, flags: int) -> int:
-            # mfusepy lists names only and lets libfuse buffer them (its "list mode"):
-            # READDIRPLUS then carries no attributes and the kernel sends one LOOKUP
-            # per entry. libfuse makes nodes of entries with attributes only in its
-            # offset mode, so offsets here are positions in the handle's snapshot.
-            plus = bool(flags & _FUSE_READDIR_PLUS)
-            decoded = None if path is None else path.decode(self.encoding, self.errors)
-            entries = self.operations.listing(decoded, fip.contents.fh, offset, plus)
-            st = mfusepy.c_stat()
-            for i in range(offset, len(entries)):
-                name, attr = entries[i]
-                encoded = name.encode(self.encoding, self.errors)
-                if attr is None:
-                    full = filler(buf, encoded, None, i + 1, 0)
-                else:
-                    fill_stat(st, attr)
-                    full = filler(buf, encoded, st, i + 1, _FUSE_FILL_DIR_PLUS if plus else 0)
-                if full:
-                    break
-            return 0
-
-        def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-            # mfusepy drops the file handle of ftruncate(2).
-            fh = fip.contents.fh if fip else None
-            decoded = None if path is None else path.decode(self.encoding, self.errors)
-            return self.operations.truncate(decoded, length, fh)
-
-        def utimens_fuse_2(self, path: bytes | None, buf: Any) -> int:
-            # mfusepy folds UTIME_NOW/UTIME_OMIT into plain numbers.
-            times: tuple[int | None, int | None] | None = None
-            if buf:
-                now = time.time_ns()
-                vals: list[int | None] = []
-                for ts in (buf.contents.actime, buf.contents.modtime):
-                    if ts.tv_nsec == _UTIME_OMIT:
-                        vals.append(None)
-                    elif ts.tv_nsec == _UTIME_NOW:
-                        vals.append(now)
-                    else:
-                        vals.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
-                times = (vals[0], vals[1])
-            decoded = None if path is None else path.decode(self.encoding, self.errors)
-            return self.operations.utimens(decoded, times)
-
-    # PATCHED is what check_upstream verifies: it must name every override here.
-    assert {n for n in vars(_FUSE) if not n.startswith("__")} == set(PATCHED)
-    return _FUSE
+    return type("_FUSE", (_Overrides, mfusepy.FUSE), {
+        "fill_stat": staticmethod(_stat_packer(mfusepy.c_stat, mfusepy.c_timespec)),
+        "c_stat": mfusepy.c_stat,
+        "has_noflush": hasattr(mfusepy.fuse_file_info, "noflush"),
+    })
 
 
 def libfuse_version() -> tuple[int, int]:
