@@ -75,6 +75,10 @@ class OwnerView(Filesystem):
     def handles_need_release(self) -> bool:  # type: ignore[override]
         return self.inner.handles_need_release
 
+    @property
+    def reads_by_path(self) -> bool:  # type: ignore[override]
+        return self.inner.reads_by_path
+
     def unchanging(self, fh: int) -> bool:
         return self.inner.unchanging(fh)
 

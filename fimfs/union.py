@@ -82,6 +82,14 @@ _WHITEOUT = Attr(stat.S_IFCHR, 0, 0, 0, 0, 0, 0, 0)
 _MISS = _Node(-2, (), None, -2)
 
 
+def _shown(a: Attr, node: _Node, ino: int) -> Attr:
+    """A layer's attributes as the union shows them: its inode number, and nlink 1 for
+    a merged directory (as overlayfs)."""
+    nlink = 1 if len(node.dirs) > 1 else a.nlink
+    return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
+                a.rdev, ino, a.blocks)
+
+
 class _LowerDir:
     """What a lower layer's directory holds (cached: lower layers never change): its
     names as a set, and in the layer's order (a union lists them in that order, so a
@@ -207,12 +215,13 @@ class Union(Filesystem):
                 break
         return self._node_from(hits)
 
-    def _store(self, path: str, node: _Node | None, gen: int) -> None:
+    def _store(self, nodes: dict[str, _Node | None], gen: int) -> None:
+        """Cache resolutions made since ``gen`` (unless something changed meanwhile)."""
         with self._cache_lock:
             if self._gen == gen:
-                if len(self._nodes) >= _NODES_MAX:
+                if len(self._nodes) + len(nodes) > _NODES_MAX:
                     self._nodes.clear()
-                self._nodes[path] = node
+                self._nodes.update(nodes)
 
     def _forget(self, *paths: str) -> None:
         """Invalidate the resolution of ``paths``; call after changing what they resolve to."""
@@ -240,7 +249,7 @@ class Union(Filesystem):
         node = self._nodes.get(cur, _MISS)
         if node is _MISS:
             node = self._resolve_root()
-            self._store(cur, node, gen)
+            self._store({cur: node}, gen)
         for name in parts:
             if node is None:
                 raise fs_error(errno.ENOENT, path)
@@ -250,7 +259,7 @@ class Union(Filesystem):
             found = self._nodes.get(child, _MISS)
             if found is _MISS:
                 found = self._resolve(node, child, cur, name)
-                self._store(child, found, gen)
+                self._store({child: found}, gen)
             cur, node = child, found
         return node, cur
 
@@ -291,9 +300,27 @@ class Union(Filesystem):
             if wh.is_whiteout(a):  # deleted a moment ago
                 raise fs_error(errno.ENOENT, path)
             ino = self._ino_for(UPPER, a.ino)
-        nlink = 1 if len(node.dirs) > 1 else a.nlink
-        return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
-                    a.rdev, ino, a.blocks)
+        return _shown(a, node, ino)
+
+    def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
+        """A directory that one lower layer alone provides (most of a container's tree)
+        is listed from that layer's own readdir_attrs, and its entries' resolutions are
+        cached on the way (each would otherwise be probed and stat'ed by name); merged
+        and upper directories go name by name."""
+        node, path = self._existing(path)
+        if len(node.dirs) != 1 or node.dirs[0] < self._first_lower:
+            return super().readdir_attrs(path)
+        i, gen, base = node.dirs[0], self._gen, path.rstrip("/")
+        out: list[tuple[str, Attr]] = []
+        found: dict[str, _Node | None] = {}
+        for name, a in self._layers[i].readdir_attrs(path):
+            if name.startswith(wh.PREFIX) or wh.is_whiteout(a):
+                continue  # hides nothing: no layer below takes part in this directory
+            child = found[f"{base}/{name}"] = _Node(i, (i,) if a.is_dir else (), a,
+                                                    self._ino_for(i, a.ino))
+            out.append((name, _shown(a, child, child.ino)))
+        self._store(found, gen)
+        return out
 
     def _listing(self, i: int, path: str) -> tuple[tuple[str, ...], frozenset[str]]:
         """Layer ``i``'s directory at ``path``: (names shown, names it whites out)."""

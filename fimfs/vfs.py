@@ -73,6 +73,8 @@ class StatFs(NamedTuple):
 
 #: ``flags`` of :meth:`Filesystem.rename` (renameat2(2)): fail with EEXIST if ``new`` exists.
 RENAME_NOREPLACE = 1
+#: The file handle of a read on a mount without OPEN requests (see reads_by_path).
+NO_HANDLE = 0
 
 
 def split_path(path: str) -> list[str]:
@@ -100,6 +102,11 @@ class Filesystem:
     #: release() frees state of the handle (an fd, a table entry). A layer whose handles
     #: are plain numbers sets False, and a read-only mount then spares the callback.
     handles_need_release = True
+    #: open() keeps no state and ``read_spans(path, size, offset, NO_HANDLE)`` reads a
+    #: file by its path alone. A read-only mount then answers the first OPEN with ENOSYS,
+    #: after which the kernel sends no OPEN nor RELEASE for any file (and keeps files'
+    #: pages cached, as keep_cache): two of the three requests of a small file's read.
+    reads_by_path = False
 
     # -- read side ---------------------------------------------------------
     def getattr(self, path: str) -> Attr:

@@ -778,12 +778,6 @@ def test_callbacks_turn_bugs_into_eio_and_keep_errnos(caplog: pytest.LogCaptureF
     assert call(no_errno, b"/x") == -errno.EIO
     assert "fuse no_errno '/x': OSError without errno" in caplog.text
 
-    def init(path: bytes) -> None:
-        raise ValueError("init must fail loudly")
-
-    with pytest.raises(ValueError):
-        call(init, b"/")
-
 
 def test_adapter_conventions() -> None:
     fs = TreeFS()

@@ -21,6 +21,7 @@ from fimfs.errors import FimfsError
 from fimfs.fuse import adapter, lifecycle, umount
 from fimfs.hostdir import HostDir
 from fimfs.union import Union
+from fimfs.vfs import NO_HANDLE
 
 from .manifest import image_path
 
@@ -50,9 +51,11 @@ def test_handles_are_inode_numbers_and_need_no_release(monkeypatch: pytest.Monke
         assert len(set(handles.values())) == len({img.attr_of(img._entry(p)).ino for p in want})
         for p, fh in handles.items():  # read after every other open: lists were evicted
             assert img.read(p, len(want[p]) + 1, 0, fh) == want[p]
-        root = img.attr_of(0).ino
-        with pytest.raises(OSError) as exc:
-            img.read("/", 1, 0, root)
+        with pytest.raises(OSError) as exc:  # no handle: the path says what it is
+            img.read("/", 1, 0, NO_HANDLE)
+        assert exc.value.errno == errno.EISDIR
+        with pytest.raises(OSError) as exc:  # not a file's inode
+            img.read("/", 1, 0, img.meta.device_inode_offset)
         assert exc.value.errno == errno.EBADF
 
 
@@ -76,10 +79,10 @@ def _wait_idle(img: DwarfsImage) -> None:
         time.sleep(0.01)
 
 
-def test_open_prefetches_what_the_next_files_in_tree_order_need() -> None:
-    """While files are being read, opening one decompresses, unasked, the blocks the next
-    files in tree order start in, as far as they need them (what `tar` reads next); an
-    open that follows only opens prefetches nothing."""
+def test_reading_a_file_prefetches_what_the_next_files_in_tree_order_need() -> None:
+    """Reading a file's start decompresses, unasked, the blocks the next files in tree
+    order start in, as far as they need them (what `tar` reads next); opens alone, and
+    reads further into a file, prefetch nothing. Handles or none (reads by path) alike."""
     path = image_path("small-blocks")  # 16 KiB blocks: neighbours sit in other blocks
     with DwarfsImage.from_path(path) as img:
         m = img.meta
@@ -95,14 +98,14 @@ def test_open_prefetches_what_the_next_files_in_tree_order_need() -> None:
             img.open(p, os.O_RDONLY)
         _wait_idle(img)
         assert block not in img._cache and img._order is None
-        fh = img.open(first, os.O_RDONLY)
-        img.read(first, 1, 0, fh)
-        img.open(first, os.O_RDONLY)  # the first open after a read: the order is built
+        img.read(first, 1, 1, img.open(first, os.O_RDONLY))  # not its start
+        _wait_idle(img)
+        assert img._order is None
+        img.read(first, 1, 0, NO_HANDLE)  # the first read of a start: the order is built
         _wait_idle(img)
         assert img._order is not None and block not in img._cache
-        img.read(first, 1, 0, fh)
         for p, _ in files[:files.index((fpath, ino)) + 1]:  # tar's way up to fpath
-            img.read(p, 1, 0, img.open(p, os.O_RDONLY))
+            img.read(p, 1, 0, NO_HANDLE)
         _wait_idle(img)
         assert img._covered(block, offset + size)
 
@@ -231,6 +234,37 @@ def test_writable_stack_readers_send_no_flush_and_writers_do(tmp_path: Path) -> 
         time.sleep(0.5)
         assert "FLUSH" in _opcodes(log.read_text())
         assert (upper / "written").read_bytes() == b"x"
+    finally:
+        umount(str(mp))
+        proc.wait(30)
+
+
+@pytest.mark.fuse
+def test_read_only_mounts_send_no_open_nor_release(tmp_path: Path) -> None:
+    """A DwarFS image reads by path: its mount answers the first OPEN with ENOSYS, and
+    from then on reading a file is READs only; contents stay exact, and other files'
+    reads, errors included, still work."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    log = tmp_path / "debug.log"
+    image = image_path("default")
+    want = _contents(image)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "mount", "--foreground",
+                                 "-o", "debug", str(image), str(mp)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mp):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        for _ in range(2):
+            for p, data in want.items():
+                assert (mp / p.lstrip("/")).read_bytes() == data
+        with pytest.raises(IsADirectoryError):
+            (mp / next(iter(want)).lstrip("/")).parent.read_bytes()
+        time.sleep(0.5)
+        ops = _opcodes(log.read_text())
+        assert ops.count("OPEN") <= 1 and "RELEASE" not in ops and "READ" in ops
     finally:
         umount(str(mp))
         proc.wait(30)

@@ -217,6 +217,26 @@ def test_whiteouts_and_opaque_dirs_in_a_dwarfs_lower(stack: Stack) -> None:
             u.getattr(hidden)
 
 
+def test_readdir_attrs_is_readdir_then_getattr(stack: Stack) -> None:
+    """Directories that one lower alone provides are listed from that layer at once
+    (whiteouts and .wh. names left out, resolutions cached): the same as name by name."""
+    stack.lower({"d/" + wh.OPAQUE_MARKER: b"", "d/a": b"A", "d/gone": WHITEOUT,
+                 "d/.wh.gone2": b"", "d/sub/s": b"s", "m/top": b"t", "solo/x": b"x",
+                 "solo/deep/y": b"yy", "solo/link": Sym("x")})
+    stack.lower({"d/b": b"B", "d/gone": b"g", "m/bottom": b"b", "m/deep/z": b"z", "low/q": b"q"})
+    build(stack.upper, {"m/up": b"u", "updir/f": b"f"})
+    dirs = ["/", "/d", "/d/sub", "/m", "/m/deep", "/solo", "/solo/deep", "/low", "/updir"]
+    fresh, named = stack.union(), stack.union()
+    for d in dirs:
+        listed = fresh.readdir_attrs(d)
+        assert listed == [(n, named.getattr(f"{d.rstrip('/')}/{n}")) for n in named.readdir(d)]
+        assert listed == [(n, fresh.getattr(f"{d.rstrip('/')}/{n}")) for n in fresh.readdir(d)]
+    assert [n for n, _ in fresh.readdir_attrs("/d")] == ["a", "sub"]
+    assert fresh.getattr("/d").nlink == named.getattr("/d").nlink
+    check_errno(errno.ENOENT, fresh.getattr, "/d/gone")
+    check_errno(errno.ENOTDIR, fresh.readdir_attrs, "/solo/x")
+
+
 @needs_root
 def test_whiteouts_and_opaque_dirs_in_the_upper(stack: Stack) -> None:
     stack.lower({"a": b"1", "b": b"2", "x/1": b"", "y/1": b"", "z/1": b"", "w/1": b""})

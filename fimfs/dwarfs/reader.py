@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ImageError
 from ..lru import SizedLRU
-from ..vfs import Attr, Filesystem, Spans, StatFs, fs_error, split_path
+from ..vfs import NO_HANDLE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
 from . import codecs, idl, sections, thrift, zstdstream
 from .frozen_decode import Decoder, parse_schema
 from .lookahead import TreeOrder
@@ -123,7 +123,6 @@ class DwarfsImage(Filesystem):
         self._order: TreeOrder | None = None  # built in the background at the first need
         self._order_started = False
         self._prefetcher: ThreadPoolExecutor | None = None  # made at the first prefetch
-        self._reading = False  # a file was read since the last open
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------
@@ -246,28 +245,22 @@ class DwarfsImage(Filesystem):
     # A file handle is the file's inode number: handles need no release, and all the
     # handles of one inode share its _File (kept in a bounded dict; made again if dropped).
     handles_need_release = False
+    reads_by_path = True  # a read without a handle finds the file by its path
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise fs_error(errno.EROFS, path)
-        entry = self._entry(path)
-        self._file(entry, path)
-        ino = self.meta.ent_inode[entry]
-        # Only while files are being read (a program going through a tree) are the next
-        # ones worth decompressing ahead; a program that opens many files without reading
-        # them yet (to keep them open, to fstat them) gets nothing it did not ask for.
-        if self._reading:
-            self._reading = False
-            self._prefetch(self._needs_after(ino))
+        ino = self._file_ino(self._entry(path), path)
+        self._file_of(ino)
         return ino
 
-    def _file(self, entry: int, path: str) -> _File:
+    def _file_ino(self, entry: int, path: str) -> int:
+        """The inode of ``entry``, a regular file (EISDIR or EINVAL if it is not one)."""
         m = self.meta
         ino = m.ent_inode[entry]
         if not m.file_inode_offset <= ino < m.device_inode_offset:
-            kind = errno.EISDIR if ino < m.dir_count else errno.EINVAL
-            raise fs_error(kind, path)
-        return self._file_of(ino)
+            raise fs_error(errno.EISDIR if ino < m.dir_count else errno.EINVAL, path)
+        return ino
 
     def _file_of(self, ino: int) -> _File:
         f = self._files.get(ino)
@@ -289,16 +282,22 @@ class DwarfsImage(Filesystem):
 
     def read_spans(self, path: str, size: int, offset: int, fh: int) -> Spans:
         m = self.meta
-        if not m.file_inode_offset <= fh < m.device_inode_offset:
+        if fh == NO_HANDLE:  # the root directory's inode: never a file's
+            fh = self._file_ino(self._entry(path), path)
+        elif not m.file_inode_offset <= fh < m.device_inode_offset:
             raise fs_error(errno.EBADF, path)
+        if offset == 0:
+            # A program going through a tree reads the next files soon: decompress
+            # what they need ahead (nothing if this read does not continue a pass; and
+            # a program that opens many files without reading them gets nothing).
+            self._prefetch(self._needs_after(fh))
         return self._spans(self._file_of(fh), size, offset, path)
 
     def read_entry(self, entry: int, size: int, offset: int) -> bytes:
         """Read from the regular file of a directory entry without a handle."""
-        return _joined(self._spans(self._file(entry, ""), size, offset, ""))
+        return _joined(self._spans(self._file_of(self._file_ino(entry, "")), size, offset, ""))
 
     def _spans(self, h: _File, size: int, offset: int, path: str) -> Spans:
-        self._reading = True
         end = min(offset + size, h.size)
         if offset >= end:
             return []

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fimfs.fuse.aliases import Aliases
 from fimfs.fuse.binding import path_invalidator
@@ -66,8 +67,9 @@ class FuseOperations:
         self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
         self._listings: dict[int, list[tuple[str, Attr | None]]] = {}
 
-    def init(self, path: str) -> None:
-        """Called by libfuse once the kernel connection is set up: the mount is live."""
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Called by libfuse once the kernel connection is set up: the mount is live.
+        ``conn`` is libfuse's ``fuse_conn_info`` (what the kernel can do)."""
         if self.fs.writable:
             invalidate = path_invalidator()
             if invalidate is not None:
@@ -307,7 +309,8 @@ class ReadOnlyOperations(FuseOperations):
     """The operations object of a read-only Filesystem: no write callbacks at all, no
     directory handles (a listing cannot change: one LRU of listings by path serves every
     page of every reader), and no release callback when the Filesystem's handles need
-    none: a plain read of a file then costs Python an OPEN and a READ only."""
+    none: a plain read of a file then costs Python an OPEN and a READ only, and a READ
+    alone where the Filesystem reads by path (no OPEN nor RELEASE reaches libfuse)."""
 
     opendir = releasedir = None  # type: ignore[assignment]
 
@@ -316,6 +319,19 @@ class ReadOnlyOperations(FuseOperations):
         if not fs.handles_need_release:
             self.release = None  # type: ignore[assignment,method-assign]
         self._by_path: dict[tuple[str, bool], list[tuple[str, Attr | None]]] = {}
+        self._no_open = False
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # A Filesystem that reads by path needs no OPEN: where the kernel can do
+        # without (Linux >= 4.20), the first is answered ENOSYS (see vfs.reads_by_path).
+        self._no_open = bool(self.fs.reads_by_path and conn is not None
+                             and conn.capable & FUSE_CAP_NO_OPEN_SUPPORT)
+        super().init_with_config(conn, config)
+
+    def open(self, path: str, flags: int) -> int:
+        if self._no_open:
+            raise OSError(errno.ENOSYS, "reads need no open")
+        return super().open(path, flags)
 
     def listing(self, path: str, fh: int, offset: int, plus: bool
                 ) -> list[tuple[str, Attr | None]]:
@@ -328,6 +344,9 @@ class ReadOnlyOperations(FuseOperations):
             self._by_path[key] = entries
         return entries
 
+
+#: libfuse 3's conn->capable bit: the kernel takes ENOSYS from OPEN as "never send one".
+FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17
 
 #: Directory listings a read-only mount keeps (the next page of a listing is read from it).
 LISTINGS = 256

@@ -166,9 +166,9 @@ def call(func: Callable[..., Any], *args: Any) -> int:
 
     An OSError with an errno is the answer (ENOENT, EROFS...); anything else is a bug
     of the layer, logged with the path and answered EIO (mfusepy would say EINVAL,
-    which misleads callers into thinking they passed a bad argument). ``init`` is let
-    through, as mfusepy needs. Every callback comes through here, so this is also where
-    a libfuse worker thread gets its Python thread state pinned."""
+    which misleads callers into thinking they passed a bad argument). Every callback
+    comes through here, so this is also where a libfuse worker thread gets its Python
+    thread state pinned."""
     if _thread.get_ident() not in _PINNED and len(_PINNED) < _MAX_PINNED:
         _pin_thread_state()
     try:
@@ -178,8 +178,6 @@ def call(func: Callable[..., Any], *args: Any) -> int:
             return -e.errno
         log.error("fuse %s %r: OSError without errno: %s", _op(func), _path_of(args), e)
     except Exception:
-        if func.__name__ == "init":
-            raise
         log.exception("fuse %s %r failed", _op(func), _path_of(args))
     return -errno.EIO
 
