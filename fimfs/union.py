@@ -73,7 +73,7 @@ class _Node(NamedTuple):
 
     layer: int  # the topmost layer that has it
     dirs: tuple[int, ...]  # a directory: the layers merged, top first; () for others
-    attr: Attr | None  # a lower entry's attributes (they never change); None: upper, read live
+    attr: Attr | None  # a lower entry's attributes as shown (they never change); None: upper
     ino: int  # the union inode number of a lower entry; -1 for the upper
 
 
@@ -82,10 +82,10 @@ _WHITEOUT = Attr(stat.S_IFCHR, 0, 0, 0, 0, 0, 0, 0)
 _MISS = _Node(-2, (), None, -2)
 
 
-def _shown(a: Attr, node: _Node, ino: int) -> Attr:
+def _shown(a: Attr, dirs: tuple[int, ...], ino: int) -> Attr:
     """A layer's attributes as the union shows them: its inode number, and nlink 1 for
-    a merged directory (as overlayfs)."""
-    nlink = 1 if len(node.dirs) > 1 else a.nlink
+    a directory merged from several layers (``dirs``), as overlayfs."""
+    nlink = 1 if len(dirs) > 1 else a.nlink
     return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
                 a.rdev, ino, a.blocks)
 
@@ -188,7 +188,8 @@ class Union(Filesystem):
         dirs = tuple(i for i, _ in hits) if attr.is_dir else ()
         if top < self._first_lower:
             return _Node(top, dirs, None, -1)
-        return _Node(top, dirs, attr, self._ino_for(top, attr.ino))
+        ino = self._ino_for(top, attr.ino)
+        return _Node(top, dirs, _shown(attr, dirs, ino), ino)
 
     def _resolve_root(self) -> _Node:
         hits = []
@@ -292,15 +293,12 @@ class Union(Filesystem):
     # -- read side -------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
         node, path = self._existing(path)
-        a = node.attr
-        if a is not None:
-            ino = node.ino
-        else:
-            a = self._upper.getattr(path)
-            if wh.is_whiteout(a):  # deleted a moment ago
-                raise fs_error(errno.ENOENT, path)
-            ino = self._ino_for(UPPER, a.ino)
-        return _shown(a, node, ino)
+        if node.attr is not None:
+            return node.attr
+        a = self._upper.getattr(path)
+        if wh.is_whiteout(a):  # deleted a moment ago
+            raise fs_error(errno.ENOENT, path)
+        return _shown(a, node.dirs, self._ino_for(UPPER, a.ino))
 
     def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
         """A directory that one lower layer alone provides (most of a container's tree)
@@ -316,9 +314,10 @@ class Union(Filesystem):
         for name, a in self._layers[i].readdir_attrs(path):
             if name.startswith(wh.PREFIX) or wh.is_whiteout(a):
                 continue  # hides nothing: no layer below takes part in this directory
-            child = found[f"{base}/{name}"] = _Node(i, (i,) if a.is_dir else (), a,
-                                                    self._ino_for(i, a.ino))
-            out.append((name, _shown(a, child, child.ino)))
+            dirs, ino = (i,) if a.is_dir else (), self._ino_for(i, a.ino)
+            shown = _shown(a, dirs, ino)
+            found[f"{base}/{name}"] = _Node(i, dirs, shown, ino)
+            out.append((name, shown))
         self._store(found, gen)
         return out
 

@@ -195,9 +195,11 @@ def _path_of(args: tuple[Any, ...]) -> Any:
     return _decode(first) if isinstance(first, bytes) else first
 
 
-def _address(obj: Any) -> int:
-    """The address of a ctypes pointer's target, or of a bytes object's first byte."""
-    return ctypes.cast(obj, ctypes.c_void_p).value or 0
+def _address(data: Any) -> int:
+    """The address of a span's buffer: a ctypes array, or a bytes object."""
+    if isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    return ctypes.addressof(data)  # six times cheaper than a cast
 
 
 def _decode(path: bytes | None) -> str | None:
@@ -212,12 +214,11 @@ class _Overrides:
     c_stat: Any
     has_noflush: bool  # libfuse >= 3.11
 
-    def _wrapper(self, func: Callable[..., Any], *args: Any) -> int:
-        return call(func, *args)
+    _wrapper = staticmethod(call)
 
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
         # Also behind libfuse 3's getattr.
-        self.fill_stat(_address(buf), self.operations.stat(_decode(path)))
+        self.fill_stat(ctypes.addressof(buf.contents), self.operations.stat(_decode(path)))
         return 0
 
     def open(self, path: bytes, fip: Any) -> int:
@@ -238,7 +239,7 @@ class _Overrides:
         # The layer's spans copied straight into libfuse's buffer: no bytes object per
         # request (mfusepy copies a returned slice, which itself was a copy).
         spans = self.operations.read(_decode(path), size, offset, fip.contents.fh)
-        base = _address(buf)
+        base = ctypes.addressof(buf.contents)
         n = 0
         for data, start, stop in spans:
             if n + stop - start > size:
