@@ -9,9 +9,10 @@ package never fails on a machine without libfuse; only mounting does, with a one
 The rooms, in the order a request meets them (docs/architecture.md, "The data path"):
 
 * :mod:`.binding` - loading mfusepy/libfuse and the patched ``mfusepy.FUSE`` subclass
-  (the only module that touches mfusepy or ctypes);
+  (the only module that touches mfusepy or ctypes), and the one wrapper of every
+  callback (errnos back to the kernel, EIO for a layer's bugs);
 * :mod:`.adapter` - :class:`FuseOperations`, the operations object: attribute
-  conversion, errno discipline, directory snapshots;
+  conversion, directory snapshots, no OPEN where reads go by path;
 * :mod:`.aliases` - keeping the kernel's caches of an inode's other names coherent
   on writable mounts;
 * :mod:`.options` - the ``-o`` options of a read-only or writable mount;

@@ -52,7 +52,8 @@ class FuseOperations:
     Duck-typed instead of subclassing ``mfusepy.Operations`` so that this module can
     be imported (and the adapter unit-tested) without libfuse; mfusepy only looks
     the methods up by name. Errors are raised as ``OSError(errno)``, which is all
-    ``mfusepy.FuseOSError`` is.
+    ``mfusepy.FuseOSError`` is; :func:`fimfs.fuse.binding.call` turns them, and any
+    other exception, into the errno the kernel gets.
     """
 
     use_ns = True
