@@ -355,3 +355,24 @@ def test_metadata_columns_unpack_on_first_use_and_race_safely() -> None:
         _run_threads([stat_all] * 4)
         assert len(got) == 4 and all(g == want for g in got)
         assert "mtime_offset" in vars(inodes)
+
+
+def test_lookups_from_a_cached_parent_agree_with_lookups_from_the_root() -> None:
+    """A path whose parent was looked up is one search in it; odd spellings (empty,
+    "." and ".." components, trailing slashes, relative) still go through split_path,
+    with its answers."""
+    path = image_path("default")
+    with DwarfsImage.from_path(path) as ref, DwarfsImage.from_path(path) as img:
+        walked = list(ref.walk())
+        for p, e in walked:  # parents first: every lookup after the root's is a child's
+            assert img._entry(p) == e
+        d = next(p for p, e in walked if p != "/" and ref.attr_of(e).is_dir)
+        f = next(p for p, e in walked if ref.attr_of(e).is_reg)
+        name = f.rsplit("/", 1)[1]
+        assert img._entry(d + "/") == ref._entry(d)
+        for odd, code in ((d + "//" + name, errno.ENOENT), (d + "/.", errno.ENOENT),
+                          (d + "/..", errno.ENOENT), (name, errno.EINVAL),
+                          (f + "/x", errno.ENOTDIR), (d + "/missing", errno.ENOENT)):
+            with pytest.raises(OSError) as exc:
+                img._entry(odd)
+            assert exc.value.errno == code, odd
