@@ -32,6 +32,8 @@ class Aliases:
 
     def seen(self, path: str, ino: int) -> None:
         """The kernel now knows ``path`` as inode ``ino``."""
+        if self._ino.get(path) == ino:  # the common case, without the lock (atomic get)
+            return
         with self._lock:
             old = self._ino.get(path)
             if old == ino:
