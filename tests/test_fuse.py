@@ -740,6 +740,37 @@ def test_stat_packer_writes_every_field_where_ctypes_puts_it() -> None:
     assert times == [(-2, 500_000_000), divmod(T0 + 7, 1_000_000_000), (2**40, 5)]
 
 
+def test_stat_packer_follows_another_architectures_field_order() -> None:
+    """aarch64's struct stat (asm-generic) puts st_mode before st_nlink, both 32-bit:
+    the packer lays its values out by the fields' offsets, not by its own order."""
+    import ctypes
+
+    from fimfs.fuse import binding
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_long)]
+
+    class GenericStat(ctypes.Structure):
+        _fields_ = [("st_dev", ctypes.c_uint64), ("st_ino", ctypes.c_uint64),
+                    ("st_mode", ctypes.c_uint32), ("st_nlink", ctypes.c_uint32),
+                    ("st_uid", ctypes.c_uint32), ("st_gid", ctypes.c_uint32),
+                    ("st_rdev", ctypes.c_uint64), ("pad1", ctypes.c_uint64),
+                    ("st_size", ctypes.c_int64), ("st_blksize", ctypes.c_int32),
+                    ("pad2", ctypes.c_int32), ("st_blocks", ctypes.c_int64),
+                    ("st_atimespec", Timespec), ("st_mtimespec", Timespec),
+                    ("st_ctimespec", Timespec), ("unused", ctypes.c_int32 * 2)]
+
+    fill = binding._stat_packer(GenericStat, Timespec)
+    st = GenericStat()
+    a = Attr(ino=6, mode=stat.S_IFDIR | 0o755, nlink=4, uid=7, gid=8, size=9, rdev=10,
+             blocks=11, atime_ns=12_000_000_013, mtime_ns=14, ctime_ns=15_000_000_000)
+    fill(ctypes.addressof(st), a)
+    assert (st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid) == (7, a.mode, 4, 7, 8)
+    assert (st.st_rdev, st.st_size, st.st_blocks) == (10, 9, 11)
+    assert (st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec) == (12, 13)
+    assert (st.st_mtimespec.tv_nsec, st.st_ctimespec.tv_sec) == (14, 15)
+
+
 def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
     import types
 
