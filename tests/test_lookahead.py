@@ -45,21 +45,52 @@ def test_each_file_is_looked_at_once_per_pass(monkeypatch: pytest.MonkeyPatch) -
                         out[block] = max(out.get(block, 0), offset + size)
             return out
 
-        assert t.needs_after(order[0]) == expected(order[1:6])
-        assert t.needs_after(order[1]) == expected(order[6:7])  # only the newly reached one
-        assert t.needs_after(order[2]) == expected(order[7:8])
-        assert t.needs_after(order[0]) == expected(order[1:6])  # a new pass
-        assert t.needs_after(order[40]) == {}  # a jump: not going through the tree
-        assert t.needs_after(order[41]) == expected(order[42:47])  # going on from there
-        assert t.needs_after(order[30]) == {}  # back: no pass either
-        assert t.needs_after(order[30 + lookahead.STRIDE]) == expected(
+        def needs(ino: int) -> dict[int, int]:
+            return t.needs_after(ino)[0]
+
+        assert needs(order[0]) == expected(order[1:6])
+        assert needs(order[1]) == expected(order[6:7])  # only the newly reached one
+        assert needs(order[2]) == expected(order[7:8])
+        assert needs(order[0]) == expected(order[1:6])  # a new pass
+        assert t.needs_after(order[40]) == ({}, [])  # a jump: not going through the tree
+        assert needs(order[41]) == expected(order[42:47])  # going on from there
+        assert t.needs_after(order[30]) == ({}, [])  # back: no pass either
+        assert needs(order[30 + lookahead.STRIDE]) == expected(
             order[31 + lookahead.STRIDE:36 + lookahead.STRIDE])  # files skipped: still a pass
-        assert t.needs_after(m.file_inode_offset - 1) == {}  # not a regular file
+        assert t.needs_after(m.file_inode_offset - 1) == ({}, [])  # not a regular file
+
+
+def test_blocks_further_on_are_given_to_read_once_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the files whose blocks are decompressed ahead, the blocks of the next
+    READ_FILES are given to read from the image: each block once per pass, none that is
+    also decompressed ahead."""
+    monkeypatch.setattr(lookahead, "FILES", 4)
+    monkeypatch.setattr(lookahead, "READ_FILES", 12)
+    with DwarfsImage.from_path(image_path("small-blocks")) as img:
+        m = img.meta
+        order = _files_in_walk_order(img)
+        t = TreeOrder(m)
+
+        def blocks(inos: list[int]) -> list[int]:
+            out: list[int] = []
+            for ino in inos:
+                out += [b for b, _, _ in m.file_chunks(m.chunk_index(ino))
+                        if b >= 0 and b not in out]
+            return out
+
+        needs, reads = t.needs_after(order[0])
+        assert reads == [b for b in blocks(order[5:13]) if b not in needs]
+        given = set(reads)
+        needs, reads = t.needs_after(order[1])
+        assert reads == [b for b in blocks(order[13:14]) if b not in needs and b not in given]
+        assert set(t.needs_after(order[0])[1]) | set(blocks(order[1:5])) >= given  # new pass
+        monkeypatch.setattr(lookahead, "READ_BYTES", 1)
+        assert len(TreeOrder(m).needs_after(order[0])[1]) <= 1  # bounded in bytes
 
 
 def test_the_bytes_looked_ahead_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lookahead, "BYTES", 1)
     with DwarfsImage.from_path(image_path("small-blocks")) as img:
         order = _files_in_walk_order(img)
-        needs = TreeOrder(img.meta).needs_after(order[0])
+        needs, _ = TreeOrder(img.meta).needs_after(order[0])
         assert len(needs) == 1  # the first chunk of the next file exhausts the budget

@@ -20,6 +20,12 @@ BYTES = 48 << 20
 #: How far past the previous open in tree order an open may be and still continue the
 #: pass (tar does not open every file: hard links, empty files, replaced ones).
 STRIDE = 16
+#: Further on, blocks are only read from the image ahead (not decompressed): files ...
+READ_FILES = 4 * FILES
+#: ... and bytes. A block the decompression reaches then is in the page cache already,
+#: where it would otherwise wait for the disk (the image's blocks are read in the
+#: tree's order, not the file's: the kernel's own read-ahead cannot guess them).
+READ_BYTES = 4 * BYTES
 
 
 class TreeOrder:
@@ -45,28 +51,42 @@ class TreeOrder:
                 order.append(ino)
         self._order, self._position = order, position
         self._ahead = 0  # the first position not looked at yet in this pass
-        self._last = -1  # the position of the previous open
+        self._read = 0  # the same for reading blocks ahead
+        self._blocks_read: set[int] = set()  # the blocks given to read in this pass
+        self._last = -1  # the position of the previous read
 
-    def needs_after(self, ino: int) -> dict[int, int]:
-        """Block -> the offset up to which the files after inode ``ino`` need it, in the
-        order they need them; only the files not looked at yet in this pass through the
-        tree (each file is looked at once per pass, so an open costs O(1) on average).
-        Nothing unless this open continues a pass: a file at most STRIDE files after the
-        one opened before, or the first file of the tree (a program that opens files in
-        another order gets no decompression it will not use)."""
-        m = self._meta
-        k = ino - m.file_inode_offset
+    def needs_after(self, ino: int) -> tuple[dict[int, int], list[int]]:
+        """What the files after inode ``ino`` need: block -> the offset up to which the
+        next ones need it (FILES, BYTES), in the order they need them; then the blocks
+        further files need (READ_FILES, READ_BYTES), only to be read, each once a pass.
+        Only files not looked at yet in this pass through the tree count (each file is
+        looked at once per pass, so a call costs O(1) on average). Nothing unless this
+        read continues a pass: a file at most STRIDE files after the one read before, or
+        the first file of the tree (a program that reads files in another order gets no
+        decompression it will not use)."""
+        k = ino - self._meta.file_inode_offset
         if not 0 <= k < len(self._position) or self._position[k] < 0:
-            return {}
+            return {}, []
         p = self._position[k]
         last, self._last = self._last, p
         if not 0 < p - last <= STRIDE:  # not going through the tree (or a new start)
-            self._ahead = p + 1
+            self._ahead = self._read = p + 1
+            self._blocks_read.clear()
             if p != 0:
-                return {}
+                return {}, []
+        needs, self._ahead = self._window(max(self._ahead, p + 1), p + 1 + FILES, BYTES)
+        reads, self._read = self._window(max(self._read, self._ahead), p + 1 + READ_FILES,
+                                         READ_BYTES)
+        fresh = [b for b in reads if b not in needs and b not in self._blocks_read]
+        self._blocks_read.update(fresh)
+        return needs, fresh
+
+    def _window(self, q: int, stop: int, budget: int) -> tuple[dict[int, int], int]:
+        """Block -> end of the chunks it holds for the files from position ``q`` on,
+        until ``stop`` or ``budget`` bytes; and the position where that ended."""
+        m = self._meta
         needs: dict[int, int] = {}
-        stop = min(len(self._order), p + 1 + FILES)
-        q, budget = max(self._ahead, p + 1), BYTES
+        stop = min(len(self._order), stop)
         while q < stop and budget > 0:
             for block, offset, size in m.file_chunks(m.chunk_index(self._order[q])):
                 if block >= 0:
@@ -75,5 +95,4 @@ class TreeOrder:
                     if budget <= 0:
                         break
             q += 1
-        self._ahead = max(self._ahead, q)
-        return needs
+        return needs, q

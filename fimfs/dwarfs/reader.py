@@ -21,6 +21,7 @@ import struct
 import threading
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Iterable
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -309,9 +310,12 @@ class DwarfsImage(Filesystem):
             raise fs_error(errno.EBADF, path)
         if offset == 0:
             # A program going through a tree reads the next files soon: decompress
-            # what they need ahead (nothing if this read does not continue a pass; and
-            # a program that opens many files without reading them gets nothing).
-            self._prefetch(self._needs_after(fh))
+            # what they need ahead, and read the blocks of the files after them
+            # (nothing if this read does not continue a pass; and a program that opens
+            # many files without reading them gets nothing).
+            needs, reads = self._needs_after(fh)
+            self._prefetch(needs)
+            self._read_ahead(reads)
         return self._spans(self._file_of(fh), size, offset, path)
 
     def read_entry(self, entry: int, size: int, offset: int) -> bytes:
@@ -361,7 +365,7 @@ class DwarfsImage(Filesystem):
                         break
         return wanted
 
-    def _needs_after(self, ino: int) -> dict[int, int]:
+    def _needs_after(self, ino: int) -> tuple[dict[int, int], list[int]]:
         """What the files after ``ino`` in tree order need (lookahead.TreeOrder); nothing
         until the order is built, in the background, at the first call."""
         order = self._order
@@ -374,7 +378,7 @@ class DwarfsImage(Filesystem):
                 self._pool().submit(self._build_order)
             except RuntimeError:  # closed
                 pass
-        return {}
+        return {}, []
 
     def _build_order(self) -> None:
         try:
@@ -394,13 +398,19 @@ class DwarfsImage(Filesystem):
                 if self._covered(block, need):
                     continue
                 self._queued[block] = need
-            if block < len(self._blocks):
-                s = self._blocks[block]
-                self._f.will_need(s.offset, s.header_size + s.length)
+            self._read_ahead((block,))
             try:
                 self._pool().submit(self._prefetch_one, block)
             except RuntimeError:  # shut down while a read was in flight
                 return
+
+    def _read_ahead(self, blocks: Iterable[int]) -> None:
+        """Have the kernel start reading these blocks from the image (a cold disk read
+        then overlaps other work, and is done when the decompression gets there)."""
+        for block in blocks:
+            if block < len(self._blocks):
+                s = self._blocks[block]
+                self._f.will_need(s.offset, s.header_size + s.length)
 
     def _pool(self) -> ThreadPoolExecutor:
         """The prefetch workers, started on first use (a mount that is only walked, or
