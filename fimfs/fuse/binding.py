@@ -33,6 +33,9 @@ from fimfs.vfs import Attr
 
 log = logging.getLogger("fimfs.fuse")
 
+#: How paths cross between libfuse and Python (mfusepy is given the same): names
+#: that are not UTF-8 round-trip.
+ENCODING, ERRORS = "utf-8", "surrogateescape"
 _LIBFUSE3_SONAME = "libfuse3.so.3"  # what the dynamic loader finds without a search
 # Special tv_nsec values libfuse passes to utimens (see utimensat(2)).
 _UTIME_NOW = (1 << 30) - 1
@@ -110,21 +113,20 @@ def _stat_packer(c_stat: Any, c_timespec: Any) -> Callable[[int, Attr], None]:
     ctypes definition for this machine (offsets, sizes and order differ between
     architectures) into one ``struct.Struct``: one pack and one copy per stat, where
     setting the ctypes fields one by one costs a few microseconds more."""
-    places: list[tuple[int, int, str]] = []  # (offset, size, value name)
+    places: list[tuple[int, int]] = []  # (offset, size) of each value fill packs
     for name in _STAT_FIELDS:
         field = getattr(c_stat, name)
-        places.append((field.offset, field.size, name))
+        places.append((field.offset, field.size))
     for name in _STAT_TIMES:
         base = getattr(c_stat, name).offset
-        for part in ("tv_sec", "tv_nsec"):
-            field = getattr(c_timespec, part)
-            places.append((base + field.offset, field.size, f"{name}.{part}"))
+        for part in (c_timespec.tv_sec, c_timespec.tv_nsec):
+            places.append((base + part.offset, part.size))
+    order = sorted(range(len(places)), key=places.__getitem__)  # the values by offset
     fmt, pos = "=", 0
-    for offset, size, _ in sorted(places):
+    for offset, size in map(places.__getitem__, order):
         fmt += "x" * (offset - pos) + _CODES[size]
         pos = offset + size
     packer = struct.Struct(fmt + "x" * (ctypes.sizeof(c_stat) - pos))
-    order = [places.index(p) for p in sorted(places)]
     pack, size, in_order = packer.pack, packer.size, order == sorted(order)
 
     def fill(address: int, a: Attr) -> None:
@@ -203,7 +205,7 @@ def _address(data: Any) -> int:
 
 
 def _decode(path: bytes | None) -> str | None:
-    return None if path is None else path.decode("utf-8", "surrogateescape")
+    return None if path is None else path.decode(ENCODING, ERRORS)
 
 
 class _Overrides:
@@ -265,7 +267,7 @@ class _Overrides:
         address = ctypes.addressof(st)
         for i in range(offset, len(entries)):
             name, attr = entries[i]
-            encoded = name.encode("utf-8", "surrogateescape")
+            encoded = name.encode(ENCODING, ERRORS)
             if attr is None:
                 full = filler(buf, encoded, None, i + 1, 0)
             else:
@@ -311,8 +313,7 @@ def fuse_class() -> type:
     wrapper per callback (:func:`call`, which also pins the thread's state), a struct
     stat packed in one go, READ copied from the layer's spans into libfuse's buffer.
 
-    Paths are UTF-8 with surrogate escapes (names that are not UTF-8 round-trip).
-    Built lazily because it needs mfusepy.
+    Paths are decoded as :data:`ENCODING`. Built lazily because it needs mfusepy.
     """
     mfusepy = load_mfusepy()
     check_upstream(mfusepy)

@@ -23,7 +23,7 @@ from typing import Any
 
 from fimfs.errors import FimfsError
 from fimfs.fuse.adapter import operations_for
-from fimfs.fuse.binding import fuse_class, libfuse_version
+from fimfs.fuse.binding import ENCODING, ERRORS, fuse_class, libfuse_version
 from fimfs.fuse.mounttable import canonical, check_fuse_available, check_mountpoint, is_mounted
 from fimfs.fuse.mounttable import which as _which
 from fimfs.fuse.options import READ_AHEAD_KB, mount_options
@@ -160,7 +160,7 @@ def _serve(
     ops = operations_for(fs, ready)
     with _unmount_on_signals(path):
         try:
-            fuse_cls(ops, path, foreground=True, encoding="utf-8", errors="surrogateescape", **opts)
+            fuse_cls(ops, path, foreground=True, encoding=ENCODING, errors=ERRORS, **opts)
         except RuntimeError as e:
             raise FimfsError(f"cannot mount on {path}: libfuse failed (code {e})") from None
 
