@@ -94,14 +94,15 @@ def _levels(argv: list[str]) -> str:
     return "IWEC"
 
 
-def _export(image: str, layout: Layout, data_dir: str) -> None:
+def _export(image: str, layout: Layout, data_dir: str, app: str | None) -> None:
     """The FIM_* variables of spec 7.2 that exist before a sandbox is started."""
+    from cli.image import is_url
     from cli.runtime import app_dir
 
-    app = app_dir(layout.build_id)
+    app = app or app_dir(layout.build_id)
     pid = str(os.getpid())
     os.environ.update({
-        "FIM_DIR_SELF": os.path.dirname(image),
+        "FIM_DIR_SELF": data_dir if is_url(image) else os.path.dirname(image),
         "FIM_DIR_GLOBAL": DIR_GLOBAL,
         "FIM_DIR_APP": app,
         "FIM_DIR_APP_BIN": f"{app}/bin",
@@ -115,13 +116,14 @@ def _export(image: str, layout: Layout, data_dir: str) -> None:
     })
 
 
-def _locate(image: str) -> tuple[str, Layout, dict[str, object]]:
-    """The image's real path, layout and build constants, exported (spec 8.1 steps 1-2)."""
+def _locate(image: str, build: dict[str, object] | None) -> tuple[str, Layout, dict[str, object]]:
+    """The image's real path (or URL), layout and build constants, exported (spec 8.1
+    steps 1-2)."""
     from cli import runtime
-    from cli.image import read_layout
+    from cli.image import is_url, read_layout
 
-    path = os.path.realpath(image)
-    build = runtime.build_info()
+    path = image if is_url(image) else os.path.realpath(image)
+    build = build or runtime.build_info()
     layout = read_layout(path)
     os.environ.update({
         "FIM_VERSION": str(build["version"]),
@@ -134,11 +136,12 @@ def _locate(image: str) -> tuple[str, Layout, dict[str, object]]:
     return path, layout, build
 
 
-def _prepare(command: str, path: str, layout: Layout, build: dict[str, object]) -> Context:
+def _prepare(command: str, path: str, layout: Layout, build: dict[str, object],
+             host: Host | None) -> Context:
     """The data directory, the other FIM_* variables, the configuration (spec 8.1 step 3)."""
     from cli import config
 
-    data_dir = os.environ.get("FIM_DIR_DATA") or os.path.join(
+    data_dir = os.environ.get("FIM_DIR_DATA") or (host.data if host else "") or os.path.join(
         os.path.dirname(path), f".{os.path.basename(path)}.data")
     for sub in DATA_SUBDIRS:
         target = os.path.join(data_dir, sub)
@@ -146,15 +149,15 @@ def _prepare(command: str, path: str, layout: Layout, build: dict[str, object]) 
             os.makedirs(target, exist_ok=True)
         except OSError as exc:
             raise Fatal(f"Could not create directory '{target}': {exc.strerror}") from None
-    _export(path, layout, data_dir)
+    _export(path, layout, data_dir, host.app if host else None)
     cfg = config.load(layout)
     return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ))
 
 
-def _dispatch(image: str, argv: list[str]) -> int:
+def _dispatch(image: str, argv: list[str], host: Host | None) -> int:
     command = argv[0] if argv else ""
     try:
-        path, layout, build = _locate(image)
+        path, layout, build = _locate(image, host.build if host else None)
     except CommandError as exc:
         raise Fatal(*exc.messages, "Failed to start the image") from exc
     if "FIM_MAIN_OFFSET" in os.environ:
@@ -164,7 +167,7 @@ def _dispatch(image: str, argv: list[str]) -> int:
         # before anything is created (FlatImage makes the directories first, spec 18.1 #19)
         raise UsageError(f"Unknown command: {command}", "Invalid fim command")
     try:
-        ctx = _prepare(command, path, layout, build)
+        ctx = _prepare(command, path, layout, build, host)
     except CommandError as exc:
         raise Fatal(*exc.messages, "Failed to start the image") from exc
     timing.mark("configured")
@@ -188,13 +191,27 @@ def _origin(tb: TracebackType | None) -> str:
     return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}::{tb.tb_lineno}"
 
 
-def main(image: str, argv: list[str]) -> int:
-    """Run the image at ``image`` with the command line ``argv``; the exit code."""
+class Host:
+    """An image run by the `fim` tool rather than by its own launcher (`fim run URL`):
+    the tool's runtime directory (``app``, with ``bin/bash``), its build constants, and
+    the image's data directory."""
+
+    __slots__ = ("app", "build", "data")
+
+    def __init__(self, app: str, build: dict[str, object], data: str) -> None:
+        self.app = app
+        self.build = build
+        self.data = data
+
+
+def main(image: str, argv: list[str], host: Host | None = None) -> int:
+    """Run the image at ``image`` (a path, or a URL with ``host``) with the command line
+    ``argv``; the exit code."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[attr-defined]
     log.configure(_levels(argv))
     try:
-        code = _dispatch(image, argv)
+        code = _dispatch(image, argv, host)
         sys.stdout.flush()
         return code
     except BrokenPipeError:

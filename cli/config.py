@@ -26,14 +26,15 @@ anything is written. The file is open for writing only during each write
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cli.image import FimImageError, Layout, locked, open_image_fd, write_at
+from cli.image import FimImageError, Layout, is_url, locked, open_image_fd, remote_read, write_at
 from cli.log import CommandError
 
 # Bit order of FlatImage's mask (spec 3.3 and 4), which is also the order in which
@@ -215,19 +216,20 @@ def _slot_offset(layout: Layout, slot: int) -> int:
     return layout.reserved_offset + slot * (layout.reserved_size // 2)
 
 
-def _read(fd: int, layout: Layout) -> tuple[Config, int | None, int]:
-    """The configuration, the slot holding it (None: defaults) and its generation."""
+def _read(pread: Callable[[int, int], bytes], layout: Layout) -> tuple[Config, int | None, int]:
+    """The configuration, the slot holding it (None: defaults) and its generation;
+    ``pread(n, offset)`` reads the image."""
     capacity = slot_capacity(layout)
     candidates = []
     for slot in (0, 1):
-        head = os.pread(fd, _HEADER.size, _slot_offset(layout, slot))
+        head = pread(_HEADER.size, _slot_offset(layout, slot))
         if len(head) < _HEADER.size:
             continue
         magic, generation, json_size, icon_size, crc = _HEADER.unpack(head)
         if magic == _MAGIC and generation and json_size + icon_size <= capacity:
             candidates.append((generation, slot, head, json_size, icon_size, crc))
     for generation, slot, head, json_size, icon_size, crc in sorted(candidates, reverse=True):
-        body = os.pread(fd, json_size + icon_size, _slot_offset(layout, slot) + _HEADER.size)
+        body = pread(json_size + icon_size, _slot_offset(layout, slot) + _HEADER.size)
         if zlib.crc32(body, zlib.crc32(head[:_CRC_SPAN])) != crc:
             continue
         try:
@@ -256,10 +258,12 @@ def _write(fd: int, layout: Layout, cfg: Config, slot: int, generation: int) -> 
 
 def load(layout: Layout) -> Config:
     """The configuration of the image (the defaults if none was ever written)."""
+    if is_url(layout.path):
+        return _read(lambda n, offset: remote_read(layout.path, offset, n), layout)[0]
     fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=False):
-            return _read(fd, layout)[0]
+            return _read(functools.partial(os.pread, fd), layout)[0]
     finally:
         os.close(fd)
 
@@ -268,10 +272,13 @@ def load(layout: Layout) -> Config:
 def edit(layout: Layout) -> Iterator[Config]:
     """Yield the current configuration to change; store it when the block ends
     without an exception. Edits of one image by several processes are serialized."""
+    if is_url(layout.path):
+        raise FimImageError(f"'{layout.path}' is a remote image: its configuration cannot "
+                            "be changed (download it to change it)")
     fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=True):
-            cfg, slot, generation = _read(fd, layout)
+            cfg, slot, generation = _read(functools.partial(os.pread, fd), layout)
             yield cfg
             try:
                 _write(fd, layout, cfg, 0 if slot is None else 1 - slot, generation + 1)

@@ -317,6 +317,11 @@ def integrate(ctx: Context) -> None:
 
 
 def _integrate(ctx: Context) -> None:
+    from cli.image import is_url
+
+    if is_url(ctx.image):  # `fim run URL`: no file for a menu entry to start
+        log.emit("D", "No desktop integration for a remote image", "desktop.py")
+        return
     cfg = ctx.config
     desktop = cfg.desktop
     if desktop is None or not desktop.name or "/" in desktop.name or "\0" in desktop.name:

@@ -24,6 +24,7 @@ _TOOLS = {
     "cli.tool.image_file": ("image",),
     "cli.tool.build": ("build",),
     "cli.tool.create": ("create",),
+    "cli.tool.run": ("run",),
 }
 
 

@@ -38,13 +38,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from cli.log import CommandError
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
+if TYPE_CHECKING:
+    from fimfs.remote import RemoteFile
 
 SHEBANG = b"#!/bin/sh\n"
 MAGIC = b"#FI\x01 fim"
@@ -132,14 +137,50 @@ def parse_header(head: bytes, path: str) -> Layout:
     return Layout(path, p_off, p_size, r_off, r_size, dist, build)
 
 
-def read_layout(path: str) -> Layout:
-    """Open ``path`` and read its header; any failure is an FimImageError."""
+def is_url(path: str) -> bool:
+    """Is the image at an ``http://`` or ``https://`` URL (`fim run URL`)? Such an image
+    is read by ranges (fimfs.remote) and cannot be changed."""
+    return path.startswith(("http://", "https://"))
+
+
+_remotes: dict[str, RemoteFile] = {}
+
+
+def remote(url: str) -> RemoteFile:
+    """The image at ``url``, read through the per-user block cache (one object per URL
+    and process: its first request tells size and identity)."""
+    f = _remotes.get(url)
+    if f is None:
+        from fimfs.errors import FimfsError
+        from fimfs.remote import RemoteFile
+
+        try:
+            f = RemoteFile(url)
+        except (FimfsError, OSError) as exc:
+            raise FimImageError(f"Could not read image '{url}': {exc}") from None
+        _remotes[url] = f
+    return f
+
+
+def remote_read(url: str, offset: int, n: int) -> bytes:
+    """Up to ``n`` bytes at ``offset`` of the image at ``url``; failures: FimImageError."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_END)
-            end = os.fstat(f.fileno()).st_size
+        return remote(url).read_upto(offset, n)
     except OSError as exc:
-        raise FimImageError(f"Could not read image '{path}': {exc.strerror}") from None
+        raise FimImageError(f"Could not read image '{url}': {exc.strerror}") from None
+
+
+def read_layout(path: str) -> Layout:
+    """Open ``path`` (or URL) and read its header; any failure is an FimImageError."""
+    if is_url(path):
+        head, end = remote_read(path, 0, HEADER_END), remote(path).size
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEADER_END)
+                end = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise FimImageError(f"Could not read image '{path}': {exc.strerror}") from None
     layout = parse_header(head, path)
     if end < layout.layers_offset:
         raise FimImageError(f"'{path}' is truncated: {end} bytes, the reserved space "
@@ -197,11 +238,15 @@ def write_at(path: str, data: bytes, offset: int) -> None:
 
 def _scan_layers(fd: int, layout: Layout) -> tuple[list[Layer], int]:
     """The valid embedded layers and the offset just after the last one."""
-    end = os.fstat(fd).st_size
+    return _scan(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size, layout)
+
+
+def _scan(read: Callable[[int, int], bytes], end: int,
+          layout: Layout) -> tuple[list[Layer], int]:
     pos = layout.layers_offset
     found: list[Layer] = []
     while pos + _SIZE.size + len(LAYER_MAGIC) <= end:
-        head = os.pread(fd, _SIZE.size + len(LAYER_MAGIC), pos)
+        head = read(pos, _SIZE.size + len(LAYER_MAGIC))
         (size,) = _SIZE.unpack_from(head)
         data = pos + _SIZE.size
         if size == 0 or head[_SIZE.size:] != LAYER_MAGIC or data + size > end:
@@ -219,6 +264,10 @@ def list_layers(layout: Layout) -> list[Layer]:
 def scan_layers(layout: Layout) -> tuple[list[Layer], int]:
     """The embedded layers and the number of bytes after the last one: not 0 after an
     append that was interrupted (the next append overwrites them) or an invalid one."""
+    if is_url(layout.path):
+        size = remote(layout.path).size
+        layers, end = _scan(functools.partial(remote_read, layout.path), size, layout)
+        return layers, size - end
     fd = open_image_fd(layout.path)
     try:
         layers, end = _scan_layers(fd, layout)

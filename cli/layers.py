@@ -28,7 +28,14 @@ class Found:
 
 
 def _dwarfs_size(path: str) -> int | None:
-    """The size of ``path`` if it is a DwarFS file, else None (with the spec's warning)."""
+    """The size of ``path`` (a file or URL) if it is a DwarFS file, else None (with the
+    spec's warning)."""
+    if image.is_url(path):
+        try:
+            if image.remote_read(path, 0, len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
+                return image.remote(path).size
+        except image.FimImageError as exc:
+            log.warning(exc.messages[0])
     try:
         with open(path, "rb") as f:
             if f.read(len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
@@ -55,10 +62,31 @@ def _external(paths: Iterator[str]) -> Iterator[Found]:
             yield Found(path, 0, size)
 
 
+def split_list(value: str) -> list[str]:
+    """The elements of a ``:``-separated list whose elements may be URLs
+    (``/a.layer:https://host:8080/b.layer``: the colons of a scheme and a port stay)."""
+    parts = value.split(":")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part in ("http", "https") and i + 1 < len(parts) and parts[i + 1].startswith("//"):
+            part += ":" + parts[i + 1]
+            i += 1
+            port = parts[i + 1] if i + 1 < len(parts) else ""
+            if port.split("/", 1)[0].isdigit() and "/" not in part.split("//", 1)[1]:
+                part += ":" + port
+                i += 1
+        out.append(part)
+        i += 1
+    return out
+
+
 def _from_variable(value: str, environ: Mapping[str, str]) -> Iterator[str]:
-    """The files FIM_LAYERS names (spec 10.2; ``$VAR`` expansion only, see cli.expand)."""
-    for element in expand(value, environ).split(":"):
-        if os.path.isfile(element):
+    """The files and URLs FIM_LAYERS names (spec 10.2; ``$VAR`` expansion only, see
+    cli.expand)."""
+    for element in split_list(expand(value, environ)):
+        if image.is_url(element) or os.path.isfile(element):
             yield element
         elif os.path.isdir(element):
             yield from _files_of(element)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cli.errors import FimError
+from fimfs.remote import is_url
 
 if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
@@ -42,6 +43,8 @@ def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:
         raise FimError("no layers given")
     for source in layers:
         layer = _split(source, None)[0]
+        if is_url(layer):
+            continue  # reached when opened (fimfs.remote)
         name = os.fsdecode(layer)
         if not os.path.exists(layer):
             raise FimError(f"layer {name} does not exist")

@@ -174,7 +174,7 @@ def image_size(path: str, offset: int) -> int:
     """The size of the DwarFS image at ``offset`` in ``path`` (what dwarfs' ``imagesize`` wants)."""
     from fimfs.dwarfs import sections
 
-    f = sections.ImageFile(path)
+    f = sections.open_source(path)
     try:
         return sections.read_layout(f, offset).end - offset
     finally:

@@ -19,6 +19,8 @@ declare -A need=(
   [debootstrap]=debootstrap
   [update-mime-database]=shared-mime-info
   [desktop-file-validate]=desktop-file-utils
+  # the tests of remote layers serve them with nginx on loopback
+  [nginx]=nginx-light
 )
 missing=()
 for cmd in "${!need[@]}"; do

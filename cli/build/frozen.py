@@ -37,7 +37,7 @@ from cli.errors import FimError
 _GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
           "librt.so", "libresolv.so")
 _HIDDEN_IMPORTS = ("mfusepy", "zstandard", "lz4.frame", "lz4.block", "xxhash",
-                   "brotli", "tqdm",
+                   "brotli", "tqdm", "urllib3",
                    # desktop icons (cli.desktop): Pillow with the formats an icon may be
                    "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin")
 _EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis",

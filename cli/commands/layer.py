@@ -26,10 +26,34 @@ def _add(ctx: Context, source: str) -> None:
     from cli import image
 
     try:
-        image.append_layer(ctx.layout, source)
+        if image.is_url(source):
+            _add_url(ctx, source)
+        else:
+            image.append_layer(ctx.layout, source)
     except CommandError as exc:
         raise CommandError(*exc.messages, "Failed to add layer") from None
     log.info(f"Included novel layer from file '{source}'")
+
+
+def _add_url(ctx: Context, url: str) -> None:
+    """Download the layer at ``url`` into DATA/tmp (by ranges, progress on a TTY), then
+    append it as a file would be."""
+    from cli import image
+
+    layer = image.remote(url)
+    tmp = os.path.join(os.environ["FIM_DIR_DATA"], "tmp", f"layer-{os.getpid()}.download")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            layer.copy_to(fd)
+        finally:
+            os.close(fd)
+        image.append_layer(ctx.layout, tmp)
+    except OSError as exc:
+        raise CommandError(f"Could not download layer '{url}': {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _commit(ctx: Context, args: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cli.errors import FimError
 from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
+from fimfs.remote import is_url
 
 if TYPE_CHECKING:
     from fimfs.vfs import Filesystem
@@ -175,8 +176,9 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         raise FimError("--upper and --casefold work on a stack: give the image as --layer", 2)
     if args.owner is not None or args.inside is not None:
         raise FimError("--owner and --inside work on a stack: give the image as --layer", 2)
-    os.stat(args.image)  # a missing image is reported before anything is forked
-    args.image = os.path.abspath(args.image)
+    if not is_url(args.image):
+        os.stat(args.image)  # a missing image is reported before anything is forked
+        args.image = os.path.abspath(args.image)
     return functools.partial(open_dwarfs, args), args.image
 
 
@@ -190,7 +192,7 @@ def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
     if args.mountpoint is None:
         raise FimError("missing MOUNTPOINT (fim mount --layer LAYER ... MOUNTPOINT)", 2)
     check_sources(args.layers, args.upper)  # errors name the paths as the user typed them
-    layers = [os.path.abspath(layer) for layer in args.layers]
+    layers = [layer if is_url(layer) else os.path.abspath(layer) for layer in args.layers]
     upper = None if args.upper is None else os.path.abspath(args.upper)
     if upper is not None and _inside(upper, args.mountpoint):
         # The daemon would write the upper through its own mount and deadlock.

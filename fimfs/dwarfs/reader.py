@@ -105,7 +105,7 @@ class _Block:
 class DwarfsImage(Filesystem):
     """A DwarFS image (any format 2.x the native tools write), read-only."""
 
-    def __init__(self, f: sections.ImageFile, layout: sections.Layout, meta: Metadata,
+    def __init__(self, f: sections.Source, layout: sections.Layout, meta: Metadata,
                  blocks: list[sections.Section], cache_bytes: int, path: str) -> None:
         self.path = path
         self._f = f
@@ -134,11 +134,11 @@ class DwarfsImage(Filesystem):
                   cache_bytes: int = DEFAULT_CACHE_BYTES) -> DwarfsImage:
         """Open the image at ``offset`` in ``path`` (None: auto-detect), of ``size`` bytes
         (None: up to the end of the file)."""
-        f = sections.ImageFile(path)
+        f = sections.open_source(path)
         try:
             layout = sections.read_layout(f, offset, size)
             meta, blocks = _load_metadata(f, layout)
-        except ImageError:
+        except (ImageError, OSError):
             f.close()
             raise
         except _CORRUPTION as e:
@@ -308,11 +308,12 @@ class DwarfsImage(Filesystem):
             fh = self._file_ino(self._entry(path), path)
         elif not m.file_inode_offset <= fh < m.device_inode_offset:
             raise fs_error(errno.EBADF, path)
-        if offset == 0:
+        if offset == 0 and self._f.local:
             # A program going through a tree reads the next files soon: decompress
             # what they need ahead, and read the blocks of the files after them
             # (nothing if this read does not continue a pass; and a program that opens
-            # many files without reading them gets nothing).
+            # many files without reading them gets nothing). Not for an image read over
+            # the network: each block read ahead would cost its download.
             needs, reads = self._needs_after(fh)
             self._prefetch(needs)
             self._read_ahead(reads)
@@ -479,7 +480,8 @@ class DwarfsImage(Filesystem):
         except (ImageError, OSError, MemoryError) as e:
             log.error("%s: block %d unreadable: %s", path or self.path, n, e)
             with self._lock:
-                self._bad[n] = str(e)
+                if not isinstance(e, OSError):  # a read error (a URL's server) may pass
+                    self._bad[n] = str(e)
                 b.failed, b.decoder = True, None
                 if self._cache.get(n) is b:
                     del self._cache[n]
@@ -637,7 +639,7 @@ class DwarfsImage(Filesystem):
         return problems
 
 
-def _load_metadata(f: sections.ImageFile, layout: sections.Layout
+def _load_metadata(f: sections.Source, layout: sections.Layout
                    ) -> tuple[Metadata, list[sections.Section]]:
     by_type: dict[int, list[sections.Section]] = {}
     for s in layout.sections:

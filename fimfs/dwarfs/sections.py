@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import xxhash
 
@@ -26,6 +26,7 @@ _HEADER = struct.Struct("<6sBB32sQIHHQ")  # magic major minor sha xxh3 number ty
 _OLD_HEADER = struct.Struct("<HBBI")  # type compression unused length
 _OFFSET_MASK = (1 << 48) - 1
 _SCAN_CHUNK = 1 << 20
+_FIRST_SCAN = 32 << 10
 
 
 def type_name(t: int) -> str:
@@ -52,8 +53,33 @@ class Section(NamedTuple):
         return self.payload_offset + self.length
 
 
+class Source(Protocol):
+    """What the reader reads an image from: a local :class:`ImageFile`, or a
+    :class:`fimfs.remote.RemoteFile` for a URL."""
+
+    size: int
+    local: bool  # a file on this machine (reading ahead costs no download)
+
+    def pread(self, offset: int, n: int) -> bytes: ...
+    def read_upto(self, offset: int, n: int) -> bytes: ...
+    def will_need(self, offset: int, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_source(path: str | os.PathLike) -> Source:
+    """The image file at ``path``, or at a URL (``http://``, ``https://``; read by
+    ranges through the block cache of fimfs.remote)."""
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        from ..remote import RemoteFile
+
+        return RemoteFile(path)
+    return ImageFile(path)
+
+
 class ImageFile:
     """Positional, thread-safe reads of one file (os.pread), bounded to the image."""
+
+    local = True
 
     def __init__(self, path: str | os.PathLike) -> None:
         try:
@@ -67,6 +93,10 @@ class ImageFile:
         if len(out) != n:
             raise ImageError("truncated image (unexpected end of file)")
         return out
+
+    def read_upto(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        return os.pread(self.fd, n, offset)
 
     def will_need(self, offset: int, n: int) -> None:
         """Ask the kernel to start reading ``n`` bytes at ``offset`` now (a block about to
@@ -109,7 +139,7 @@ def _sha512_256():  # noqa: ANN202 - a hashlib object
     return hashlib.new("sha512_256")
 
 
-def _candidate(f: ImageFile, p: int, end: int) -> bool:
+def _candidate(f: Source, p: int, end: int) -> bool:
     """Is there a plausible image at ``p`` (doc 2.7)?"""
     try:
         minor = f.pread(p + 7, 1)[0]
@@ -133,23 +163,25 @@ def _candidate(f: ImageFile, p: int, end: int) -> bool:
         return False
 
 
-def find_image_offset(f: ImageFile, start: int = 0, end: int | None = None) -> int:
+def find_image_offset(f: Source, start: int = 0, end: int | None = None) -> int:
     """Find the first section of an image inside ``[start, end)`` of the file."""
     end = f.size if end is None else end
     needle = MAGIC + bytes([MAJOR])
     pos = start
+    step = _FIRST_SCAN  # an image usually starts early: read little first (over a network)
     while pos < end:
-        chunk = os.pread(f.fd, min(_SCAN_CHUNK + len(needle), end - pos), pos)
+        chunk = f.read_upto(pos, min(step + len(needle), end - pos))
         i = chunk.find(needle)
         while i >= 0:
             if _candidate(f, pos + i, end):
                 return pos + i
             i = chunk.find(needle, i + 1)
-        pos += _SCAN_CHUNK
+        pos += step
+        step = min(2 * step, _SCAN_CHUNK)
     raise ImageError("no filesystem found")
 
 
-def _walk_old(f: ImageFile, offset: int, end: int) -> list[Section]:
+def _walk_old(f: Source, offset: int, end: int) -> list[Section]:
     sections = []
     pos = offset + 8
     while pos < end:
@@ -163,7 +195,7 @@ def _walk_old(f: ImageFile, offset: int, end: int) -> list[Section]:
     return sections
 
 
-def _walk(f: ImageFile, offset: int, end: int) -> list[Section]:
+def _walk(f: Source, offset: int, end: int) -> list[Section]:
     sections = []
     pos = offset
     while pos < end:
@@ -177,7 +209,7 @@ def _walk(f: ImageFile, offset: int, end: int) -> list[Section]:
     return sections
 
 
-def _from_index(f: ImageFile, offset: int, end: int) -> list[Section] | None:
+def _from_index(f: Source, offset: int, end: int) -> list[Section] | None:
     """Sections listed by a valid section index, or None (doc 2.5)."""
     if end - offset < 64 + 24:
         return None
@@ -212,7 +244,7 @@ def _from_index(f: ImageFile, offset: int, end: int) -> list[Section] | None:
     return sections
 
 
-def resolve(f: ImageFile, s: Section) -> Section:
+def resolve(f: Source, s: Section) -> Section:
     """The real header of a section known only from the index, checked against it."""
     if not s.lazy:
         return s
@@ -233,7 +265,7 @@ class Layout(NamedTuple):
     indexed: bool  # a valid section index was found and used
 
 
-def read_layout(f: ImageFile, offset: int | None = None, size: int | None = None) -> Layout:
+def read_layout(f: Source, offset: int | None = None, size: int | None = None) -> Layout:
     """Locate the image (``offset`` None = auto-detect) and list its sections."""
     if offset is None:
         offset = find_image_offset(f, 0, f.size if size is None else size)
@@ -254,11 +286,11 @@ def read_layout(f: ImageFile, offset: int | None = None, size: int | None = None
     return Layout(offset, end, major, minor, _walk(f, offset, end), False)
 
 
-def read_payload(f: ImageFile, s: Section) -> bytes:
+def read_payload(f: Source, s: Section) -> bytes:
     return f.pread(s.payload_offset, s.length)
 
 
-def verify_xxh3(f: ImageFile, s: Section, payload: bytes | None = None) -> bool:
+def verify_xxh3(f: Source, s: Section, payload: bytes | None = None) -> bool:
     """XXH3-64 over number..payload; format 2.0 sections have no checksum (always True)."""
     if s.xxh3 is None:
         return True
@@ -268,7 +300,7 @@ def verify_xxh3(f: ImageFile, s: Section, payload: bytes | None = None) -> bool:
     return h.intdigest() == s.xxh3
 
 
-def verify_sha(f: ImageFile, s: Section) -> bool:
+def verify_sha(f: Source, s: Section) -> bool:
     """SHA-512/256 over the xxh3 field..payload (the full integrity check)."""
     if s.sha is None:
         return True

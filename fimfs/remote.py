@@ -1,0 +1,574 @@
+"""A file at an HTTP(S) URL, read with range requests through a per-user block cache.
+
+:class:`RemoteFile` has the interface of :class:`fimfs.dwarfs.sections.ImageFile`
+(``size``, ``pread``, ``read_upto``, ``will_need``, ``close``), so the DwarFS reader
+reads a layer given as a URL block by block, as it needs it. The file is cut into
+chunks of :data:`CHUNK` bytes; a read fetches the chunks it lacks (one request per
+contiguous run) and keeps them in a :class:`Cache` on disk, shared by every image
+and process of the user, bounded, least recently used out first.
+
+Identity: the first request (``Range: bytes=0-0``) gives the size and the validator
+(ETag, else Last-Modified). Cached chunks are filed under URL + validator + size, and
+every later response must carry the same validator and size, so a file changed on
+the server is never mixed with blocks of the old one (a read that meets the change
+fails with EIO). Without a validator nothing is cached on disk.
+
+Failures: a server without range support is downloaded whole into the cache (a
+progress bar on a TTY) when it fits, else one error line; an unreachable server
+falls back to the last copy seen (an offline run of what was read before); a
+connection lost mid-read is retried with backoff, then that read fails with EIO and
+one log line. Timeouts bound every request: never a hang.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from .errors import FimfsError
+
+TYPE_CHECKING = False  # not typing's: `fim` and the boot import this module for is_url
+if TYPE_CHECKING:
+    import logging
+
+    import urllib3
+
+#: Bytes per cached chunk: what one read of a few bytes costs at most over the network.
+CHUNK = 64 << 10
+#: Default bound of the on-disk cache (``FIM_REMOTE_CACHE_SIZE`` overrides it).
+DEFAULT_CACHE_BYTES = 4 << 30
+#: Attempts per range request (a lost connection, a truncated body, a 5xx answer).
+ATTEMPTS = 4
+#: Seconds before the second attempt; doubled for each next one.
+BACKOFF = 0.25
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 15.0
+#: A fetch at least this long shows a progress bar when stderr is a terminal.
+PROGRESS_BYTES = 8 << 20
+#: How stale a chunk's time may be before a read refreshes it (LRU order).
+_TOUCH_AFTER = 60.0
+_RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+
+
+class RemoteError(FimfsError):
+    """A URL that cannot be read: not found, unreachable, refused (the message does not
+    repeat the URL: the caller names it)."""
+
+
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+def is_url(path: object) -> bool:
+    """Is ``path`` an ``http://`` or ``https://`` URL (rather than a file path)?"""
+    return isinstance(path, str) and path.startswith(("http://", "https://"))
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/fim/remote`` (``~/.cache/fim/remote``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fim", "remote")
+
+
+def default_cache_bytes() -> int:
+    value = os.environ.get("FIM_REMOTE_CACHE_SIZE", "")
+    return int(value) if value.isdigit() else DEFAULT_CACHE_BYTES
+
+
+class Cache:
+    """Chunks of remote files on disk: ``files/<key>/<index>``, written atomically
+    (temporary name, then rename), so two processes can share it; and ``urls/<hash>``,
+    the identity of each URL as last seen (what an offline run reads)."""
+
+    def __init__(self, directory: str | None = None, limit: int | None = None) -> None:
+        self.directory = directory or default_cache_dir()
+        self.limit = default_cache_bytes() if limit is None else limit
+        self._added = 0
+        self._lock = threading.Lock()
+        os.makedirs(os.path.join(self.directory, "files"), 0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.directory, "urls"), 0o700, exist_ok=True)
+
+    def _chunk(self, key: str, index: int) -> str:
+        return os.path.join(self.directory, "files", key, f"{index:x}")
+
+    def get(self, key: str, index: int) -> bytes | None:
+        path = self._chunk(key, index)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            data = os.pread(fd, st.st_size, 0)
+            if time.time() - st.st_mtime > _TOUCH_AFTER:
+                os.utime(fd)
+            return data
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, index: int, data: bytes) -> None:
+        """Store one chunk; a full disk or a read-only cache only costs the caching."""
+        path = self._chunk(key, index)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            _log().debug("cannot cache %s: %s", path, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
+        with self._lock:
+            self._added += len(data)
+            due = self._added > self.limit // 16
+            if due:
+                self._added = 0
+        if due:
+            self.trim()
+
+    def trim(self) -> None:
+        """Remove the least recently used chunks until the cache is within 90% of its
+        bound. One process trims at a time; the others skip it."""
+        try:
+            lock = os.open(os.path.join(self.directory, "lock"),
+                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            return
+        try:
+            chunks = list(self._chunks())
+            total = sum(size for _, size, _ in chunks)
+            if total <= self.limit:
+                return
+            chunks.sort(key=lambda c: c[2])
+            for path, size, _ in chunks:
+                if total <= self.limit * 9 // 10:
+                    break
+                try:
+                    os.unlink(path)
+                    total -= size
+                except OSError:
+                    pass
+        finally:
+            os.close(lock)
+
+    def _chunks(self) -> Iterator[tuple[str, int, float]]:
+        files = os.path.join(self.directory, "files")
+        for entry in os.scandir(files):
+            try:
+                inner = list(os.scandir(entry.path))
+            except OSError:
+                continue
+            if not inner:
+                try:
+                    os.rmdir(entry.path)
+                except OSError:
+                    pass
+            for chunk in inner:
+                try:
+                    st = chunk.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield chunk.path, st.st_size, st.st_mtime
+
+    def remember(self, url: str, identity: dict[str, object]) -> None:
+        path = os.path.join(self.directory, "urls", _sha(url))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        import json
+
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"url": url, **identity}, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    def recall(self, url: str) -> dict[str, object] | None:
+        import json
+
+        try:
+            with open(os.path.join(self.directory, "urls", _sha(url)), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and doc.get("url") == url else None
+
+
+_pool_lock = threading.Lock()
+_pools: dict[int, urllib3.PoolManager] = {}
+
+
+def _pool() -> urllib3.PoolManager:
+    """One connection pool per process (a forked mount daemon makes its own)."""
+    import urllib3
+
+    pid = os.getpid()
+    with _pool_lock:
+        pool = _pools.get(pid)
+        if pool is None:
+            retries = urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=5,
+                                    backoff_factor=BACKOFF)
+            pool = urllib3.PoolManager(
+                num_pools=8, maxsize=8, retries=retries,
+                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT))
+            _pools.clear()
+            _pools[pid] = pool
+        return pool
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line for a failed request."""
+    import urllib3.exceptions as ux
+
+    if isinstance(exc, ux.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, ux.SSLError):
+        return f"TLS error: {exc}"
+    if isinstance(exc, ux.NewConnectionError):
+        text = str(exc)
+        return "cannot connect: " + text.rsplit(": ", 1)[-1]
+    if isinstance(exc, ux.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ux.ProtocolError | ux.IncompleteRead | ux.DecodeError):
+        return "connection lost mid-transfer"
+    return str(exc) or type(exc).__name__
+
+
+def _offline(exc: BaseException) -> bool:
+    """Could the server not be reached at all (as opposed to answering badly)?"""
+    import urllib3.exceptions as ux
+
+    if isinstance(exc, ux.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    return isinstance(exc, ux.NewConnectionError | ux.ConnectTimeoutError | ux.NameResolutionError)
+
+
+class _Changed(Exception):
+    """The remote file is no longer the one that was opened."""
+
+
+class RemoteFile:
+    """Positional, thread-safe reads of the file at ``url`` (see the module docstring)."""
+
+    local = False
+
+    def __init__(self, url: str, cache: Cache | None = None) -> None:
+        self.url = url
+        self.cache = Cache() if cache is None else cache
+        self.offline = False
+        self._inflight: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.fetched = 0  # bytes received from the server by this object
+        ident = self._probe()
+        self.size = int(ident["size"])  # type: ignore[call-overload]
+        self.validator = str(ident.get("validator") or "")
+        self._key = _sha(f"{url}\n{self.validator}\n{self.size}") if self.validator else ""
+
+    # -- opening --------------------------------------------------------------------
+    def _probe(self) -> dict[str, object]:
+        """Size and validator from a one-byte range request; a server without range
+        support is downloaded whole; an unreachable one falls back to the cache."""
+        try:
+            resp = _pool().request("GET", self.url, headers={"Range": "bytes=0-0"},
+                                   preload_content=False)
+        except Exception as exc:
+            if not _is_http_error(exc):
+                raise
+            known = self.cache.recall(self.url)
+            if known is None or not _offline(exc):
+                raise RemoteError(_reason(exc)) from None
+            self.offline = True
+            _log().warning("%s: %s; reading the cached copy", self.url, _reason(exc))
+            return known
+        try:
+            if resp.status == 206:
+                size = _total(resp.headers.get("Content-Range", ""))
+                if size is None:
+                    raise RemoteError("malformed Content-Range "
+                                      f"{resp.headers.get('Content-Range')!r}")
+                resp.read()
+                ident: dict[str, object] = {"size": size, "validator": _validator(resp)}
+            elif resp.status == 200:
+                ident = self._download_whole(resp)
+            else:
+                raise RemoteError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
+        finally:
+            resp.release_conn()
+        if ident["validator"]:
+            self.cache.remember(self.url, ident)
+        else:
+            _log().warning("%s: the server sends no ETag or Last-Modified: nothing is cached",
+                        self.url)
+        return ident
+
+    def _download_whole(self, resp: urllib3.BaseHTTPResponse) -> dict[str, object]:
+        """The server ignored the range: keep the whole body in the cache, if it fits."""
+        length = resp.headers.get("Content-Length", "")
+        validator = _validator(resp)
+        why = "the server does not support range requests and sends no"
+        if not validator:
+            raise RemoteError(f"{why} ETag or Last-Modified")
+        if not length.isdigit():
+            raise RemoteError(f"{why} Content-Length")
+        size = int(length)
+        if size > self.cache.limit // 2:
+            raise RemoteError("the server does not support range requests and "
+                              f"the file ({size} bytes) is larger than half the cache "
+                              f"({self.cache.limit} bytes, FIM_REMOTE_CACHE_SIZE)")
+        key = _sha(f"{self.url}\n{validator}\n{size}")
+        _log().info("%s: no range support on the server: downloading %d bytes", self.url, size)
+        done = 0
+        with _progress(size, self.url) as advance:
+            buf = bytearray()
+            try:
+                for piece in resp.stream(CHUNK):
+                    buf += piece
+                    while len(buf) >= CHUNK:
+                        self.cache.put(key, done // CHUNK, bytes(buf[:CHUNK]))
+                        del buf[:CHUNK]
+                        done += CHUNK
+                    advance(len(piece))
+            except Exception as exc:
+                if not _is_http_error(exc):
+                    raise
+                raise RemoteError(_reason(exc)) from None
+            if buf:
+                self.cache.put(key, done // CHUNK, bytes(buf))
+                done += len(buf)
+        if done != size:
+            raise RemoteError(f"truncated body ({done} of {size} bytes)")
+        self.fetched += done
+        return {"size": size, "validator": validator}
+
+    # -- reading --------------------------------------------------------------------
+    def pread(self, offset: int, n: int) -> bytes:
+        """Exactly ``n`` bytes at ``offset``: an ImageError past the end, OSError(EIO)
+        when the server cannot deliver them."""
+        from .errors import ImageError
+
+        if offset < 0 or offset + n > self.size:
+            raise ImageError("truncated image (unexpected end of file)")
+        return self.read_upto(offset, n)
+
+    def read_upto(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        n = max(0, min(n, self.size - offset))
+        if n == 0:
+            return b""
+        first, last = offset // CHUNK, (offset + n - 1) // CHUNK
+        chunks = self._chunks(first, last)
+        data = b"".join(chunks[i] for i in range(first, last + 1))
+        start = offset - first * CHUNK
+        return data[start:start + n]
+
+    def will_need(self, offset: int, n: int) -> None:
+        """Advice only (the reader's read-ahead of local files); nothing to do here."""
+
+    def close(self) -> None:
+        """Nothing to release: the connection pool is the process's."""
+
+    def _chunks(self, first: int, last: int) -> dict[int, bytes]:
+        """Chunks ``first..last``: from the cache, else fetched (each chunk by one
+        thread at a time; the others wait for it)."""
+        have: dict[int, bytes] = {}
+        for _ in range(2):
+            mine: list[int] = []
+            theirs: list[threading.Event] = []
+            for i in range(first, last + 1):
+                if i in have:
+                    continue
+                data = self.cache.get(self._key, i) if self._key else None
+                if data is not None:
+                    have[i] = data
+                    continue
+                with self._lock:
+                    event = self._inflight.get(i)
+                    if event is None:
+                        self._inflight[i] = threading.Event()
+                        mine.append(i)
+                    else:
+                        theirs.append(event)
+            try:
+                for start, stop in _runs(mine):
+                    have.update(self._fetch(start, stop))
+            finally:
+                with self._lock:
+                    for i in mine:
+                        self._inflight.pop(i).set()
+            for event in theirs:
+                event.wait()
+            if len(have) == last - first + 1:
+                return have
+        raise self._eio("a block fetched by another reader is not in the cache")
+
+    def _fetch(self, first: int, last: int) -> dict[int, bytes]:
+        """Chunks ``first..last`` from the server, stored in the cache."""
+        start = first * CHUNK
+        stop = min(self.size, (last + 1) * CHUNK)
+        if self.offline:
+            raise self._eio("offline, and this part was never fetched")
+        body = self._get_range(start, stop)
+        out = {}
+        for i in range(first, last + 1):
+            data = body[(i - first) * CHUNK:(i - first + 1) * CHUNK]
+            out[i] = data
+            if self._key:
+                self.cache.put(self._key, i, data)
+        return out
+
+    def copy_to(self, fd: int, piece: int = 8 << 20) -> None:
+        """Write the whole file to ``fd`` (from offset 0), by ranges of ``piece`` bytes,
+        bypassing the cache; a progress bar on a terminal."""
+        with _progress(self.size, self.url) as advance:
+            for start in range(0, self.size, piece):
+                data = self.fetch_range(start, min(self.size, start + piece), advance)
+                view = memoryview(data)
+                pos = start
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view, pos = view[n:], pos + n
+
+    def fetch_range(self, start: int, stop: int,
+                    progress: Callable[[int], None] | None = None) -> bytes:
+        """Bytes ``[start, stop)`` straight from the server (no cache): for a caller
+        that streams a large part once (a delta update)."""
+        return self._get_range(start, stop, progress)
+
+    def _get_range(self, start: int, stop: int,
+                   progress: Callable[[int], None] | None = None) -> bytes:
+        """One range request with its own retries (the body too: a connection lost
+        mid-transfer is retried from the start of the range)."""
+        headers = {"Range": f"bytes={start}-{stop - 1}"}
+        reason = ""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(BACKOFF * (1 << (attempt - 1)))
+            try:
+                body = self._request(headers, start, stop, progress)
+            except _Changed as exc:
+                raise self._eio(str(exc)) from None
+            except RemoteError:
+                raise
+            except Exception as exc:
+                if not _is_http_error(exc):
+                    raise
+                reason = _reason(exc)
+                continue
+            if body is None:
+                reason = "server error"
+                continue
+            self.fetched += len(body)
+            return body
+        raise self._eio(f"{reason} (after {ATTEMPTS} attempts)")
+
+    def _request(self, headers: dict[str, str], start: int, stop: int,
+                 progress: Callable[[int], None] | None) -> bytes | None:
+        resp = _pool().request("GET", self.url, headers=headers, preload_content=False)
+        try:
+            if resp.status in _RETRY_STATUS:
+                resp.drain_conn()
+                return None
+            if resp.status != 206:
+                raise _Changed(f"HTTP {resp.status} to a range request "
+                               "(the file changed or moved on the server?)")
+            if _total(resp.headers.get("Content-Range", "")) != self.size or (
+                    self.validator and _validator(resp) != self.validator):
+                raise _Changed("the file changed on the server since it was opened")
+            want = stop - start
+            with _progress(want if progress is None else 0, self.url) as advance:
+                parts = []
+                got = 0
+                for piece in resp.stream(CHUNK * 4):
+                    parts.append(piece)
+                    got += len(piece)
+                    advance(len(piece))
+                    if progress is not None:
+                        progress(len(piece))
+            if got != want:
+                import urllib3.exceptions as ux
+
+                raise ux.IncompleteRead(got, want - got)
+            return b"".join(parts)
+        finally:
+            resp.release_conn()
+
+    def _eio(self, why: str) -> OSError:
+        _log().error("%s: read failed: %s", self.url, why)
+        return OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({self.url}: {why})")
+
+
+def _is_http_error(exc: BaseException) -> bool:
+    import urllib3.exceptions as ux
+
+    return isinstance(exc, ux.HTTPError | OSError)
+
+
+def _validator(resp: urllib3.BaseHTTPResponse) -> str:
+    etag = resp.headers.get("ETag", "")
+    if etag:
+        return "etag:" + etag
+    modified = resp.headers.get("Last-Modified", "")
+    return "modified:" + modified if modified else ""
+
+
+def _total(content_range: str) -> int | None:
+    """The full size in ``bytes A-B/SIZE``; None when absent or malformed."""
+    unit, _, rest = content_range.partition(" ")
+    total = rest.rpartition("/")[2]
+    return int(total) if unit == "bytes" and total.isdigit() else None
+
+
+def _runs(indices: list[int]) -> Iterator[tuple[int, int]]:
+    """Contiguous runs of sorted ``indices`` as (first, last)."""
+    run: list[int] = []
+    for i in indices:
+        if run and i != run[-1] + 1:
+            yield run[0], run[-1]
+            run = []
+        run.append(i)
+    if run:
+        yield run[0], run[-1]
+
+
+class _progress:
+    """A tqdm bar on stderr for a fetch of at least PROGRESS_BYTES, on a terminal only;
+    ``with _progress(total, name) as advance: advance(n)``."""
+
+    def __init__(self, total: int, name: str) -> None:
+        self._bar = None
+        if total >= PROGRESS_BYTES and sys.stderr is not None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=os.path.basename(name.rstrip("/")) or name, leave=False)
+
+    def __enter__(self) -> Callable[[int], None]:
+        bar = self._bar
+        return (lambda n: None) if bar is None else bar.update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()

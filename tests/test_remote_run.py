@@ -1,0 +1,182 @@
+"""Images and layers over HTTP, end to end against nginx on loopback: `fim run URL`,
+`fim mount URL`, FIM_LAYERS and `fim-layer add` with URLs; as root and as an
+unprivileged user (tests/containers.py). The bytes each run fetched come from nginx's
+access log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli import image
+from tests.containers import BASE_PATH, USER, ensure_user, open_dev_fuse
+from tests.http_servers import Nginx
+from tests.images import fim, make_layer
+
+pytestmark = pytest.mark.fuse
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRA = {"opt/extra/hello": "from a remote layer\n"}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx serving ``blue.flatimage`` (a blueprint with FOO=bar in its config) and
+    ``extra.dwarfs`` (a layer with /opt/extra/hello)."""
+    d = tmp_path_factory.mktemp("site")
+    www = d / "www"
+    www.mkdir()
+    os.chmod(d, 0o755)
+    app = www / "blue.flatimage"
+    fim("build", "blueprint", "-o", str(app), "--runtime", "python")
+    subprocess.run([str(app), "fim-env", "add", "FOO=bar"], check=True, capture_output=True,
+                   env={"PATH": BASE_PATH, "FIM_DIR_DATA": str(d / "data")})
+    shutil.copy(make_layer(d, "extra", EXTRA), www / "extra.dwarfs")
+    server = Nginx(www, d / "nginx")
+    yield server
+    server.stop()
+
+
+class Caller:
+    """Runs `fim` as root or as the unprivileged user, with a home of its own (so its
+    own block cache and data directories)."""
+
+    def __init__(self, who: str) -> None:
+        if who == "user":
+            if os.geteuid() != 0:
+                pytest.skip("the unprivileged variant needs the tests to run as root")
+            entry = ensure_user()
+            open_dev_fuse()
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+        elif os.geteuid() != 0:
+            pytest.skip("runs as root only when the tests do")
+        else:
+            self.uid, self.gid = 0, 0
+        self.who = who
+        # a pyenv Python under /root is out of the user's reach: the system one of the
+        # same version then (as tests/test_owners.py does)
+        version = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        self.python = version if who == "user" else sys.executable
+        if not os.access(self.python, os.X_OK):
+            pytest.skip(f"no {version} to run fim as {USER}")
+        self.home = Path(tempfile.mkdtemp(prefix="fim-net-home-", dir="/tmp"))
+        os.chmod(self.home, 0o755)
+        os.chown(self.home, self.uid, self.gid)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        # fim's packages through PYTHONPATH, for the user's Python (below)
+        paths = dict.fromkeys([str(REPO), sysconfig.get_paths()["purelib"],
+                               sysconfig.get_paths()["platlib"]])
+        return {"PATH": BASE_PATH, "HOME": str(self.home), "LANG": "C.UTF-8",
+                "USER": USER if self.who == "user" else "root",
+                "PYTHONPATH": os.pathsep.join(paths), **(extra or {})}
+
+    def argv(self, args: tuple[str, ...], env: dict[str, str] | None = None) -> list[str]:
+        pairs = [f"{k}={v}" for k, v in self.env(env).items()]
+        prefix = ["runuser", "-u", USER, "--"] if self.who == "user" else []
+        return [*prefix, "env", "-i", *pairs, self.python, "-m", "cli.fim", *args]
+
+    def fim(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(args, env), capture_output=True, text=True,
+                              timeout=timeout, cwd=self.home)
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        proc = self.fim(*args, env=env)
+        assert proc.returncode == 0, proc
+        return proc.stdout
+
+    def remove(self) -> None:
+        subprocess.run(["rm", "-rf", str(self.home)], check=False)
+
+
+@pytest.fixture(params=["root", "user"])
+def caller(request: pytest.FixtureRequest) -> Iterator[Caller]:
+    made = Caller(request.param)
+    yield made
+    made.remove()
+
+
+def test_run_url_runs_the_image_as_if_local(site: Nginx, caller: Caller) -> None:
+    url = f"{site.url}/blue.flatimage"
+    size = (site.root / "blue.flatimage").stat().st_size
+    before = site.bytes_sent()
+    out = caller.ok("run", url, "fim-exec", "sh", "-c",
+                    'test -x /bin/busybox && echo busybox; echo "FOO=$FOO"')
+    assert "FOO=bar" in out  # the configuration, read from the remote reserved space
+    assert "busybox" in out
+    first = site.bytes_sent() - before
+    # the payload (the image's own runtime) is never downloaded: only the layer's blocks
+    assert first < size / 2, (first, size)
+    caller.ok("run", url, "fim-root", "sh", "-c", "echo kept > /opt/written")
+    before = site.bytes_sent()
+    assert caller.ok("run", url, "fim-exec", "cat", "/opt/written") == "kept\n"
+    assert site.bytes_sent() - before <= size // 100  # a second run: the cache
+    data = list((caller.home / ".local/share/fim/remote").glob("blue.flatimage-*"))
+    assert len(data) == 1 and (data[0] / "root/opt/written").read_text() == "kept\n"
+    proc = caller.fim("run", url, "fim-perms", "add", "home")
+    assert proc.returncode != 0
+    assert "is a remote image: its configuration cannot be changed" in proc.stderr
+
+
+def test_fim_layers_and_layer_add_take_urls(site: Nginx, caller: Caller) -> None:
+    url = f"{site.url}/blue.flatimage"
+    layer = f"{site.url}/extra.dwarfs"
+    env = {"FIM_LAYERS": f"/nonexistent:{layer}"}
+    out = caller.ok("run", url, "fim-exec", "cat", "/opt/extra/hello", env=env)
+    assert out == EXTRA["opt/extra/hello"]
+    listed = caller.ok("run", url, "fim-layer", "list", env=env).splitlines()
+    assert listed[-1].endswith(f":{layer}")
+    local = caller.home / "app.flatimage"
+    shutil.copy(site.root / "blue.flatimage", local)
+    os.chown(local, caller.uid, caller.gid)
+    # through `fim run PATH`: the image's own python runtime would need urllib3 in the
+    # Python it finds (the frozen runtime bundles it)
+    caller.ok("run", str(local), "fim-layer", "add", layer)
+    layers = image.list_layers(image.read_layout(str(local)))
+    assert len(layers) == 2
+    assert layers[1].size == (site.root / "extra.dwarfs").stat().st_size
+
+
+def test_mount_url(site: Nginx, caller: Caller) -> None:
+    mp = caller.home / "mnt"
+    mp.mkdir()
+    os.chown(mp, caller.uid, caller.gid)
+    caller.ok("mount", f"{site.url}/extra.dwarfs", str(mp))
+    try:
+        # a user's mount is the user's alone (no allow_other): read it as the caller
+        prefix = ["runuser", "-u", USER, "--"] if caller.who == "user" else []
+        shown = subprocess.run([*prefix, "cat", str(mp / "opt/extra/hello")],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.stdout == EXTRA["opt/extra/hello"], shown
+    finally:
+        caller.ok("umount", str(mp))
+    proc = caller.fim("mount", f"{site.url}/missing.dwarfs", str(mp))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"fim: {site.url}/missing.dwarfs: HTTP 404 Not Found"]
+
+
+def test_offline_run_of_what_was_read(tmp_path: Path, caller: Caller) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    os.chmod(tmp_path, 0o755)
+    fim("build", "blueprint", "-o", str(www / "b.flatimage"), "--runtime", "python")
+    server = Nginx(www, tmp_path / "nginx")
+    url = f"{server.url}/b.flatimage"
+    try:
+        assert caller.ok("run", url, "fim-exec", "echo", "online") == "online\n"
+    finally:
+        server.stop()
+    start = time.monotonic()
+    assert caller.ok("run", url, "fim-exec", "echo", "offline") == "offline\n"
+    assert time.monotonic() - start < 30
