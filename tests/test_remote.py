@@ -245,3 +245,15 @@ def test_two_processes_share_the_cache(served: tuple[Nginx, Path], tmp_path: Pat
         for line in out.splitlines():
             off, hexdata = line.split()
             assert bytes.fromhex(hexdata) == local[int(off):int(off) + 1000]
+
+
+@pytest.mark.parametrize(("value", "elements"), [
+    ("/a:/b", ["/a", "/b"]),
+    ("/a:https://h:8080/b.layer:/c", ["/a", "https://h:8080/b.layer", "/c"]),
+    ("http://h/x.layer:https://g:1/y", ["http://h/x.layer", "https://g:1/y"]),
+    ("http://h/a:5/b", ["http://h/a", "5/b"]),  # a colon in a path is a separator
+])
+def test_fim_layers_keeps_the_colons_of_urls(value: str, elements: list[str]) -> None:
+    from cli.layers import split_list
+
+    assert split_list(value) == elements
