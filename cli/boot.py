@@ -42,6 +42,7 @@ COMMANDS: dict[str, str | None] = {
     "fim-remote": "cli.commands.remote",
     "fim-root": "cli.run",
     "fim-unshare": "cli.commands.namesets",
+    "fim-update": "cli.commands.update",
     "fim-version": "cli.commands.version",
 }
 QUIET_COMMANDS = ("fim-exec", "fim-root")  # like the boot command: only C lines

@@ -117,7 +117,7 @@ class Config:
     :func:`edit`. ``icon`` is ``(type, bytes)`` with type png, svg or jpg."""
 
     __slots__ = ("permissions", "unshare", "env", "boot", "binds", "overlay", "casefold",
-                 "notify", "desktop", "icon", "remote")
+                 "notify", "desktop", "icon", "remote", "update")
 
     def __init__(self) -> None:
         self.permissions: set[str] = set()
@@ -131,6 +131,7 @@ class Config:
         self.desktop: Desktop | None = None
         self.icon: tuple[str, bytes] | None = None
         self.remote: str | None = None
+        self.update: str | None = None  # where the next version lives (fim-update)
 
     def to_json(self) -> dict[str, object]:
         """The JSON document of a slot (the icon bytes travel beside it)."""
@@ -146,6 +147,7 @@ class Config:
             "permissions": [p for p in PERMISSIONS if p in self.permissions],
             "remote": self.remote,
             "unshare": [u for u in UNSHARE if u in self.unshare],
+            "update": self.update,
         }
 
     @classmethod
@@ -174,6 +176,8 @@ class Config:
             cfg.icon = (_choice(icon_type, ICON_TYPES), icon)
         remote = doc.get("remote")
         cfg.remote = None if remote is None else _string(remote)
+        update = doc.get("update")
+        cfg.update = None if update is None else _string(update)
         return cfg
 
     def encode(self) -> tuple[bytes, bytes]:
@@ -254,6 +258,22 @@ def _write(fd: int, layout: Layout, cfg: Config, slot: int, generation: int) -> 
     write_at(layout.path, _HEADER.pack(_MAGIC, generation, len(document), len(icon), crc),
              offset)
     os.fdatasync(fd)
+
+
+def used_extents(layout: Layout, pread: Callable[[int, int], bytes]) -> list[tuple[int, int]]:
+    """(offset, length) of what each slot holds: its header, and the document and icon
+    it announces when the header is one (``pread(n, offset)`` reads the image)."""
+    out = []
+    for slot in (0, 1):
+        offset = _slot_offset(layout, slot)
+        head = pread(_HEADER.size, offset)
+        length = _HEADER.size
+        if len(head) == _HEADER.size:
+            magic, _, json_size, icon_size, _ = _HEADER.unpack(head)
+            if magic == _MAGIC and json_size + icon_size <= slot_capacity(layout):
+                length += json_size + icon_size
+        out.append((offset, length))
+    return out
 
 
 def load(layout: Layout) -> Config:

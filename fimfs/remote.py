@@ -341,7 +341,7 @@ class RemoteFile:
         key = _sha(f"{self.url}\n{validator}\n{size}")
         _log().info("%s: no range support on the server: downloading %d bytes", self.url, size)
         done = 0
-        with _progress(size, self.url) as advance:
+        with progress(size, self.url) as advance:
             buf = bytearray()
             try:
                 for piece in resp.stream(CHUNK):
@@ -442,7 +442,7 @@ class RemoteFile:
     def copy_to(self, fd: int, piece: int = 8 << 20) -> None:
         """Write the whole file to ``fd`` (from offset 0), by ranges of ``piece`` bytes,
         bypassing the cache; a progress bar on a terminal."""
-        with _progress(self.size, self.url) as advance:
+        with progress(self.size, self.url) as advance:
             for start in range(0, self.size, piece):
                 data = self.fetch_range(start, min(self.size, start + piece), advance)
                 view = memoryview(data)
@@ -452,13 +452,13 @@ class RemoteFile:
                     view, pos = view[n:], pos + n
 
     def fetch_range(self, start: int, stop: int,
-                    progress: Callable[[int], None] | None = None) -> bytes:
+                    report: Callable[[int], None] | None = None) -> bytes:
         """Bytes ``[start, stop)`` straight from the server (no cache): for a caller
-        that streams a large part once (a delta update)."""
-        return self._get_range(start, stop, progress)
+        that streams a large part once (a delta update); ``report(n)`` as bytes come."""
+        return self._get_range(start, stop, report)
 
     def _get_range(self, start: int, stop: int,
-                   progress: Callable[[int], None] | None = None) -> bytes:
+                   report: Callable[[int], None] | None = None) -> bytes:
         """One range request with its own retries (the body too: a connection lost
         mid-transfer is retried from the start of the range)."""
         headers = {"Range": f"bytes={start}-{stop - 1}"}
@@ -467,7 +467,7 @@ class RemoteFile:
             if attempt:
                 time.sleep(BACKOFF * (1 << (attempt - 1)))
             try:
-                body = self._request(headers, start, stop, progress)
+                body = self._request(headers, start, stop, report)
             except _Changed as exc:
                 raise self._eio(str(exc)) from None
             except RemoteError:
@@ -485,7 +485,7 @@ class RemoteFile:
         raise self._eio(f"{reason} (after {ATTEMPTS} attempts)")
 
     def _request(self, headers: dict[str, str], start: int, stop: int,
-                 progress: Callable[[int], None] | None) -> bytes | None:
+                 report: Callable[[int], None] | None) -> bytes | None:
         resp = _pool().request("GET", self.url, headers=headers, preload_content=False)
         try:
             if resp.status in _RETRY_STATUS:
@@ -498,15 +498,15 @@ class RemoteFile:
                     self.validator and _validator(resp) != self.validator):
                 raise _Changed("the file changed on the server since it was opened")
             want = stop - start
-            with _progress(want if progress is None else 0, self.url) as advance:
+            with progress(want if report is None else 0, self.url) as advance:
                 parts = []
                 got = 0
                 for piece in resp.stream(CHUNK * 4):
                     parts.append(piece)
                     got += len(piece)
                     advance(len(piece))
-                    if progress is not None:
-                        progress(len(piece))
+                    if report is not None:
+                        report(len(piece))
             if got != want:
                 import urllib3.exceptions as ux
 
@@ -518,6 +518,32 @@ class RemoteFile:
     def _eio(self, why: str) -> OSError:
         _log().error("%s: read failed: %s", self.url, why)
         return OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({self.url}: {why})")
+
+
+def get(url: str, limit: int) -> bytes:
+    """The whole body at ``url`` (a small file: a checksum), at most ``limit`` bytes;
+    a RemoteError with one line otherwise."""
+    try:
+        resp = _pool().request("GET", url, preload_content=False)
+    except Exception as exc:
+        if not _is_http_error(exc):
+            raise
+        raise RemoteError(_reason(exc)) from None
+    try:
+        if resp.status != 200:
+            raise RemoteError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
+        body = resp.read(limit + 1)
+    except RemoteError:
+        raise
+    except Exception as exc:
+        if not _is_http_error(exc):
+            raise
+        raise RemoteError(_reason(exc)) from None
+    finally:
+        resp.release_conn()
+    if len(body) > limit:
+        raise RemoteError(f"larger than {limit} bytes")
+    return body
 
 
 def _is_http_error(exc: BaseException) -> bool:
@@ -553,9 +579,9 @@ def _runs(indices: list[int]) -> Iterator[tuple[int, int]]:
         yield run[0], run[-1]
 
 
-class _progress:
+class progress:
     """A tqdm bar on stderr for a fetch of at least PROGRESS_BYTES, on a terminal only;
-    ``with _progress(total, name) as advance: advance(n)``."""
+    ``with progress(total, name) as advance: advance(n)``."""
 
     def __init__(self, total: int, name: str) -> None:
         self._bar = None

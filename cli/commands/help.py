@@ -3,7 +3,8 @@
 
 Deliberate differences: the general help goes to stdout like the others
 (FlatImage writes it to stderr, spec 18.1 item 17), and ``fim-overlay`` lists
-``fimfs``, fim's own backend and the default.
+``fimfs``, fim's own backend and the default. ``fim-help update`` describes fim's
+own ``fim-update`` (delta updates); the general text stays the spec's.
 """
 
 from __future__ import annotations
@@ -214,6 +215,19 @@ Note: The 'all' option enables all available unshare options and cannot be combi
 Usage: fim-unshare <list|clear>
   <list> : Lists the current unshare options
   <clear> : Clears all unshare options
+""",
+    "update": """\
+fim-update : Update the image from where its next version lives, fetching only what changed
+Usage: fim-update <set> <url>
+  <set> : Set the URL of the image's next version (its checksum is read from <url>.sha256sum)
+  <url> : An http:// or https:// URL
+Example: fim-update set https://example.com/app.flatimage
+Usage: fim-update <show|clear>
+  <show> : Display the update URL
+  <clear> : Clear the update URL
+Usage: fim-update <run>
+  <run> : Fetch the parts of the new version this file does not hold, verify it, replace this file
+Note: The data directory is kept; on any failure the image is left as it was
 """,
     "version": """\
 fim-version : Displays version information of FlatImage
