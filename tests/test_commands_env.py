@@ -160,11 +160,17 @@ BIND_ERRORS = [
      "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"),
     (["add", "xx", "/a", "/b"], "Invalid bind type"),
     (["add", "none", "/a", "/b"], "Invalid bind type"),  # upstream stores it as dev
+    # the type is checked before the count, as upstream (bindings/add.py: "add roo")
+    (["add"], "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"),
+    (["add", "roo"], "Invalid bind type"),
+    (["add", "xx", "/a", "/b", "/c"], "Invalid bind type"),
+    (["add", "ro"], "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"),
     (["del"], "Incorrect number of arguments for 'del' (<index>)"),
     (["del", "1", "2"], "Incorrect number of arguments for 'del' (<index>)"),
     (["del", "x1"], "Index argument for 'del' is not a number"),
     (["del", "-1"], "Index argument for 'del' is not a number"),
     (["del", "²"], "Index argument for 'del' is not a number"),
+    (["del", "x", "2"], "Index argument for 'del' is not a number"),  # checked first
     (["list", "0"], "'list' command takes no arguments"),
 ]
 

@@ -25,20 +25,27 @@ def run(ctx: Context, args: list[str]) -> int:
     if op == "NONE":
         raise UsageError("Invalid operation for bind")
     if op == "ADD":
-        if len(args) != 4:
-            raise UsageError("Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)")
+        # upstream's order: the type is checked as soon as it is read, the count after
+        wrong_count = "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"
+        if len(args) < 2:
+            raise UsageError(wrong_count)
         kind = args[1].lower()
         if kind not in BIND_TYPES:
             raise UsageError("Invalid bind type")
+        if len(args) != 4:
+            raise UsageError(wrong_count)
         with editing(ctx) as cfg:
             cfg.binds.append(Bind(kind, args[2], args[3]))
             index = len(cfg.binds) - 1
         log.info(f"Binding index is '{index}'")
     elif op == "DEL":
-        if len(args) != 2:
-            raise UsageError("Incorrect number of arguments for 'del' (<index>)")
+        wrong_count = "Incorrect number of arguments for 'del' (<index>)"
+        if len(args) < 2:
+            raise UsageError(wrong_count)
         if not (args[1].isascii() and args[1].isdigit()):
             raise UsageError("Index argument for 'del' is not a number")
+        if len(args) != 2:
+            raise UsageError(wrong_count)
         index = int(args[1])
         with editing(ctx) as cfg:
             found = index < len(cfg.binds)
