@@ -54,7 +54,9 @@ def identity(ctx: Context, root: bool, shell_default: str,
              environ: Mapping[str, str]) -> Identity:
     """Who runs inside (spec 9): root mode is 0/0/root//root; otherwise fim-env UID/GID
     when numeric, else the caller's; names and home from fim-env, the caller's
-    environment, then the passwd database."""
+    environment, then the passwd database. A root caller outside root mode is ``root``
+    with ``/root`` unless fim-env names a USER or HOME (README, "Deliberate
+    differences": upstream ignores them whenever the uid is 0)."""
     from sandbox.bwrap import Identity
 
     env = _expanded_env(ctx)
@@ -69,7 +71,7 @@ def identity(ctx: Context, root: bool, shell_default: str,
     gid = int(env["GID"]) if env.get("GID", "").isdigit() else (
         entry.pw_gid if entry else os.getgid())
     if uid == 0:
-        return Identity(0, gid, "root", "/root", shell)
+        return Identity(0, gid, env.get("USER") or "root", env.get("HOME") or "/root", shell)
     user = env.get("USER") or environ.get("USER") or (entry.pw_name if entry else str(uid))
     home = env.get("HOME") or environ.get("HOME") or (entry.pw_dir if entry else "/")
     return Identity(uid, gid, user, home, shell)

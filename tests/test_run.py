@@ -93,6 +93,34 @@ def test_identity_from_fim_env(runner: Runner) -> None:
     assert runner.ok("fim-exec", "id", "-u", env={"FIM_ROOT": "1"}) == "0\n"
 
 
+def test_user_and_home_from_fim_env(runner: Runner) -> None:
+    # upstream's environment/identity.py: custom user, custom home, user with PS1; by
+    # root too (upstream names uid 0 root whatever fim-env says; README, "Deliberate
+    # differences")
+    runner.ok("fim-env", "add", "USER=appuser")
+    assert runner.ok("fim-exec", "whoami") == "appuser\n"
+    assert runner.ok("fim-exec", "cat", "/etc/passwd").startswith(f"appuser:x:{runner.uid}:")
+    runner.ok("fim-env", "set", "HOME=/opt/app/home")
+    assert runner.ok("fim-exec", "sh", "-c", "echo $HOME") == "/opt/app/home\n"
+    assert ":/opt/app/home:" in runner.ok("fim-exec", "cat", "/etc/passwd")
+    runner.ok("fim-env", "set", "USER=myapp", "HOME=/opt/app/home", "PS1=[\\u] \\W > ")
+    out = runner.ok("fim-exec", "sh", "-c", 'whoami; echo "$USER $HOME"; cat "$BASHRC_FILE"')
+    assert out == 'myapp\nmyapp /opt/app/home\nexport PS1="[\\u] \\W > "\n'
+    shell = runner.ok("fim-exec", "sh", "-c", "echo $SHELL").strip()
+    line = f"myapp:x:{runner.uid}:{runner.gid}:myapp:/opt/app/home:{shell}\n"
+    assert runner.ok("fim-exec", "cat", "/etc/passwd") == line
+    # root mode is root whatever fim-env names
+    assert runner.ok("fim-root", "sh", "-c", "whoami; echo $HOME") == "root\n/root\n"
+    assert runner.ok("fim-exec", "whoami", env={"FIM_ROOT": "1"}) == "root\n"
+
+
+def test_root_caller_without_fim_env_is_root(runner: Runner) -> None:
+    # the caller's own USER and HOME name a normal user only
+    out = runner.ok("fim-exec", "sh", "-c", "whoami; echo $HOME",
+                    env={"USER": "someone", "HOME": "/home/someone"})
+    assert out == ("root\n/root\n" if runner.who == "root" else "someone\n/home/someone\n")
+
+
 def test_uid_zero_and_non_numeric_uid(runner: Runner) -> None:
     runner.ok("fim-env", "add", "UID=0")
     assert runner.ok("fim-exec", "sh", "-c", "id -u; echo $HOME") == "0\n/root\n"

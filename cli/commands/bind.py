@@ -25,34 +25,9 @@ def run(ctx: Context, args: list[str]) -> int:
     if op == "NONE":
         raise UsageError("Invalid operation for bind")
     if op == "ADD":
-        # upstream's order: the type is checked as soon as it is read, the count after
-        wrong_count = "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"
-        if len(args) < 2:
-            raise UsageError(wrong_count)
-        kind = args[1].lower()
-        if kind not in BIND_TYPES:
-            raise UsageError("Invalid bind type")
-        if len(args) != 4:
-            raise UsageError(wrong_count)
-        with editing(ctx) as cfg:
-            cfg.binds.append(Bind(kind, args[2], args[3]))
-            index = len(cfg.binds) - 1
-        log.info(f"Binding index is '{index}'")
+        _add(ctx, args[1:])
     elif op == "DEL":
-        wrong_count = "Incorrect number of arguments for 'del' (<index>)"
-        if len(args) < 2:
-            raise UsageError(wrong_count)
-        if not (args[1].isascii() and args[1].isdigit()):
-            raise UsageError("Index argument for 'del' is not a number")
-        if len(args) != 2:
-            raise UsageError(wrong_count)
-        index = int(args[1])
-        with editing(ctx) as cfg:
-            found = index < len(cfg.binds)
-            if found:
-                del cfg.binds[index]
-        log.info(f"Erase element with index '{index}'" if found
-                 else f"No element with index '{index}' found")
+        _delete(ctx, args[1:])
     elif op == "LIST":
         if args[1:]:
             raise UsageError("'list' command takes no arguments")
@@ -62,3 +37,38 @@ def run(ctx: Context, args: list[str]) -> int:
     else:
         raise UsageError("Invalid bind operation")
     return 0
+
+
+def _add(ctx: Context, args: list[str]) -> None:
+    """``add TYPE SRC DST``: the type is checked as soon as it is read, the count after
+    (upstream's order: ``add roo`` is an invalid type)."""
+    wrong_count = "Incorrect number of arguments for 'add' (<ro,rw,dev> <src> <dst>)"
+    if not args:
+        raise UsageError(wrong_count)
+    kind = args[0].lower()
+    if kind not in BIND_TYPES:
+        raise UsageError("Invalid bind type")
+    if len(args) != 3:
+        raise UsageError(wrong_count)
+    with editing(ctx) as cfg:
+        cfg.binds.append(Bind(kind, args[1], args[2]))
+        index = len(cfg.binds) - 1
+    log.info(f"Binding index is '{index}'")
+
+
+def _delete(ctx: Context, args: list[str]) -> None:
+    """``del INDEX``: the index is checked before the extra arguments, as upstream."""
+    wrong_count = "Incorrect number of arguments for 'del' (<index>)"
+    if not args:
+        raise UsageError(wrong_count)
+    if not (args[0].isascii() and args[0].isdigit()):
+        raise UsageError("Index argument for 'del' is not a number")
+    if len(args) != 1:
+        raise UsageError(wrong_count)
+    index = int(args[0])
+    with editing(ctx) as cfg:
+        found = index < len(cfg.binds)
+        if found:
+            del cfg.binds[index]
+    log.info(f"Erase element with index '{index}'" if found
+             else f"No element with index '{index}' found")
