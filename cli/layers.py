@@ -11,7 +11,7 @@ from cli.expand import expand
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     from cli.image import Layout
 
@@ -102,3 +102,20 @@ def discover(layout: Layout, layers_dir: str, environ: Mapping[str, str]) -> lis
     found += _external(_from_variable(environ.get("FIM_LAYERS", ""), environ))
     found += _external(iter(_files_of(layers_dir)))
     return found
+
+
+def log_mounting(found: Iterable[Found]) -> None:
+    """``FIM_DEBUG``'s line per layer a run mounts, in upstream's words (spec 16): its
+    offsets are those of `fim-layer list`, which upstream's tests compare."""
+    for layer in found:
+        log.emit("D", f"Mounting layer from '{os.path.basename(layer.path)}' with offset "
+                      f"'{layer.offset}'", "layers.py")
+
+
+def log_overlay(lowers: Iterable[tuple[str, int | None]]) -> None:
+    """One ``Overlay layer`` line per lower layer of the union, bottom first (upstream
+    prints them for its bwrap overlay; its tests count them after each commit): a
+    mounted layer's directory, or, for fim's stack, the layer's file and offset."""
+    for where, offset in lowers:
+        tail = "" if offset is None else f" with offset '{offset}'"
+        log.emit("I", f"Overlay layer '{where}'{tail}", "layers.py")

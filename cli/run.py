@@ -159,11 +159,13 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     sandbox (:meth:`_Root.wait` before bwrap starts)."""
     import functools
 
+    from cli.layers import log_overlay
     from cli.stack import build_stack
     from fimfs.errors import FimfsError
     from fimfs.fuse import mount, umount
 
     owner, inside = _owners(ident)
+    log_overlay((path, offset) for path, offset, _ in layers)
     source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
     pending = mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log,
                     wait=False)
@@ -196,6 +198,7 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
     """An external backend (fimfs.external) over one mount per layer."""
     import functools
 
+    from cli.layers import log_overlay
     from fimfs import external
 
     owner, _ = _owners(ident)
@@ -207,6 +210,7 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
                            open_layer=opener,  # type: ignore[arg-type]
                            uid=None if owner is None else owner[0],
                            gid=None if owner is None else owner[1])
+    log_overlay((directory, None) for directory in stack.layer_dirs)
     def close() -> None:
         import shutil
 
@@ -228,13 +232,14 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     program is missing falls back to fim's own stack with one warning."""
     from cli.boot import casefold_active
     from cli.errors import FimError
-    from cli.layers import discover
+    from cli.layers import discover, log_mounting
     from fimfs.errors import FimfsError
 
-    layers = [(found.path, found.offset, found.size) for found in discover(
-        ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)]
-    if not layers:
+    found = discover(ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)
+    if not found:
         raise Fatal("The image has no layer to run")
+    log_mounting(found)
+    layers = [(layer.path, layer.offset, layer.size) for layer in found]
     upper = os.path.join(os.environ["FIM_DIR_DATA"], "root")
     casefold = casefold_active(ctx.config, os.environ)
     backend = ctx.overlay
