@@ -92,7 +92,9 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     and where the time of a run goes (cold and warm, from the run's own marks)."""
     from cli import image, runtime
 
-    shutil.rmtree(runtime.app_dir(image.read_layout(str(app)).build_id), ignore_errors=True)
+    for unpacked in runtime.app_dirs(image.read_layout(str(app)).build_id, os.getuid(),
+                                     os.environ):
+        shutil.rmtree(unpacked, ignore_errors=True)
     env = _env(app)
     trace = app.parent / "startup.trace"
     cold_marks = _traced(app, env, trace)

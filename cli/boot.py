@@ -46,6 +46,9 @@ COMMANDS: dict[str, str | None] = {
     "fim-version": "cli.commands.version",
 }
 QUIET_COMMANDS = ("fim-exec", "fim-root")  # like the boot command: only C lines
+#: FIM_DIR_GLOBAL and FIM_DIR_RUNTIME keep the spec's paths: they name the sandbox's
+#: view (its /tmp is private); the runtime itself is in a directory private to the
+#: user on the host (FIM_DIR_APP, cli.rundir).
 DIR_GLOBAL = "/tmp/fim"
 DATA_SUBDIRS = ("root", "layers", "tmp", "casefold", "work")
 CASEFOLD_FALLBACK = "casefold cannot be used with bwrap overlayfs, falling back to unionfs"
@@ -95,12 +98,12 @@ def _levels(argv: list[str]) -> str:
     return "IWEC"
 
 
-def _export(image: str, layout: Layout, data_dir: str, app: str | None) -> None:
+def _export(image: str, data_dir: str, app: str | None) -> None:
     """The FIM_* variables of spec 7.2 that exist before a sandbox is started."""
     from cli.image import is_url
     from cli.runtime import app_dir
 
-    app = app or app_dir(layout.build_id)
+    app = app or app_dir()
     pid = str(os.getpid())
     os.environ.update({
         "FIM_DIR_SELF": data_dir if is_url(image) else os.path.dirname(image),
@@ -150,7 +153,7 @@ def _prepare(command: str, path: str, layout: Layout, build: dict[str, object],
             os.makedirs(target, exist_ok=True)
         except OSError as exc:
             raise Fatal(f"Could not create directory '{target}': {exc.strerror}") from None
-    _export(path, layout, data_dir, host.app if host else None)
+    _export(path, data_dir, host.app if host else None)
     cfg = config.load(layout)
     return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ))
 

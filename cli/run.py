@@ -99,11 +99,9 @@ class Instance:
     def create(self) -> None:
         """Make the directory (run_program prunes the instances of killed runs once the
         mount daemon has started)."""
-        parent = os.path.dirname(self.path)
         try:
-            os.makedirs(parent, exist_ok=True)
-            if os.stat(parent).st_uid == os.getuid():
-                os.chmod(parent, 0o1777)  # shared by every user of this build, like /tmp
+            # APP is in a directory private to the user (cli.rundir): so is instance/
+            os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
             os.mkdir(self.path, 0o700)
             os.mkdir(self.mount, 0o700)
         except OSError as exc:

@@ -2,10 +2,10 @@
 whose process is alive.
 
 An instance is listed when its directory is a run's (it has ``portal/``), its pid
-exists and the directory belongs to the caller (the build directory is shared by every
-user, like /tmp; another user's instances could not be reached anyway: the portal
-accepts its own uid only). IDs are positions in the pid-sorted list, recomputed on
-every call.
+exists and the directory belongs to the caller (``APP`` is in a directory private to
+the user, so this is a second check; another user's instances could not be reached
+anyway: the portal accepts its own uid only). IDs are positions in the pid-sorted
+list, recomputed on every call.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ process it watches and, when that process is gone (SIGKILL included), detaches e
 listed mount lazily (a FUSE mount whose server died would otherwise stay as
 "Transport endpoint is not connected") and removes the instance directory. A run
 that ends normally stops it with :func:`stop` first. :func:`prune` removes the
-instance directories of runs that are gone, so nothing under /tmp/fim grows run after
-run.
+instance directories of runs that are gone, so the user's runtime directory does not
+grow run after run.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import shlex
 import shutil
 import signal
 import stat
@@ -18,13 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cli import image, runtime
+from tests import images
 
 USER = "fimuser"
 IMAGE_NAME = "app.flatimage"
@@ -43,8 +45,8 @@ def build_frozen_blueprint(directory: Path) -> Path:
 
 
 def remove_runtime(path: Path) -> None:
-    """The extraction directory of an image's runtime (shared by its copies)."""
-    shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id), ignore_errors=True)
+    """The extraction directories of an image's runtime (shared by its copies)."""
+    images.remove_runtime(path)
 
 
 def ensure_user() -> pwd.struct_passwd:
@@ -153,10 +155,10 @@ def wait_for(predicate: object, timeout: float = 10, step: float = 0.05) -> bool
 
 
 def fim_mounts() -> list[str]:
-    """Mount points under /tmp/fim (the instances' stacks)."""
+    """Mount points under /tmp/fim-UID (the instances' stacks)."""
     with open("/proc/self/mountinfo", "rb") as f:
         points = [line.split(b" ")[4].decode(errors="replace") for line in f]
-    return [p for p in points if p.startswith("/tmp/fim/")]
+    return [p for p in points if re.match(r"/tmp/fim-[0-9]+/", p)]
 
 
 def workspace_runner(who: str, source: Path) -> Runner:
@@ -248,3 +250,28 @@ def pty_session(runner: Runner, args: tuple[str, ...], script: list[str], *,
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def isolated(script: str, keep: Sequence[Path], *, noexec: bool = False,
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run the sh ``script`` as root in a mount namespace of its own whose /tmp is a new
+    tmpfs (mounted noexec with ``noexec``), the directories ``keep`` (under /tmp) bound
+    back at their paths: what it does under /tmp (a runtime directory, one another user
+    planted) concerns this namespace only, not the other tests running images."""
+    if os.geteuid() != 0:
+        pytest.skip("makes a mount namespace as root")
+    hold = tempfile.mkdtemp(prefix="fim-tmp-", dir="/var/tmp")
+    options = "mode=1777,noexec" if noexec else "mode=1777"
+    lines = ["set -e", f"mount --bind /tmp {hold}", f"mount -t tmpfs -o {options} tmpfs /tmp"]
+    for path in keep:
+        relative = os.path.relpath(path, "/tmp")
+        assert not relative.startswith(".."), path
+        lines += [f"mkdir -p {shlex.quote(str(path))}",
+                  f"mount --bind {hold}/{shlex.quote(relative)} {shlex.quote(str(path))}"]
+    lines += ["set +e", script]
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               "\n".join(lines)], capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        os.rmdir(hold)

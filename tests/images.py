@@ -53,7 +53,34 @@ def template_image(factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = factory.mktemp("template")
     path = new_image(d / IMAGE_NAME, make_layer(d))
     yield path
-    shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id), ignore_errors=True)
+    remove_runtime(path)
+
+
+def runtime_dirs(path: Path) -> list[Path]:
+    """Every FIM_DIR_APP the runtime of the image ``path`` may be unpacked to, for the
+    tests' user and the unprivileged test user (tests/containers.py) when it exists."""
+    import pwd
+
+    build = image.read_layout(str(path)).build_id
+    users: list[tuple[int, dict[str, str]]] = [(os.getuid(), dict(os.environ))]
+    try:
+        entry = pwd.getpwnam("fimuser")
+        users.append((entry.pw_uid, {"HOME": entry.pw_dir}))
+    except KeyError:
+        pass
+    return [Path(d) for uid, env in users for d in runtime.app_dirs(build, uid, env)]
+
+
+def unpacked(path: Path) -> Path:
+    """FIM_DIR_APP of the image ``path`` as the tests' user runs it (tests/images.run)."""
+    return Path(runtime.app_dirs(image.read_layout(str(path)).build_id, os.getuid(),
+                                 {"HOME": str(path.parent / "home")})[0])
+
+
+def remove_runtime(path: Path) -> None:
+    """The extraction directories of an image's runtime (shared by its copies)."""
+    for directory in runtime_dirs(path):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def stored(app: Path) -> config.Config:

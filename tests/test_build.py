@@ -50,11 +50,13 @@ def extract_layer(img: Path, dest: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_apps() -> Iterator[None]:
-    before = set(os.listdir(runtime.APP_ROOT)) if os.path.isdir(runtime.APP_ROOT) else set()
+    roots = {os.path.dirname(d) for d in runtime.app_dirs("x", os.getuid(), os.environ)}
+    before = {r: set(os.listdir(r)) if os.path.isdir(r) else set() for r in roots}
     yield
-    if os.path.isdir(runtime.APP_ROOT):
-        for name in set(os.listdir(runtime.APP_ROOT)) - before:
-            shutil.rmtree(os.path.join(runtime.APP_ROOT, name), ignore_errors=True)
+    for root in roots:
+        if os.path.isdir(root):
+            for name in set(os.listdir(root)) - before[root]:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def assert_skeleton(root: Path) -> None:

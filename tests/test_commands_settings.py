@@ -237,7 +237,7 @@ def test_fim_variables(app: Path) -> None:
     ok(app, "fim-env", "add", *(f"{n}=${n}" for n in names))
     got = dict(line.split("=", 1) for line in ok(app, "fim-env", "list").splitlines())
     layout = image.read_layout(str(app))
-    app_dir = f"/tmp/fim/app/{layout.build_id}"
+    app_dir = f"/tmp/fim-{os.getuid()}/app/{layout.build_id}"  # private to the user
     data = str(app.parent / ".app.flatimage.data")
     assert got["FIM_VERSION"] == ok(app, "fim-version", "short").strip()
     assert got["FIM_DIST"] == "ROOTFS" and got["FIM_OFFSET"] == str(layout.reserved_offset)

@@ -18,6 +18,7 @@ import pytest
 from cli import image, runtime
 from cli.build import payload
 from cli.image import FimImageError
+from tests.containers import isolated
 from tests.images import (
     IMAGE_NAME,
     SYSTEM_PYTHON,
@@ -25,7 +26,9 @@ from tests.images import (
     make_layer,
     new_image,
     ok,
+    remove_runtime,
     run,
+    unpacked,
 )
 
 # -- the format, in-process -----------------------------------------------------------------
@@ -173,7 +176,7 @@ def test_fim_image_new_and_info(tmp_path: Path, layers: list[Path]) -> None:
     version = subprocess.run([str(path), "fim-version", "short"], capture_output=True,
                              text=True, timeout=60)
     assert version.stdout.startswith("v") and version.returncode == 0
-    shutil.rmtree(runtime.app_dir(layout.build_id), ignore_errors=True)
+    remove_runtime(path)
 
 
 def test_fim_image_new_refuses_a_bad_layer(tmp_path: Path) -> None:
@@ -187,7 +190,7 @@ def test_fim_image_new_refuses_a_bad_layer(tmp_path: Path) -> None:
 
 
 def test_payload_is_extracted_once_per_build(app: Path) -> None:
-    lib = Path(runtime.app_dir(image.read_layout(str(app)).build_id)) / "lib"
+    lib = unpacked(app) / "lib"
     ok(app, "fim-version", "short")
     first = lib.stat().st_ino
     assert (lib / "cli" / "boot.py").is_file() and (lib / runtime.BUILD_INFO).is_file()
@@ -198,8 +201,8 @@ def test_payload_is_extracted_once_per_build(app: Path) -> None:
 def test_concurrent_first_runs_share_one_extraction(tmp_path: Path, layers: list[Path]) -> None:
     rt = payload.build()
     path = tmp_path / IMAGE_NAME
-    layout = image.create(str(path), rt.launcher, rt.payload, layers=layers, dist="ROOTFS")
-    app = Path(runtime.app_dir(layout.build_id))
+    image.create(str(path), rt.launcher, rt.payload, layers=layers, dist="ROOTFS")
+    app = unpacked(path)
     shutil.rmtree(app, ignore_errors=True)
     with ThreadPoolExecutor(6) as pool:
         procs = list(pool.map(lambda _: run(path, "fim-version", "short"), range(6)))
@@ -226,7 +229,7 @@ def test_config_commands_need_only_a_bare_python3(tmp_path: Path) -> None:
     os.symlink(SYSTEM_PYTHON, tmp_path / "bin" / "python3")
     assert ok(path, "fim-perms", "add", "home,network", env=env) == ""
     assert ok(path, "fim-perms", "list", env=env) == "home\nnetwork\n"
-    shutil.rmtree(runtime.app_dir(image.read_layout(str(path)).build_id))
+    remove_runtime(path)
 
 
 def test_no_python_is_a_clear_error(tmp_path: Path) -> None:
@@ -236,22 +239,40 @@ def test_no_python_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.stderr == "C::launcher::python3 is needed to run this image and was not found\n"
 
 
-def test_refuses_an_extraction_owned_by_another_user(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to plant a directory owned by someone else")
+def test_passes_over_a_runtime_directory_another_user_made(tmp_path: Path) -> None:
+    """Another user (nobody) made /tmp/fim-UID with a planted lib/: the bootstrap uses
+    the next private directory (the cache) with one warning; the planted code never runs
+    (tests/test_runtime_dir.py does the same against the portable runtime)."""
     rt = payload.build()
     path = tmp_path / IMAGE_NAME
     layout = image.create(str(path), rt.launcher, rt.payload, dist="ROOTFS")
-    planted = Path(runtime.app_dir(layout.build_id)) / "lib"
-    planted.mkdir(parents=True)
-    (planted / "cli").mkdir()
-    (planted / "cli" / "__init__.py").write_text("raise SystemExit('planted code ran')\n")
-    os.chown(planted.parent, 65534, 65534)
-    try:
-        proc = subprocess.run([str(path), "fim-version", "short"], capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 125
-        assert "Refusing to run the application from" in proc.stderr
-        assert "planted" not in proc.stderr
-    finally:
-        shutil.rmtree(planted.parent)
+    os.chmod(tmp_path, 0o755)
+    base = f"/tmp/fim-{os.getuid()}"
+    plant = (f"mkdir -p {base}/app/{layout.build_id}/lib/cli && echo "
+             f"{shlex.quote('raise SystemExit(' + repr('planted code ran') + ')')} "
+             f"> {base}/app/{layout.build_id}/lib/cli/__init__.py && echo planted")
+    cache = tmp_path / "cache"
+    script = (f"runuser -u nobody -- sh -c {shlex.quote(plant)}\n"
+              f"env -i PATH=/usr/bin:/bin HOME={tmp_path} XDG_CACHE_HOME={cache} "
+              f"{path} fim-version short")
+    proc = isolated(script, [tmp_path])
+    assert proc.stdout.startswith("planted\nv"), proc
+    assert proc.stderr == (f"W::launcher::Not using {base}: not a private directory of uid "
+                           f"{os.getuid()} (another user's, a symbolic link, or writable by "
+                           "others)\n"), proc
+    assert (cache / "fim" / "app" / layout.build_id / "lib" / "cli" / "boot.py").is_file()
+
+
+def test_noexec_tmp_unpacks_into_the_cache(tmp_path: Path) -> None:
+    rt = payload.build()
+    path = tmp_path / IMAGE_NAME
+    layout = image.create(str(path), rt.launcher, rt.payload, dist="ROOTFS")
+    cache = tmp_path / "cache"
+    run = (f"env -i PATH=/usr/bin:/bin HOME={tmp_path} XDG_CACHE_HOME={cache} {path} "
+           "fim-version short")
+    proc = isolated(f"{run}\n{run}", [tmp_path], noexec=True)
+    assert proc.stderr == (
+        f"W::launcher::/tmp/fim-{os.getuid()} cannot run programs (noexec): unpacking the "
+        f"runtime into {cache}/fim\n"), proc
+    assert proc.stdout.count("\nv") == 1 and proc.stdout.startswith("v"), proc
+    assert (cache / "fim" / "app" / layout.build_id / "bin" / "bash").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image, runtime
+from cli import image
 from cli.build import frozen
 
 pytestmark = [
@@ -95,7 +95,8 @@ def test_bundled_tools(root: Path, frozen_image: Path) -> None:
     deps = ok(root, "/app.flatimage", "fim-version", "deps")
     for name in ("bwrap", "libfuse", "python"):
         assert f'"{name}": {{' in deps
-    app = runtime.app_dir(image.read_layout(str(frozen_image)).build_id)
+    # the first private runtime directory (cli/rundir.py) of root in the chroot
+    app = f"/tmp/fim-0/app/{image.read_layout(str(frozen_image)).build_id}"
     assert ok(root, f"{app}/bin/bwrap", "--version").startswith("bubblewrap ")
     assert os.path.isfile(f"{root}{app}/bin/_internal/libfuse3.so.3")
 

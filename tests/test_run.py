@@ -78,7 +78,7 @@ def test_default_prompt_and_bashrc(runner: Runner) -> None:
 def test_default_shell_is_the_bundled_bash(runner: Runner) -> None:
     out = runner.ok("fim-exec", "sh", "-c", 'echo "$SHELL"; tail -c 20 /etc/passwd')
     shell, passwd_tail = out.splitlines()
-    assert shell.startswith("/tmp/fim/app/") and shell.endswith("/bin/bash")
+    assert shell.startswith(f"/tmp/fim-{runner.uid}/app/") and shell.endswith("/bin/bash")
     assert shell.endswith(passwd_tail.rsplit(":", 1)[-1][-20:])
 
 

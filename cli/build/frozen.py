@@ -56,13 +56,56 @@ _DEPS = {
 LAUNCHER = """\
 # A fim image: this launcher, the portable runtime it unpacks and runs, the
 # configuration, then DwarFS layers (the layout is described in cli/image.py of fim).
+# The runtime goes to BASE/app/BUILD, BASE private to the user (cli/rundir.py of fim).
 fail() { echo "C::launcher::$*" >&2; exit 125; }
 { read -r _; read -r _ _ off size _ _ _ build; } < "$0" || fail "Could not read $0"
-app=/tmp/fim/app/$build
-if [ ! -x "$app/bin/fim" ]; then
-  for d in /tmp/fim /tmp/fim/app; do
-    [ -d "$d" ] || { mkdir "$d" 2>/dev/null && chmod 1777 "$d"; }
+while read -r k uid _; do [ "$k" = Uid: ] && break; done < /proc/self/status
+# mine DIR [PATTERN]: DIR is the user's directory, not a symbolic link, and its mode
+# (as ls shows it) matches PATTERN: by default, no write access for group and others
+mine() {
+  [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] &&
+    case $(ls -ldn -- "$1" 2>/dev/null) in ${2:-d????-??-*}) ;; *) false ;; esac
+}
+# claim BASE: make BASE (0700) when missing; whether it is the user's private directory
+claim() {
+  { [ -e "$1" ] || [ -L "$1" ] || mkdir -p -m 700 "$1" 2>/dev/null; } && mine "$1" || {
+    echo "W::launcher::Not using $1: not a private directory of uid $uid" \\
+      "(another user's, a symbolic link, or writable by others)" >&2
+    false; }
+}
+# runs BASE: programs can run from BASE (its filesystem is not mounted noexec)
+runs() {
+  printf '#!/bin/sh\\n' > "$1/.probe-$$" && chmod 700 "$1/.probe-$$" &&
+    "$1/.probe-$$" 2>/dev/null
+  set -- $? "$1/.probe-$$"; rm -f "$2"; return "$1"
+}
+# locate: app=BASE/app/BUILD, the first base holding the runtime, else the first one
+# where programs can run (unpack=1)
+locate() {
+  set --
+  x=${XDG_RUNTIME_DIR-} c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
+  for b in "/tmp/fim-$uid" "${x:+$x/fim}" "${c:+$c/fim}"; do
+    case $b in /*) ;; *) continue ;; esac
+    [ "$b" = "$x/fim" ] && ! mine "$x" 'drwx------*' && continue
+    claim "$b" || continue
+    app=$b/app/$build unpack=
+    [ -x "$app/bin/fim" ] && return
+    set -- "$@" "$b"
   done
+  skipped=
+  for b; do
+    app=$b/app/$build unpack=1
+    if runs "$b"; then
+      [ -z "$skipped" ] ||
+        echo "W::launcher::$skipped cannot run programs (noexec): unpacking the runtime into $b" >&2
+      return
+    fi
+    skipped=${skipped:+$skipped and }$b
+  done
+  fail "No directory of this user where programs may run, to unpack the runtime into"
+}
+locate
+if [ -n "$unpack" ]; then
   mkdir -p "$app" || fail "Could not create $app"
   tmp=$(mktemp -d "$app/.bin-XXXXXX") || fail "Could not create a directory in $app"
   if ! tail -c +"$((off + 1))" "$0" | head -c "$size" | gzip -dc | tar -xf - -C "$tmp"; then
@@ -74,10 +117,6 @@ if [ ! -x "$app/bin/fim" ]; then
   [ -e "$app/bin" ] || mv "$tmp/bin" "$app/bin"
   rm -rf "$tmp"
 fi
-for d in "$app" "$app/bin"; do
-  [ -O "$d" ] || [ "$(stat -c %u "$d")" = 0 ] ||
-    fail "Refusing to run the application from $d: owned by another user"
-done
 exec "$app/bin/fim" "$0" "$@"
 """
 

