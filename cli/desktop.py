@@ -13,8 +13,10 @@ the files again (``fim-desktop clean``).
 Deliberate differences from FlatImage (README): the MIME type of a name with
 characters a MIME type cannot hold (a space, ``(``...) spells them ``_``, so the entry
 passes ``desktop-file-validate``; the MIME glob escapes ``*``, ``?``, ``[`` and ``\\``
-in the image's file name; ``Exec``, ``Name`` and ``Comment`` are escaped as the
-Desktop Entry specification asks; a JPG icon is cleaned as the PNG files it became.
+in the image's file name; ``Exec``, ``Name``, ``Comment`` and the lists are escaped as
+the Desktop Entry specification asks; settings with control characters, or a category
+with ``;``, are refused (:func:`problem`), when stored and again when written; a JPG
+icon is cleaned as the PNG files it became.
 """
 
 from __future__ import annotations
@@ -73,6 +75,43 @@ def _string(text: str) -> str:
             .replace("\r", "\\r"))
 
 
+def _list(values: list[str]) -> str:
+    """A Desktop Entry list value (Categories, MimeType): each item a string whose ``;``
+    is escaped, each followed by ``;``."""
+    return "".join(_string(v).replace(";", "\\;") + ";" for v in values)
+
+
+def _has_control(text: str) -> bool:
+    return any(c < " " or "\x7f" <= c <= "\x9f" for c in text)
+
+
+def problem(desktop: Desktop) -> str | None:
+    """Why the desktop settings cannot be written, in one line; None when they can. The
+    stored configuration is input like any other (an image's author can write any JSON
+    into it, bypassing ``fim-desktop setup``), so it is checked where it is stored and
+    again where files are written: no control character (a newline would start a new
+    key, ``Exec=`` included, or put a newline in a file name), no ``/`` in the name,
+    and each category one non-empty name without ``;``."""
+    import json
+
+    fields = [("Application name", desktop.name)]
+    fields += [("Desktop category", c) for c in desktop.categories]
+    for what, text in fields:
+        shown = json.dumps(text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{what} {shown} is not valid UTF-8"
+        if _has_control(text):
+            return f"{what} {shown} cannot contain control characters"
+    if "/" in desktop.name:
+        return "Application name cannot contain the '/' character"
+    for category in desktop.categories:
+        if not category or ";" in category:
+            return f"Desktop category {json.dumps(category)} must be one name (not empty, no ';')"
+    return None
+
+
 def _exec_path(path: str) -> str:
     """``path`` as a quoted Exec argument (quoting rule first, then string escapes)."""
     quoted = "".join("\\" + c if c in '"`$\\' else c for c in path)
@@ -107,8 +146,8 @@ def entry(desktop: Desktop, image: str) -> str:
         "Comment=" + _string(f'FlatImage distribution of "{name}"'),
         f"Exec={_exec_path(image)} %F",
         f"Icon={_string(f'flatimage_{name}')}",
-        f"MimeType={mime_type(name)};",
-        "Categories=" + "".join(f"{c};" for c in sorted(desktop.categories)),
+        f"MimeType={_list([mime_type(name)])}",
+        f"Categories={_list(sorted(desktop.categories))}",
     ])
 
 
@@ -324,8 +363,12 @@ def _integrate(ctx: Context) -> None:
         return
     cfg = ctx.config
     desktop = cfg.desktop
-    if desktop is None or not desktop.name or "/" in desktop.name or "\0" in desktop.name:
+    if desktop is None or not desktop.name:
         log.emit("D", "Missing or misconfigured desktop integration", "desktop.py")
+        return
+    reason = problem(desktop)
+    if reason is not None:
+        log.emit("E", f"Refusing to write the desktop integration: {reason}", "desktop.py")
         return
     paths = Paths(xdg_data_home(), desktop.name)
     for item, step in (("ENTRY", _integrate_entry), ("MIMETYPE", _integrate_mime)):
@@ -362,7 +405,7 @@ def _remove(path: str) -> None:
 def clean(cfg: Config) -> None:
     """Remove the files of the enabled integrations (the generic ones are kept)."""
     desktop = cfg.desktop
-    assert desktop is not None
+    assert desktop is not None and problem(desktop) is None
     paths = Paths(xdg_data_home(), desktop.name)
     if "ENTRY" in desktop.integrations:
         _remove(paths.entry)

@@ -145,6 +145,17 @@ def test_setup_errors(app: Path, tmp_path: Path) -> None:
         (tmp_path / "missing.json",
          f"Failed to open file '{tmp_path / 'missing.json'}' for desktop integration"),
         ({"name": "a/b"}, "Application name cannot contain the '/' character"),
+        # control characters would inject keys (Exec=) into the .desktop file (issue 20)
+        ({"name": "a\nExec=sh"},
+         'Application name "a\\nExec=sh" cannot contain control characters'),
+        ({"name": "a\tb"}, 'Application name "a\\tb" cannot contain control characters'),
+        ({"name": "a\u001b"},
+         'Application name "a\\u001b" cannot contain control characters'),
+        ({"categories": ["System", "Network\r\nExec=sh"]},
+         'Desktop category "Network\\r\\nExec=sh" cannot contain control characters'),
+        ({"categories": ["Network;Exec=sh"]},
+         "Desktop category \"Network;Exec=sh\" must be one name (not empty, no ';')"),
+        ({"categories": [""]}, "Desktop category \"\" must be one name (not empty, no ';')"),
         ({"icon": None}, "Could not retrieve icon path field from json"),
         ({"icon": "./nothere.png"}, "Could not get size of file './nothere.png'"),
         ({"icon": "./my_app.gif"}, "Icon extension '.gif' is not supported"),
@@ -161,7 +172,22 @@ def test_setup_errors(app: Path, tmp_path: Path) -> None:
         path = fields if isinstance(fields, Path) else setup_file(d, f"{i}.json", **fields)
         proc = fails(app, "fim-desktop", "setup", str(path), message=message, level="E")
         assert SETUP_FAILED in proc.stderr and proc.stdout == ""
+        assert len(proc.stderr.splitlines()) == 3, proc.stderr  # the message on one line
     assert app.read_bytes() == before
+
+
+def test_hostile_stored_settings_are_refused(app: Path) -> None:
+    """An author wrote the desktop settings into the reserved space directly, bypassing
+    setup: dump and clean refuse them (runs write nothing: test_desktop_integration)."""
+    from cli import config, image
+    from cli.config import Desktop
+
+    with config.edit(image.read_layout(str(app))) as cfg:
+        cfg.desktop = Desktop("Evil", ["Network\nExec=/bin/sh"], ["ENTRY"])
+    message = 'Desktop category "Network\\nExec=/bin/sh" cannot contain control characters'
+    for args in (["dump", "entry"], ["dump", "mimetype"], ["clean"]):
+        proc = fails(app, "fim-desktop", *args, message=message, level="E")
+        assert proc.stdout == ""
 
 
 @pytest.mark.parametrize(("args", "message"), [

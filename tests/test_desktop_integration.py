@@ -82,9 +82,10 @@ def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def context(image: Path, name: str = "MyApp", integrations: tuple[str, ...] = (
         "ENTRY", "MIMETYPE", "ICON"), icon: tuple[str, bytes] | None = None,
-        notify: bool = False) -> SimpleNamespace:
+        notify: bool = False, categories: tuple[str, ...] = ("Network", "System"),
+        ) -> SimpleNamespace:
     cfg = Config()
-    cfg.desktop = Desktop(name, ["Network", "System"], list(integrations))
+    cfg.desktop = Desktop(name, sorted(categories), list(integrations))
     cfg.icon = icon if icon is not None else ("png", png(300, 150))
     cfg.notify = notify
     return SimpleNamespace(config=cfg, image=str(image))
@@ -144,6 +145,58 @@ def test_entry_is_valid(tmp_path: Path, xdg: Path, name: str, image_name: str) -
         assert ('Exec="' + str(image.parent).replace("\\", "\\\\") +
                 '/we\\\\"ird \\\\$x \\\\`y\\\\` \\\\\\\\z 100%%.flatimage" %F'
                 ) in path.read_text()
+
+
+#: Stored settings an image's author wrote into the reserved space, bypassing
+#: `fim-desktop setup` (issue 20 item 6): each would inject keys into the .desktop file
+#: (a newline then ``Exec=...``) or make file names with control characters.
+HOSTILE = [
+    ("name", "Evil\nExec=/bin/sh -c 'touch /tmp/pwned'"),
+    ("name", "Evil\r\nExec=sh"),
+    ("name", "Evil\tApp"),
+    ("name", "Evil\x1b[31m"),
+    ("name", "Evil\x7f"),
+    ("name", "Evil\x85"),
+    ("name", "Evil\x00"),
+    ("name", "../../evil"),
+    ("category", "Network\nExec=/bin/sh -c 'touch /tmp/pwned'"),
+    ("category", "Network\r[Desktop Action x]"),
+    ("category", "Network\tSystem"),
+    ("category", "X-\x01"),
+    ("category", "Network;Exec=sh"),
+    ("category", ""),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE)
+def test_hostile_stored_settings_write_nothing(tmp_path: Path, xdg: Path, field: str,
+                                               value: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ctx = (context(tmp_path / "app", name=value) if field == "name"
+           else context(tmp_path / "app", categories=("System", value)))
+    desktop.integrate(ctx)  # type: ignore[arg-type]
+    assert not xdg.exists()
+    lines = capsys.readouterr().err.splitlines()
+    refused = [line for line in lines if "Refusing to write the desktop integration" in line]
+    assert len(refused) == 1 and refused[0].startswith("E::"), lines
+
+
+@pytest.mark.skipif(shutil.which("desktop-file-validate") is None,
+                    reason="desktop-file-validate (desktop-file-utils) is not installed")
+def test_backslashes_in_categories_are_escaped(tmp_path: Path, xdg: Path) -> None:
+    categories = ("X-Tool\\Thing", "X-\\n", "Network")
+    desktop.integrate(context(tmp_path / "app", categories=categories,  # type: ignore[arg-type]
+                              integrations=("ENTRY",)))
+    path = xdg / "applications/flatimage-MyApp.desktop"
+    lines = path.read_text().splitlines()
+    assert lines[-1] == "Categories=Network;X-Tool\\\\Thing;X-\\\\n;"
+    assert len(lines) == 8
+    proc = subprocess.run(["desktop-file-validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "error" not in proc.stdout + proc.stderr, proc
+
+
+def test_list_values_escape_semicolons() -> None:
+    assert desktop._list(["a;b", "c\\d", "e"]) == "a\\;b;c\\\\d;e;"
 
 
 def test_names_with_spaces(tmp_path: Path, xdg: Path) -> None:

@@ -200,3 +200,23 @@ def test_install_applies_the_last_desktop_section(runner: Runner, apt_remote: Re
     proc = runner.run("fim-recipe", "install", "nameless")
     assert proc.returncode == 0, proc
     assert "Failed to setup desktop integration: Failed to deserialize json" in proc.stderr
+
+
+def test_hostile_stored_settings_write_no_file(runner: Runner) -> None:
+    """An image whose author wrote a newline and ``Exec=`` into a stored category (the
+    reserved space, bypassing setup): the run goes on, no file is written, one line says
+    why (issue 20 item 6)."""
+    from cli import config
+
+    with config.edit(image.read_layout(str(runner.app))) as cfg:
+        cfg.desktop = config.Desktop("Evil", ["Network\nExec=/bin/sh -c pwned"],
+                                     ["ENTRY", "MIMETYPE", "ICON"])
+    xdg = runner.workspace / "xdg"
+    proc = runner.run("fim-exec", "echo", "ran", env=xdg_env(runner, FIM_DEBUG="1"))
+    assert proc.returncode == 0 and proc.stdout.endswith("ran\n"), proc
+    refused = [line for line in proc.stderr.splitlines()
+               if "Refusing to write the desktop integration" in line]
+    assert refused == ["E::desktop.py::Refusing to write the desktop integration: Desktop "
+                       'category "Network\\nExec=/bin/sh -c pwned" cannot contain control '
+                       "characters"], proc.stderr
+    assert not xdg.exists()

@@ -4,8 +4,9 @@ in the image.
 The files themselves are written into the host's XDG data directory at the start of
 every run and removed by ``clean`` (cli.desktop). Deliberate differences from
 FlatImage: a remote icon is downloaded with Python (no wget needed), a JPEG icon can
-be dumped (upstream refuses it, spec 18.1 item 7), and names are XML-escaped in the
-MIME XML.
+be dumped (upstream refuses it, spec 18.1 item 7), names are XML-escaped in the
+MIME XML, and control characters in the name or a category, or a ``;`` in a category,
+are refused (they would inject keys into the ``.desktop`` file).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 
 from cli.commands.args import editing, keyword, pretty_json, print_lines
 from cli.config import INTEGRATIONS, Desktop
-from cli.desktop import clean, entry, mimetype
+from cli.desktop import clean, entry, mimetype, problem
 from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
@@ -64,6 +65,15 @@ def _parse_setup(doc: object) -> tuple[Desktop, object]:
     except (ValueError, TypeError, KeyError, AttributeError):
         raise CommandError("Failed to deserialize json", _SETUP_FAILED) from None
     return desktop, doc.get("icon")  # type: ignore[union-attr]
+
+
+def _refuse(desktop: Desktop, failed: str) -> None:
+    """Settings that cannot be written safely (control characters, a ``/`` in the name, a
+    category with ``;``: cli.desktop.problem) are an error, whether given to ``setup`` or
+    found stored in the image."""
+    reason = problem(desktop)
+    if reason is not None:
+        raise CommandError(reason, failed)
 
 
 def _icon_type(ext: str) -> str:
@@ -117,8 +127,7 @@ def setup(ctx: Context, doc: object) -> None:
     """``fim-desktop setup`` of a parsed document (also a recipe's ``desktop`` object):
     store the settings and the icon, print the settings."""
     desktop, icon = _parse_setup(doc)
-    if "/" in desktop.name:
-        raise CommandError("Application name cannot contain the '/' character", _SETUP_FAILED)
+    _refuse(desktop, _SETUP_FAILED)
     if icon is None:
         raise CommandError("Could not retrieve icon path field from json", _SETUP_FAILED)
     if not isinstance(icon, str):
@@ -168,6 +177,7 @@ def _dump(ctx: Context, args: list[str]) -> None:
     desktop = ctx.config.desktop
     if desktop is None:
         raise CommandError("Empty json data", "Failed to dump desktop integration")
+    _refuse(desktop, "Failed to dump desktop integration")
     print((entry if what == "ENTRY" else mimetype)(desktop, ctx.image))
 
 
@@ -205,6 +215,7 @@ def run(ctx: Context, args: list[str]) -> int:
             raise trailing("fim-desktop", args[1:])
         if ctx.config.desktop is None:
             raise CommandError("Empty json data", "Failed to clean desktop integration")
+        _refuse(ctx.config.desktop, "Failed to clean desktop integration")
         clean(ctx.config)
     else:
         raise UsageError("Invalid desktop operation")
