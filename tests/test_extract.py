@@ -320,3 +320,69 @@ def test_read_error_names_the_path(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(extract_mod, "open_dwarfs", lambda args: fs)
     assert fim.main(["extract", "image.dwarfs", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == "fim: /dir/broken: read error: Input/output error\n"
+
+
+SPECIAL_BITS = {"suid": 0o4755, "sgid": 0o2755, "both": 0o6711, "sticky": 0o1644,
+                "dir-sgid": 0o2775, "dir-sticky": 0o1777}
+
+
+def _as_user(uid: int, gid: int, argv: list[str]) -> int:
+    """`fim ARGV` in a child process that became ``uid``/``gid`` for real (setuid; the
+    interpreter of the tests may live where the user cannot execute it)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            code = fim.main(argv)
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@needs_root
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_set_id_bits_only_for_root(who: str) -> None:
+    """`fim extract` run for real by a normal user (issue 20 item 9): the files become
+    that user's, so set-user-ID and set-group-ID bits go (and sticky on files), as GNU
+    tar does; root restores owners and keeps every bit."""
+    import shutil
+    import tempfile
+
+    from tests.containers import ensure_user
+
+    work = Path(tempfile.mkdtemp(prefix="fim-extract-", dir="/tmp"))
+    try:
+        src = work / "src"
+        src.mkdir()
+        for name, mode in SPECIAL_BITS.items():
+            path = src / name
+            if name.startswith("dir"):
+                path.mkdir()
+            else:
+                path.write_text("#!/bin/sh\nid -u\n")
+            os.chmod(path, mode)
+        image = work / "layer.dwarfs"
+        assert fim.main(["create", str(src), str(image)]) == 0
+        os.chmod(work, 0o755)
+        os.chmod(image, 0o644)
+        dest = work / "out"
+        if who == "user":
+            entry = ensure_user()
+            os.chown(work, entry.pw_uid, entry.pw_gid)
+            assert _as_user(entry.pw_uid, entry.pw_gid, ["extract", str(image), str(dest)]) == 0
+        else:
+            assert fim.main(["extract", str(image), str(dest)]) == 0
+        for name, mode in SPECIAL_BITS.items():
+            st = os.lstat(dest / name)
+            if who == "root":
+                assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, 0), name
+                continue
+            kept = mode & ~(stat.S_ISUID | stat.S_ISGID)
+            if not name.startswith("dir"):
+                kept &= ~stat.S_ISVTX
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (kept, entry.pw_uid), name
+    finally:
+        shutil.rmtree(work)

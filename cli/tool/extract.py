@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract",
         help="restore the files of an image into a directory",
-        description="Restore files, links, devices, modes, owners (as root) and times. "
+        description="Restore files, links, devices, modes, owners (as root) and times; "
+        "a normal user gets no set-user-ID or set-group-ID bits. "
         "DIR may exist, but nothing in it is ever overwritten.",
     )
     add_image_args(p)
@@ -199,7 +200,7 @@ class _Extractor:
         try:
             if self.owners:
                 os.fchown(d.fd, d.attr.uid, d.attr.gid)
-            os.fchmod(d.fd, stat.S_IMODE(d.attr.mode))
+            os.fchmod(d.fd, self._mode(d.attr))
             os.utime(d.fd, ns=(d.attr.atime_ns, d.attr.mtime_ns))
         except OSError as exc:
             where = os.path.join(self.dest, d.rel) if d.rel else self.dest
@@ -216,7 +217,7 @@ class _Extractor:
             os.ftruncate(fd, attr.size)  # also makes a trailing hole
             if self.owners:
                 os.fchown(fd, attr.uid, attr.gid)
-            os.fchmod(fd, stat.S_IMODE(attr.mode))  # after chown, which clears suid/sgid
+            os.fchmod(fd, self._mode(attr))  # after chown, which clears suid/sgid
             os.utime(fd, ns=(attr.atime_ns, attr.mtime_ns))
         finally:
             os.close(fd)
@@ -255,6 +256,17 @@ class _Extractor:
         self.stats.specials += 1
         return True
 
+    def _mode(self, attr: Attr) -> int:
+        """The permission bits to restore. Without the stored owners (a normal user) the
+        files become the extractor's, so set-user-ID and set-group-ID are dropped, and the
+        sticky bit of anything but a directory (GNU tar drops them for normal users too):
+        an image must not hand out programs that run with its user's rights."""
+        mode = stat.S_IMODE(attr.mode)
+        if self.owners:
+            return mode
+        mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        return mode if stat.S_ISDIR(attr.mode) else mode & ~stat.S_ISVTX
+
     def _set_meta_by_name(self, parent: _Dir, name: str, attr: Attr, chmod: bool) -> None:
         """Owner, mode and times of a just-created non-regular entry of ``parent``.
 
@@ -264,7 +276,7 @@ class _Extractor:
         if self.owners:
             os.chown(name, attr.uid, attr.gid, dir_fd=parent.fd, follow_symlinks=False)
         if chmod:
-            os.chmod(name, stat.S_IMODE(attr.mode), dir_fd=parent.fd)
+            os.chmod(name, self._mode(attr), dir_fd=parent.fd)
         os.utime(name, ns=(attr.atime_ns, attr.mtime_ns), dir_fd=parent.fd, follow_symlinks=False)
 
 
@@ -335,7 +347,8 @@ def extract_tree(
 
     A directory's contents go into ``dest`` (which gets its mode, owner and times);
     anything else becomes ``dest/<its name>``. ``owners`` (default: when running as
-    root) restores uid/gid. ``progress`` is called with each number of bytes written.
+    root) restores uid/gid; without it, set-user-ID and set-group-ID bits are dropped.
+    ``progress`` is called with each number of bytes written.
     """
     try:
         attr = fs.getattr(path)
