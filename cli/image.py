@@ -16,7 +16,8 @@ Layout (all offsets in bytes from the start of the file)::
 
 ``DIST`` is the distribution of the base layer (``FIM_DIST``); ``BUILD`` names
 the payload (16 hex digits of its SHA-256), so images that carry the same
-payload share one extraction directory ``/tmp/fim/app/BUILD``. The header line
+payload share one extraction directory ``BASE/app/BUILD`` per user (``BASE`` a
+directory private to the user: cli/rundir.py). The header line
 is a shell comment, so the launcher stays a valid script; the shell never reads
 past the launcher's final ``exec``.
 
