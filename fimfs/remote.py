@@ -17,7 +17,8 @@ Failures: a server without range support is downloaded whole into the cache (a
 progress bar on a TTY) when it fits, else one error line; an unreachable server
 falls back to the last copy seen (an offline run of what was read before); a
 connection lost mid-read is retried with backoff, then that read fails with EIO and
-one log line. Timeouts bound every request: never a hang.
+one log line (and, the server being unreachable, the next reads for DOWN_PAUSE
+seconds fail at once). Timeouts bound every request: never a hang.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ ATTEMPTS = 4
 BACKOFF = 0.25
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
+#: After a read found the server unreachable (every attempt), how long other reads fail
+#: at once rather than each waiting through its own attempts.
+DOWN_PAUSE = 5.0
 #: A fetch at least this long shows a progress bar when stderr is a terminal.
 PROGRESS_BYTES = 8 << 20
 #: How stale a chunk's time may be before a read refreshes it (LRU order).
@@ -239,6 +243,13 @@ def _pool() -> urllib3.PoolManager:
         return pool
 
 
+def _ranges_retry() -> urllib3.Retry:
+    """Range requests follow redirects only: their loop retries (the body included)."""
+    import urllib3
+
+    return urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
+
+
 def _reason(exc: BaseException) -> str:
     """One short line for a failed request."""
     import urllib3.exceptions as ux
@@ -282,6 +293,7 @@ class RemoteFile:
         self._inflight: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self.fetched = 0  # bytes received from the server by this object
+        self._down_until = 0.0
         ident = self._probe()
         self.size = int(ident["size"])  # type: ignore[call-overload]
         self.validator = str(ident.get("validator") or "")
@@ -463,6 +475,10 @@ class RemoteFile:
         mid-transfer is retried from the start of the range)."""
         headers = {"Range": f"bytes={start}-{stop - 1}"}
         reason = ""
+        down = self._down_until - time.monotonic()
+        if down > 0:  # the last reads found the server gone: fail fast for a while
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({self.url}: unreachable, "
+                                     f"next attempt in {down:.0f} s)")
         for attempt in range(ATTEMPTS):
             if attempt:
                 time.sleep(BACKOFF * (1 << (attempt - 1)))
@@ -476,6 +492,8 @@ class RemoteFile:
                 if not _is_http_error(exc):
                     raise
                 reason = _reason(exc)
+                if _offline(exc) and attempt == ATTEMPTS - 1:
+                    self._down_until = time.monotonic() + DOWN_PAUSE
                 continue
             if body is None:
                 reason = "server error"
@@ -486,7 +504,8 @@ class RemoteFile:
 
     def _request(self, headers: dict[str, str], start: int, stop: int,
                  report: Callable[[int], None] | None) -> bytes | None:
-        resp = _pool().request("GET", self.url, headers=headers, preload_content=False)
+        resp = _pool().request("GET", self.url, headers=headers, preload_content=False,
+                               retries=_ranges_retry())
         try:
             if resp.status in _RETRY_STATUS:
                 resp.drain_conn()

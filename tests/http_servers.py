@@ -64,7 +64,7 @@ http {{
     types {{ }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{tls};
         root {root};
     }}
 }}
@@ -72,20 +72,29 @@ http {{
 
 
 class Nginx:
-    """nginx serving ``root`` at ``self.url`` until :meth:`stop`."""
+    """nginx serving ``root`` at ``self.url`` until :meth:`stop`; with ``tls``, over
+    HTTPS with a self-signed certificate (which a client refuses)."""
 
-    def __init__(self, root: Path, state: Path) -> None:
+    def __init__(self, root: Path, state: Path, tls: bool = False) -> None:
         if not os.access(NGINX, os.X_OK):
             pytest.skip("nginx is not installed (apt-get install nginx-light)")
         self.root = root
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        listen = ""
+        if tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-subj", "/CN=127.0.0.1", "-days", "1", "-keyout",
+                            str(state / "key.pem"), "-out", str(state / "cert.pem")],
+                           check=True, capture_output=True)
+            listen = (f" ssl;\n        ssl_certificate {state}/cert.pem;\n"
+                      f"        ssl_certificate_key {state}/key.pem")
         conf = state / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(
             user="user root;" if os.getuid() == 0 else "", state=state, port=self.port,
-            root=root))
+            root=root, tls=listen))
         self.log = state / "access.log"
         self.proc = subprocess.Popen([NGINX, "-p", str(state), "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -160,6 +160,23 @@ def test_not_found_is_one_line(served: tuple[Nginx, Path], cache: Cache) -> None
         RemoteFile(f"{server.url}/missing.dwarfs", cache)
 
 
+def test_a_tls_error_is_one_line(tmp_path: Path, cache: Cache) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "f").write_bytes(b"x" * 100)
+    server = Nginx(www, tmp_path / "nginx", tls=True)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RemoteError) as info:
+            RemoteFile(f"{server.url}/f", cache)
+        message = str(info.value)
+        assert message.startswith("TLS error: ") and "certificate verify failed" in message
+        assert "\n" not in message
+        assert time.monotonic() - start < 10
+    finally:
+        server.stop()
+
+
 def test_server_without_ranges_is_downloaded_whole(tmp_path: Path, cache: Cache) -> None:
     www = tmp_path / "www"
     www.mkdir()

@@ -180,3 +180,35 @@ def test_offline_run_of_what_was_read(tmp_path: Path, caller: Caller) -> None:
     start = time.monotonic()
     assert caller.ok("run", url, "fim-exec", "echo", "offline") == "offline\n"
     assert time.monotonic() - start < 30
+
+
+def test_mount_url_server_gone_mid_run_gives_eio(tmp_path: Path, caller: Caller) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    os.chmod(tmp_path, 0o755)
+    files = {"a/first": os.urandom(200_000).hex(), "b/second": os.urandom(200_000).hex()}
+    tree = tmp_path / "tree"
+    for rel, text in files.items():
+        (tree / rel).parent.mkdir(parents=True)
+        (tree / rel).write_text(text)
+    fim("create", str(tree), str(www / "two.dwarfs"), "-S", "16")  # 64 KiB blocks
+    server = Nginx(www, tmp_path / "nginx")
+    mp = caller.home / "mnt"
+    mp.mkdir()
+    os.chown(mp, caller.uid, caller.gid)
+    prefix = ["runuser", "-u", USER, "--"] if caller.who == "user" else []
+    try:
+        caller.ok("mount", f"{server.url}/two.dwarfs", str(mp))
+        first = subprocess.run([*prefix, "cat", str(mp / "a/first")], capture_output=True,
+                               text=True, timeout=60)
+        assert first.stdout == files["a/first"]
+        server.stop()
+        start = time.monotonic()
+        second = subprocess.run([*prefix, "cat", str(mp / "b/second")], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode != 0
+        assert "Input/output error" in second.stderr
+        assert time.monotonic() - start < 30
+    finally:
+        server.stop()
+        caller.fim("umount", str(mp))
