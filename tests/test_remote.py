@@ -94,6 +94,28 @@ def test_dwarfs_image_from_a_url_reads_what_it_needs(served: tuple[Nginx, Path],
     assert blob == (tree / "data" / "blob3").read_bytes()
 
 
+def test_a_small_read_fetches_part_of_a_large_block(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zstd block is fetched only as far as decoding goes (reader._start_partial)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = random.Random(3).randbytes(3 << 20).hex().encode()  # compresses about 2:1
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "big").write_bytes(data)
+    www = tmp_path / "www"
+    www.mkdir()
+    fim("create", str(tmp_path / "tree"), str(www / "big.dwarfs"))  # one 16 MiB block
+    server = Nginx(www, tmp_path / "nginx")
+    try:
+        with DwarfsImage.from_path(f"{server.url}/big.dwarfs") as img:
+            assert img.read("/big", 4096, 0, NO_HANDLE) == data[:4096]
+            assert server.bytes_sent() < 1 << 20
+            assert img.read("/big", 4096, 5 << 20, NO_HANDLE) == data[5 << 20:(5 << 20) + 4096]
+            assert server.bytes_sent() < 3 << 20
+            assert img.read("/big", 7 << 20, 0, NO_HANDLE) == data
+    finally:
+        server.stop()
+
+
 def test_a_changed_file_is_never_mixed_with_the_old_one(tmp_path: Path, cache: Cache) -> None:
     www = tmp_path / "www"
     www.mkdir()

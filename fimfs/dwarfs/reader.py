@@ -58,6 +58,8 @@ PREFETCH_BLOCKS = 2
 #: How much more of a block a decoding thread makes visible to the readers waiting for
 #: it at a time.
 PROGRESS_STEP = 1 << 20
+#: Compressed bytes of a block fetched at a time over the network (_start_partial).
+REMOTE_STEP = 256 << 10
 #: ``need`` for a whole block.
 WHOLE = -1
 _METADATA_LIMIT = 1 << 30
@@ -523,6 +525,10 @@ class DwarfsImage(Filesystem):
         if n >= len(self._blocks):
             raise ImageError(f"block {n} does not exist")
         s = sections.resolve(self._f, self._blocks[n])
+        if not (whole or self._f.local) and s.compression == codecs.ZSTD \
+                and zstdstream.available():
+            self._start_partial(n, b, s)
+            return
         payload = sections.read_payload(self._f, s)
         if not sections.verify_xxh3(self._f, s, payload):
             raise ImageError("attempt to access damaged block (checksum mismatch)")
@@ -541,6 +547,24 @@ class DwarfsImage(Filesystem):
             b.decoder, b.data, b.size, b.done = dec, data, size, done
             if self._cache.get(n) is b:
                 self._keep(n, b)  # accounted at its real size from now on
+            self._progress.notify_all()
+
+    def _start_partial(self, n: int, b: _Block, s: sections.Section) -> None:
+        """A zstd block of an image read over the network, for a reader that needs part
+        of it: its compressed bytes are fetched only as far as decoding goes, REMOTE_STEP
+        at a time. The section checksum needs them all, so such a block is checked by
+        the decoder and the remote file's identity only (fimfs.remote); a block read
+        whole (ahead, or asked for whole) is fetched whole and verified."""
+        at, step = s.payload_offset, REMOTE_STEP
+        head = self._f.pread(at, min(s.length, step))
+        size = codecs.announced(codecs.ZSTD, head, self.meta.block_size)
+        dec = zstdstream.StreamDecoder(
+            head, size, lambda pos, count: self._f.pread(at + pos, min(count, step)),
+            length=s.length)
+        with self._lock:
+            b.decoder, b.data, b.size, b.done = dec, dec.data, size, 0
+            if self._cache.get(n) is b:
+                self._keep(n, b)
             self._progress.notify_all()
 
     # -- inspection ------------------------------------------------------------------

@@ -114,11 +114,13 @@ class StreamDecoder:
     """
 
     def __init__(self, payload: bytes, size: int, read: Callable[[int, int], bytes],
-                 whole: bool = False) -> None:
-        """``payload``: the whole compressed frame (already read, to verify it);
-        ``read(offset, n)``: its bytes again, once :meth:`release_input` dropped them;
-        ``whole``: it will be decoded to the end (its memory is mapped in at once, see
-        :func:`_map_in`)."""
+                 whole: bool = False, length: int | None = None) -> None:
+        """``payload``: the whole compressed frame (already read, to verify it), or its
+        first bytes when ``length`` gives the frame's length (an image read over the
+        network fetches only as much as decoding needs); ``read(offset, n)``: bytes of
+        the frame (up to ``n``; the rest, or again once :meth:`release_input` dropped
+        them); ``whole``: it will be decoded to the end (its memory is mapped in at
+        once, see :func:`_map_in`)."""
         lib = _library()
         if lib is None:
             raise RuntimeError("libzstd is not available")
@@ -129,7 +131,7 @@ class StreamDecoder:
         if whole:
             _map_in(ctypes.addressof(self.data), size)
         self._read = read
-        self._length = len(payload)
+        self._length = len(payload) if length is None else length
         self._chunk: bytes | None = None  # the input being handed over
         self._chunk_at = 0  # where it starts in the frame
         self._in = _InBuffer(None, 0, 0)
