@@ -294,6 +294,7 @@ class RemoteFile:
         self._lock = threading.Lock()
         self.fetched = 0  # bytes received from the server by this object
         self._down_until = 0.0
+        self.ranges = True  # False: the server ignores ranges (the file is all cached)
         ident = self._probe()
         self.size = int(ident["size"])  # type: ignore[call-overload]
         self.validator = str(ident.get("validator") or "")
@@ -373,6 +374,7 @@ class RemoteFile:
         if done != size:
             raise RemoteError(f"truncated body ({done} of {size} bytes)")
         self.fetched += done
+        self.ranges = False
         return {"size": size, "validator": validator}
 
     # -- reading --------------------------------------------------------------------
@@ -442,6 +444,9 @@ class RemoteFile:
         stop = min(self.size, (last + 1) * CHUNK)
         if self.offline:
             raise self._eio("offline, and this part was never fetched")
+        if not self.ranges:
+            raise self._eio("the server does not support range requests, and this part "
+                            "left the cache")
         body = self._get_range(start, stop)
         out = {}
         for i in range(first, last + 1):
@@ -466,7 +471,13 @@ class RemoteFile:
     def fetch_range(self, start: int, stop: int,
                     report: Callable[[int], None] | None = None) -> bytes:
         """Bytes ``[start, stop)`` straight from the server (no cache): for a caller
-        that streams a large part once (a delta update); ``report(n)`` as bytes come."""
+        that streams a large part once (a delta update); ``report(n)`` as bytes come.
+        From the cache when the server does not support ranges (downloaded whole)."""
+        if not self.ranges:
+            data = self.read_upto(start, stop - start)
+            if report is not None:
+                report(len(data))
+            return data
         return self._get_range(start, stop, report)
 
     def _get_range(self, start: int, stop: int,

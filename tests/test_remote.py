@@ -209,6 +209,7 @@ def test_server_without_ranges_is_downloaded_whole(tmp_path: Path, cache: Cache)
         f = RemoteFile(f"{server.url}/f", cache)
         assert f.fetched == len(data)
         assert f.read_upto(CHUNK - 5, 2 * CHUNK) == data[CHUNK - 5:3 * CHUNK - 5]
+        assert f.fetch_range(10, 3 * CHUNK) == data[10:3 * CHUNK]  # from the cache
         small = Cache(str(tmp_path / "small"), limit=2 * CHUNK)
         with pytest.raises(RemoteError, match="does not support range requests and the "
                                               "file .* is larger than half the cache"):

@@ -19,7 +19,7 @@ import pytest
 
 from cli import image
 from tests.containers import BASE_PATH, USER, ensure_user, open_dev_fuse
-from tests.http_servers import Nginx
+from tests.http_servers import Nginx, PlainServer
 from tests.images import fim, make_layer
 
 pytestmark = pytest.mark.fuse
@@ -212,3 +212,16 @@ def test_mount_url_server_gone_mid_run_gives_eio(tmp_path: Path, caller: Caller)
     finally:
         server.stop()
         caller.fim("umount", str(mp))
+
+
+def test_run_url_from_a_server_without_ranges(site: Nginx, caller: Caller) -> None:
+    """python3 -m http.server ignores Range: the image is downloaded whole, once, into
+    the cache, and runs from there."""
+    plain = PlainServer(site.root)
+    try:
+        url = f"{plain.url}/blue.flatimage"
+        out = caller.ok("run", url, "fim-exec", "sh", "-c", 'echo "FOO=$FOO"')
+        assert out == "FOO=bar\n"
+    finally:
+        plain.stop()
+    assert caller.ok("run", url, "fim-exec", "echo", "cached") == "cached\n"  # offline now
