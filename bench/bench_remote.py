@@ -30,7 +30,8 @@ import pytest
 from tests.http_servers import Nginx
 
 ROUNDS = 5
-CORPUS_BYTES = 32 << 20
+#: The layer of the random reads (``FIM_BENCH_CORPUS_MB`` for a quick check of the suite).
+CORPUS_BYTES = int(os.environ.get("FIM_BENCH_CORPUS_MB", "32")) << 20
 
 
 def _median(values: list[float]) -> float:
