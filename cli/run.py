@@ -366,6 +366,14 @@ def _child_pid(status: BinaryIO) -> int | None:
     return None
 
 
+def _runtime_base_tmpfs(app_bin: str) -> list[str]:
+    """A tmpfs inside at the runtime's base directory when it is not under /tmp (a noexec
+    or squatted /tmp: cli.rundir), so that the mount points bwrap makes for the runtime
+    and instance binds are made there, not in the image's writable layer at every run."""
+    base = os.path.dirname(os.path.dirname(os.path.dirname(app_bin)))  # BASE/app/BUILD/bin
+    return [] if base.startswith("/tmp/") else ["--tmpfs", base]
+
+
 def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: str,
              app_bin: str, root_args: list[str]) -> tuple[Sandbox, dict[str, str]]:
     """The sandbox description and the environment bwrap starts with."""
@@ -434,7 +442,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
-        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin, root_fs.root_args)
+        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin,
+                           root_fs.root_args + _runtime_base_tmpfs(app_bin))
         portal.prepare(sb, env, inst.path, app_bin, os.getpid())
         pipes = _Pipes()
         args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,22 +138,29 @@ cat {ws}/user.out
 @pytest.mark.parametrize("fallback", ["xdg", "cache"])
 def test_noexec_tmp(runner: Runner, fallback: str) -> None:
     """/tmp mounted noexec: the runtime goes to $XDG_RUNTIME_DIR/fim, else the cache, with
-    one notice on the run that unpacks it."""
-    xdg = runner.workspace / "xdg"
-    env = {}
-    if fallback == "xdg":
-        xdg.mkdir(mode=0o700)
-        os.chown(xdg, runner.uid, runner.gid)
-        env["XDG_RUNTIME_DIR"] = str(xdg)
-        where = f"{xdg}/fim"
-    else:
-        where = f"{runner.workspace}/cache/fim"
-    run = victim(runner, "fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP"', env=env)
-    script = f"""{run}; echo "exit=$?"
-{run} 2>&1; echo "exit=$?"
-"""
-    proc = isolated(script, keep(runner), noexec=True)
-    app = f"{where}/app/{build_id(runner)}"
-    assert proc.stdout == f"{app}\nexit=0\n{app}\nexit=0\n", proc
-    assert proc.stderr == (f"W::launcher::/tmp/fim-{runner.uid} cannot run programs "
-                           f"(noexec): unpacking the runtime into {where}\n"), proc
+    one notice on the run that unpacks it; the mount points of its binds stay out of the
+    image's writable layer (a tmpfs at the base inside)."""
+    outside = Path(tempfile.mkdtemp(prefix="fim-noexec-", dir="/var/tmp"))  # not in /tmp
+    try:
+        os.chmod(outside, 0o755)
+        os.chown(outside, runner.uid, runner.gid)
+        env = {"XDG_CACHE_HOME": str(outside / "cache")}
+        if fallback == "xdg":
+            xdg = outside / "xdg"
+            xdg.mkdir(mode=0o700)
+            os.chown(xdg, runner.uid, runner.gid)
+            env["XDG_RUNTIME_DIR"] = str(xdg)
+            where = f"{xdg}/fim"
+        else:
+            where = f"{outside}/cache/fim"
+        run = victim(runner, "fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP"', env=env)
+        proc = isolated(f'{run}; echo "exit=$?"\n{run} 2>&1; echo "exit=$?"', keep(runner),
+                        noexec=True)
+        app = f"{where}/app/{build_id(runner)}"
+        assert proc.stdout == f"{app}\nexit=0\n{app}\nexit=0\n", proc
+        assert proc.stderr == (f"W::launcher::/tmp/fim-{runner.uid} cannot run programs "
+                               f"(noexec): unpacking the runtime into {where}\n"), proc
+        in_upper = runner.data / "root" / where.lstrip("/")
+        assert not in_upper.exists() or not any(in_upper.iterdir())
+    finally:
+        shutil.rmtree(outside)
