@@ -243,13 +243,14 @@ def run(layout: image.Layout, url: str) -> Result:
     docstring); the old image stays whenever anything fails."""
     from fimfs.remote import progress
 
-    expected = published_sum(url)
     path = layout.path
+    _remove_stale(path)
+    expected = published_sum(url)
     if _sha256_file(path) == expected:
         return Result(os.path.getsize(path), 0, False)
     rf = image.remote(url)
     before = rf.fetched
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.update-{os.getpid()}")
+    tmp = f"{_tmp_prefix(path)}{os.getpid()}"
     old_fd = image.open_image_fd(path)
     try:
         with image.locked(old_fd, exclusive=True):
@@ -279,6 +280,23 @@ def run(layout: image.Layout, url: str) -> Result:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return Result(rf.size, rf.fetched - before, True)
+
+
+def _tmp_prefix(path: str) -> str:
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.update-")
+
+
+def _remove_stale(path: str) -> None:
+    """The temporary files of updates whose process was killed."""
+    prefix = _tmp_prefix(path)
+    directory, start = os.path.split(prefix)
+    for name in os.listdir(directory or "."):
+        pid = name[len(start):]
+        if name.startswith(start) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
 
 
 def _fsync_dir(directory: str) -> None:

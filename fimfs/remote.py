@@ -125,6 +125,10 @@ class Cache:
         finally:
             os.close(fd)
 
+    def holds(self, key: str, count: int) -> bool:
+        """Are chunks ``0..count-1`` of ``key`` all cached?"""
+        return all(os.path.exists(self._chunk(key, i)) for i in range(count))
+
     def put(self, key: str, index: int, data: bytes) -> None:
         """Store one chunk; a full disk or a read-only cache only costs the caching."""
         path = self._chunk(key, index)
@@ -328,6 +332,10 @@ class RemoteFile:
                 ident = self._download_whole(resp)
             else:
                 raise RemoteError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
+        except Exception as exc:
+            if not _is_http_error(exc):
+                raise
+            raise RemoteError(_reason(exc)) from None
         finally:
             resp.release_conn()
         if ident["validator"]:
@@ -352,6 +360,10 @@ class RemoteFile:
                               f"the file ({size} bytes) is larger than half the cache "
                               f"({self.cache.limit} bytes, FIM_REMOTE_CACHE_SIZE)")
         key = _sha(f"{self.url}\n{validator}\n{size}")
+        self.ranges = False
+        if self.cache.holds(key, -(-size // CHUNK)):  # downloaded before (another run)
+            resp.close()
+            return {"size": size, "validator": validator}
         _log().info("%s: no range support on the server: downloading %d bytes", self.url, size)
         done = 0
         with progress(size, self.url) as advance:
@@ -374,7 +386,6 @@ class RemoteFile:
         if done != size:
             raise RemoteError(f"truncated body ({done} of {size} bytes)")
         self.fetched += done
-        self.ranges = False
         return {"size": size, "validator": validator}
 
     # -- reading --------------------------------------------------------------------

@@ -210,6 +210,9 @@ def test_server_without_ranges_is_downloaded_whole(tmp_path: Path, cache: Cache)
         assert f.fetched == len(data)
         assert f.read_upto(CHUNK - 5, 2 * CHUNK) == data[CHUNK - 5:3 * CHUNK - 5]
         assert f.fetch_range(10, 3 * CHUNK) == data[10:3 * CHUNK]  # from the cache
+        again = RemoteFile(f"{server.url}/f", cache)
+        assert again.fetched == 0  # downloaded before: not again
+        assert again.read_upto(0, len(data)) == data
         small = Cache(str(tmp_path / "small"), limit=2 * CHUNK)
         with pytest.raises(RemoteError, match="does not support range requests and the "
                                               "file .* is larger than half the cache"):

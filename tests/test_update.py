@@ -106,6 +106,7 @@ def test_a_failed_update_leaves_the_image_as_it_was(v1: Path, site: Nginx, tmp_p
     else:
         site.stop()
     old = client.read_bytes()
+    (client.parent / f".{NAME}.update-999999999").write_bytes(b"of a killed update")
     proc = run(client, "fim-update", "run")
     assert proc.returncode != 0
     assert client.read_bytes() == old
