@@ -53,6 +53,7 @@ from typing import Any
 from fimfs import fuse
 from fimfs.errors import FimfsError
 from fimfs.fuse.lifecycle import adopt_stdio
+from fimfs.remote import is_url
 from fimfs.vfs import Filesystem
 
 log = logging.getLogger(__name__)
@@ -457,7 +458,8 @@ def _layer_spec(layer: Sequence[Any]) -> LayerSpec:
     if len(layer) not in (2, 3):
         raise FimfsError(f"a layer is (path, offset[, size]), not {layer!r}")
     size = None if len(layer) == 2 or layer[2] is None else int(layer[2])
-    return os.path.abspath(os.fsdecode(layer[0])), int(layer[1]), size
+    path = os.fsdecode(layer[0])
+    return path if is_url(path) else os.path.abspath(path), int(layer[1]), size
 
 
 def _fresh_dir(path: str) -> str:

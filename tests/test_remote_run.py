@@ -225,3 +225,24 @@ def test_run_url_from_a_server_without_ranges(site: Nginx, caller: Caller) -> No
     finally:
         plain.stop()
     assert caller.ok("run", url, "fim-exec", "echo", "cached") == "cached\n"  # offline now
+
+
+@pytest.mark.parametrize("backend", ["overlayfs", "unionfs", "bwrap"])
+def test_run_url_with_the_external_backends(site: Nginx, backend: str) -> None:
+    """Each layer of the URL is served by fim's reader on its own mount, then united."""
+    program = {"overlayfs": "fuse-overlayfs", "unionfs": "unionfs-fuse"}.get(backend)
+    if program is not None and shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed")
+    caller = Caller("root")
+    try:
+        proc = caller.fim("run", f"{site.url}/blue.flatimage", "fim-exec", "sh", "-c",
+                          'test -x /bin/busybox && echo "FOO=$FOO"',
+                          env={"FIM_OVERLAY": backend, "FIM_DEBUG": "1"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "FOO=bar"
+        names = {"overlayfs": "FUSE_OVERLAYFS", "unionfs": "UNIONFS_FUSE", "bwrap": "BWRAP"}
+        logged = proc.stdout + proc.stderr  # FIM_DEBUG's lines
+        assert f"Overlay type: {names[backend]}" in logged
+        assert "falling back to fimfs" not in logged
+    finally:
+        caller.remove()
