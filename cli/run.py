@@ -258,9 +258,13 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
 
 class _Forwarder:
     """Passes termination signals to the program once its pid is known; the run itself
-    ignores SIGINT/SIGQUIT (the terminal sends them to the program), as a shell does."""
+    ignores SIGINT/SIGQUIT (the terminal sends them to the program), as a shell does.
+
+    ``init`` is bwrap's child, the pid namespace's pid 1, which takes no signal it has
+    no handler for: the signals go to its child, the program."""
 
     def __init__(self) -> None:
+        self.init: int | None = None
         self.pid: int | None = None
         self.saved = {sig: signal.getsignal(sig) for sig in (*FORWARDED, signal.SIGINT,
                                                                signal.SIGQUIT)}
@@ -273,6 +277,10 @@ class _Forwarder:
         return self
 
     def _forward(self, sig: int, _frame: object) -> None:
+        if self.pid is None and self.init is not None:
+            from sandbox.bwrap import program_pid
+
+            self.pid = program_pid(self.init)
         if self.pid is not None:
             try:
                 os.kill(self.pid, sig)
@@ -305,14 +313,40 @@ def _wait_gone(pid: int) -> None:
 
 
 class _Pipes:
-    """bwrap's status pipe (the child's pid) and the sandbox's "started" pipe."""
+    """The descriptors bwrap gets: its status pipe (the child's pid), the sandbox's
+    "started" pipe, its hidden arguments (the environment), the seccomp filter, and
+    the user namespace of host root running as root inside (:mod:`sandbox.userns`;
+    another identity gets bwrap's one-uid namespace, which bwrap can switch to)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root_inside: bool) -> None:
+        from sandbox import seccomp
+
         self.status_r, self.status_w = os.pipe()
         self.started_r, self.started_w = os.pipe()
+        self.args = os.memfd_create("fim-bwrap-args")
+        self.seccomp = _memfd("fim-seccomp", seccomp.program())
+        self.userns: int | None = None
+        if root_inside and os.getuid() == 0:
+            from sandbox import userns
+
+            try:
+                self.userns = userns.identity_namespace()
+            except OSError as exc:
+                raise Fatal(f"Could not create a user namespace for root: "
+                            f"{exc.strerror or exc}") from None
+
+    def fill(self, hidden: bytes) -> None:
+        """The arguments bwrap reads from ``--args``."""
+        os.write(self.args, hidden)
+        os.lseek(self.args, 0, os.SEEK_SET)
+
+    @property
+    def passed(self) -> tuple[int, ...]:
+        extra = () if self.userns is None else (self.userns,)
+        return (self.status_w, self.started_w, self.args, self.seccomp, *extra)
 
     def close_writers(self) -> None:
-        for fd in (self.status_w, self.started_w):
+        for fd in self.passed:
             os.close(fd)
 
     def started(self) -> bool:
@@ -320,15 +354,25 @@ class _Pipes:
             return f.read(1) == b"."
 
 
-def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
-    """Start bwrap, forward signals to the program, return the exit code (spec 1.3)."""
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _run_bwrap(args: list[str], pipes: _Pipes) -> int:
+    """Start bwrap, forward signals to the program, return the exit code (spec 1.3).
+
+    bwrap is a host process: it gets no variable of the caller or the image (the
+    container's environment is in its hidden arguments)."""
     import subprocess  # here, after the mount daemon's fork: it costs a start ~5 ms
 
     from sandbox.bwrap import explain_failure
 
     with _Forwarder() as fwd:
         try:
-            proc = subprocess.Popen(args, env=env, pass_fds=(pipes.status_w, pipes.started_w),
+            proc = subprocess.Popen(args, env={}, pass_fds=pipes.passed,
                                     preexec_fn=_restore_signals)
         except OSError as exc:
             pipes.close_writers()
@@ -336,7 +380,7 @@ def _run_bwrap(args: list[str], env: dict[str, str], pipes: _Pipes) -> int:
         pipes.close_writers()
         # open until bwrap exits: it writes the exit code there too (no SIGPIPE for it)
         with os.fdopen(pipes.status_r, "rb") as status:
-            child = fwd.pid = _child_pid(status)
+            child = fwd.init = _child_pid(status)
             code = proc.wait()
     if not pipes.started():
         log.emit("C", explain_failure(os.getuid()), "run.py")
@@ -374,20 +418,31 @@ def _runtime_base_tmpfs(app_bin: str) -> list[str]:
     return [] if base.startswith("/tmp/") else ["--tmpfs", base]
 
 
+def _container_env(ctx: Context, app_bin: str) -> dict[str, str]:
+    """The program's environment (spec 3.4, README "Security model"): the caller's
+    (with the FIM_* of spec 7.2; the frozen runtime's own variables were undone by
+    cli.frozen_main), then fim-env, TERM and the PATH of spec 7.2."""
+    caller = dict(os.environ)
+    stored = _expanded_env(ctx)
+    path = f"{app_bin}:{os.environ.get('PATH', '')}:{SYSTEM_PATH}"
+    return {**caller, **stored, "TERM": stored.get("TERM", "xterm"), "PATH": path}
+
+
 def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: str,
-             app_bin: str, root_args: list[str]) -> tuple[Sandbox, dict[str, str]]:
-    """The sandbox description and the environment bwrap starts with."""
+             app_bin: str, root_args: list[str]) -> Sandbox:
+    """The sandbox description: pid and IPC namespaces always (IPC shared with the
+    xorg permission: MIT-SHM), the network one unless the permission."""
     from sandbox import permissions
     from sandbox.bwrap import Bind, Sandbox
 
-    env = _expanded_env(ctx)
     host = permissions.Host(os.environ)
     perm_args, messages = permissions.permission_args(ctx.config.permissions, host,
                                                       root_mode=root)
     for message in messages:
         log.emit("E", message, "run.py")
     isolated = permissions.network_isolated(ctx.config.permissions, ctx.config.unshare)
-    unshare = permissions.unshare_args(ctx.config.unshare, network_isolated=isolated)
+    unshared = permissions.always_unshared(ctx.config.permissions) | set(ctx.config.unshare)
+    unshare = permissions.unshare_args(unshared, network_isolated=isolated)
     caller = dict(os.environ)
     binds = [Bind(b.type, expand(b.src, caller), expand(b.dst, caller))
              for b in ctx.config.binds]
@@ -395,16 +450,13 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
     lib = os.path.join(os.path.dirname(app_bin), "lib")
     if os.path.isdir(lib):
         runtime.append(lib)
-    sb = Sandbox(
-        root_args=root_args,
-        identity=ident, host_uid=os.getuid(), host_gid=os.getgid(), shell=shell,
+    return Sandbox(
+        root_args=root_args, identity=ident, shell=shell,
         passwd=inst.passwd, runtime_dirs=runtime, files={inst.bashrc: inst.bashrc},
         binds=binds, permission_args=perm_args, unshare_args=unshare,
         setenv={"XDG_RUNTIME_DIR": host.xdg_runtime_dir, "BASHRC_FILE": inst.bashrc},
+        environ=_container_env(ctx, app_bin),
     )
-    path = f"{app_bin}:{os.environ.get('PATH', '')}:{SYSTEM_PATH}"
-    extra = {**env, "TERM": env.get("TERM", "xterm"), "PATH": path}
-    return sb, {**os.environ, **extra}
 
 
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
@@ -442,18 +494,20 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         integrate(ctx)  # spec 8.2 step 1: desktop integration, notification; failures logged
         if program and program[0] == DEFAULT_PROGRAM:  # the bundled bash, with our prompt
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
-        sb, env = _sandbox(ctx, inst, ident, root, shell, app_bin,
-                           root_fs.root_args + _runtime_base_tmpfs(app_bin))
-        portal.prepare(sb, env, inst.path, app_bin, os.getpid())
-        pipes = _Pipes()
-        args = bwrap.argv(sb, bwrap_path, program, status_fd=pipes.status_w,
-                          started_fd=pipes.started_w)
-        log.emit("D", f"bwrap: {args}", "run.py")
+        sb = _sandbox(ctx, inst, ident, root, shell, app_bin,
+                      root_fs.root_args + _runtime_base_tmpfs(app_bin))
+        portal.prepare(sb, inst.path, app_bin, os.getpid())
+        pipes = _Pipes(ident.uid == 0)
+        cmd = bwrap.command(sb, bwrap_path, program, args_fd=pipes.args,
+                            seccomp_fd=pipes.seccomp, userns_fd=pipes.userns,
+                            status_fd=pipes.status_w, started_fd=pipes.started_w)
+        pipes.fill(cmd.hidden)
+        log.emit("D", f"bwrap: {cmd.argv}", "run.py")
         timing.mark("prepared")
         root_fs.wait()
         watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         timing.mark("bwrap")
-        code = _run_bwrap(args, env, pipes)
+        code = _run_bwrap(cmd.argv, pipes)
         timing.mark("exited")
     finally:
         if root_fs is not None:

@@ -9,6 +9,14 @@ private ``/tmp`` (tmpfs), the runtime directory read-only at its host path (the
 bundled bash lives there), the generated ``/etc/passwd`` and bashrc, then the user's
 binds, the permission arguments and the unshare arguments. Unlike FlatImage there is
 no bind of the host root and no shared host ``/tmp`` or ``/sys``.
+
+What bwrap itself is given (README, "Security model"): its own environment is not the
+container's (bwrap is a host process: a stored ``LD_PRELOAD`` must not load into it);
+the container's whole environment goes in as ``--clearenv`` and ``--setenv`` through
+``--args FD`` (not on the command line, where any host user's ``ps`` shows it). Always a
+user namespace (the caller's own one for host root, :mod:`sandbox.userns`), the pid
+namespace, the seccomp filter of :mod:`sandbox.seccomp`; root inside keeps only
+:data:`ROOT_CAPS`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ STARTED = 'printf . >&{fd}; exec {fd}>&-; '
 #: program: "command not found", 127) runs as before.
 RUN_EXEC = '[[ $(type -t -- "$1") == file ]] && exec "$@"; "$@"'
 BIND_FLAGS = {"ro": "--ro-bind-try", "rw": "--bind-try", "dev": "--dev-bind-try"}
+#: What root inside keeps (Docker's default set for a container's root: enough for
+#: dpkg/apt, su, chown...). Not CAP_SYS_ADMIN (mount, remount the runtime read-write),
+#: CAP_DAC_READ_SEARCH (open_by_handle_at), CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_NET_ADMIN,
+#: ... They are capabilities of the sandbox's user namespace, never the host's.
+ROOT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+             "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_MKNOD",
+             "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE")
 
 
 class Identity(NamedTuple):
@@ -58,24 +73,24 @@ class Sandbox:
     """Everything bwrap is told, in the order it is told.
 
     ``root_args`` make ``/`` (``--bind MOUNT /`` or bwrap's overlay arguments);
-    ``host_uid``/``host_gid`` are the caller's, to know when a user namespace is
-    needed; ``runtime_dirs`` are bound read-only at their own paths; ``files`` maps a
+    ``runtime_dirs`` are bound read-only at their own paths; ``files`` maps a
     host file to where it appears (read-only); ``passwd`` is the generated passwd
     file. ``permission_args``/``unshare_args`` come from :mod:`sandbox.permissions`;
+    ``environ`` is the program's environment, ``setenv`` what is set over it;
     ``background`` commands start before the program (the guest portal daemon).
 
     A plain class, not a dataclass: importing dataclasses costs a run's start ~10 ms.
     """
 
-    def __init__(self, *, root_args: list[str], identity: Identity, host_uid: int,
-                 host_gid: int, shell: str, passwd: str, runtime_dirs: list[str] | None = None,
+    def __init__(self, *, root_args: list[str], identity: Identity, shell: str,
+                 passwd: str, runtime_dirs: list[str] | None = None,
                  files: dict[str, str] | None = None, binds: list[Bind] | None = None,
                  permission_args: list[str] | None = None,
                  unshare_args: list[str] | None = None, setenv: dict[str, str] | None = None,
+                 environ: dict[str, str] | None = None,
                  background: list[list[str]] | None = None) -> None:
         self.root_args = root_args
         self.identity = identity
-        self.host_uid, self.host_gid = host_uid, host_gid
         self.shell = shell
         self.passwd = passwd
         self.runtime_dirs = runtime_dirs if runtime_dirs is not None else []
@@ -84,25 +99,25 @@ class Sandbox:
         self.permission_args = permission_args if permission_args is not None else []
         self.unshare_args = unshare_args if unshare_args is not None else []
         self.setenv = setenv if setenv is not None else {}
+        #: the program's environment before every --setenv (nothing else reaches it)
+        self.environ = environ if environ is not None else {}
         #: commands started in the background before the program, stdio on /dev/null
         self.background = background if background is not None else []
 
 
-def _identity_args(sb: Sandbox) -> list[str]:
+def _identity_args(sb: Sandbox, userns: bool) -> list[str]:
+    """``userns``: the sandbox enters a user namespace made for it (host root's, see
+    :mod:`sandbox.userns`); otherwise bwrap makes one mapping the caller's uid."""
     ident = sb.identity
-    args = []
-    # bwrap maps the sandbox ids onto the caller's with a user namespace; as root it
-    # only makes one when asked, and --uid/--gid need it.
-    if sb.host_uid != 0 or (ident.uid, ident.gid) != (0, 0):
-        args.append("--unshare-user")
+    args = [] if userns else ["--unshare-user"]
     args += ["--uid", str(ident.uid), "--gid", str(ident.gid)]
+    # bwrap drops every capability of a normal caller, and keeps a privileged one's:
+    # set the list explicitly either way. Root inside needs DAC override & co (dpkg
+    # writes its 0440 conffiles), never what changes mounts.
+    args += ["--cap-drop", "ALL"]
     if ident.uid == 0:
-        # root inside is root over the image: bwrap drops every capability of a normal
-        # caller otherwise (no DAC override: dpkg could not write its 0440 conffiles).
-        # They are the user namespace's, not the host's.
-        args += ["--cap-add", "ALL"]
-    for name, value in (("USER", ident.user), ("HOME", ident.home), ("SHELL", ident.shell)):
-        args += ["--setenv", name, value]
+        for cap in ROOT_CAPS:
+            args += ["--cap-add", cap]
     return args
 
 
@@ -117,30 +132,97 @@ def _base_args(sb: Sandbox) -> list[str]:
     return args
 
 
-def argv(sb: Sandbox, bwrap: str, program: Sequence[str], *,
-         status_fd: int | None = None, started_fd: int | None = None) -> list[str]:
-    """The full command line: ``bwrap <sandbox> bash -c '"$@"' bash PROGRAM...``.
+class Command(NamedTuple):
+    """bwrap's command line, and the arguments it reads from ``--args FD``: the
+    environment, NUL-separated (:func:`command`)."""
 
-    ``status_fd``: bwrap's ``--json-status-fd`` (the child's pid, then its exit code);
-    ``started_fd``: written to once the sandbox is set up (see :data:`STARTED`).
+    argv: list[str]
+    hidden: bytes
+
+
+def command(sb: Sandbox, bwrap: str, program: Sequence[str], *, args_fd: int,
+            seccomp_fd: int | None = None, userns_fd: int | None = None,
+            status_fd: int | None = None, started_fd: int | None = None) -> Command:
+    """``bwrap <sandbox> bash -c '"$@"' bash PROGRAM...``, every ``--setenv`` of it
+    moved with ``--clearenv`` and ``sb.environ`` into the data for ``--args args_fd``.
+
+    ``seccomp_fd``: the filter (:func:`sandbox.seccomp.program`); ``userns_fd``: a user
+    namespace to enter (:mod:`sandbox.userns`); ``status_fd``: bwrap's
+    ``--json-status-fd`` (the child's pid, then its exit code); ``started_fd``: written
+    to once the sandbox is set up (see :data:`STARTED`).
     """
-    # the sandbox does not outlive the run that serves its root (also when it is killed)
-    args = [bwrap, "--die-with-parent"]
+    # the sandbox does not outlive the run that serves its root (also when it is
+    # killed); with the pid namespace, its pid 1 ending kills whatever is left inside
+    args = [bwrap, "--die-with-parent", "--args", str(args_fd)]
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    if userns_fd is not None:
+        args += ["--userns", str(userns_fd)]
     args += sb.root_args
-    args += _identity_args(sb)
+    args += _identity_args(sb, userns_fd is not None)
     args += _base_args(sb)
     for bind in sb.binds:
         args += [BIND_FLAGS[bind.kind], bind.src, bind.dst]
-    args += sb.permission_args
+    permission_args, permission_env = _split_setenv(sb.permission_args)
+    args += permission_args
     args += sb.unshare_args
-    for name, value in sb.setenv.items():
-        args += ["--setenv", name, value]
+    identity_env = _setenv_args({"USER": sb.identity.user, "HOME": sb.identity.home,
+                                 "SHELL": sb.identity.shell})
+    hidden = ["--clearenv", *_setenv_args(sb.environ), *identity_env, *permission_env,
+              *_setenv_args(sb.setenv)]
     script = launch_line(sb.background)
     if started_fd is not None:
         script = STARTED.format(fd=started_fd) + script
-    return [*args, "--", sb.shell, "-c", script, "bash", *program]
+    args += ["--", sb.shell, "-c", script, "bash", *program]
+    data = b"".join(os.fsencode(arg) + b"\0" for arg in hidden)
+    return Command(args, data)
+
+
+def _setenv_args(environ: dict[str, str]) -> list[str]:
+    out = []
+    for name, value in environ.items():
+        out += ["--setenv", name, value]
+    return out
+
+
+#: how many values follow each option the permission builders emit
+_ARITY = {"--setenv": 2, "--bind-try": 2, "--ro-bind-try": 2, "--dev-bind-try": 2}
+
+
+def _split_setenv(args: list[str]) -> tuple[list[str], list[str]]:
+    """The permission arguments without their ``--setenv NAME VALUE`` triples, and
+    those triples in order (options are walked by arity: a path is never an option)."""
+    visible: list[str] = []
+    hidden: list[str] = []
+    i = 0
+    while i < len(args):
+        end = i + 1 + _ARITY[args[i]]
+        (hidden if args[i] == "--setenv" else visible).extend(args[i:end])
+        i = end
+    return visible, hidden
+
+
+def program_pid(init: int) -> int | None:
+    """The host pid of the program of the sandbox whose pid 1 is ``init`` (bwrap's
+    child, as ``--json-status-fd`` gives it): the child of ``init`` that is pid 2 in the
+    namespace (pid 1 forks the program first; orphans it adopts come later)."""
+    try:
+        with open(f"/proc/{init}/task/{init}/children", encoding="ascii") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            with open(f"/proc/{child}/status", encoding="ascii") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")),
+                             [])
+        except OSError:
+            continue
+        if nspid[-1:] == ["2"]:
+            return int(child)
+    return None
 
 
 def launch_line(background: Sequence[Sequence[str]] = ()) -> str:

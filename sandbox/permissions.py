@@ -12,6 +12,8 @@ Deliberate differences from upstream FlatImage (issue 8, "Sandbox"):
 * /tmp is private, so ``xorg`` also binds ``/tmp/.X11-unix`` (read-only).
 * The network namespace is unshared unless ``network`` is given (`network_isolated`);
   ``network`` also brings the resolver files, as upstream.
+* The pid and IPC namespaces are always unshared, IPC except with ``xorg`` (X11's
+  MIT-SHM shares System V memory with the server) (`always_unshared`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "PERMISSIONS",
     "UNSHARE",
     "Host",
+    "always_unshared",
     "dbus_socket_path",
     "gpu_symlinks",
     "network_isolated",
@@ -320,6 +323,13 @@ def network_isolated(perms: Collection[str], unshare: Collection[str]) -> bool:
     ``network`` permission is given; ``fim-unshare net`` unshares it anyway (spec 4).
     """
     return "network" not in perms or "net" in unshare
+
+
+def always_unshared(perms: Collection[str]) -> set[str]:
+    """The unshare options every sandbox gets whatever ``fim-unshare`` says: ``pid``
+    (nothing of the host visible or signalable; nothing outlives the run) and ``ipc``
+    (no host System V memory), but the IPC namespace stays the host's with ``xorg``."""
+    return {"pid"} if "xorg" in perms else {"pid", "ipc"}
 
 
 def unshare_args(options: Collection[str], *, network_isolated: bool = False) -> list[str]:

@@ -21,8 +21,9 @@ stdin and stdout the client makes a new pseudo-terminal, hands its slave over (t
 program gets it as its controlling terminal: job control works) and relays between
 the caller's terminal and the master.
 
-Both daemons exit within :data:`POLL_MS` of the instance's process (a pidfd);
-a request's handler ends its program when the client or the instance goes away.
+The host daemon exits within :data:`POLL_MS` of the instance's process (a pidfd), the
+guest daemon with the sandbox's program (its pid namespace ends with it); a request's
+handler ends its program when the client or the instance goes away.
 Nothing here imports ``cli`` or ``fimfs``. Inside the sandbox the dispatcher and the
 guest daemon are the frozen fim (``FIM_PORTAL_MODE``), run by the host's dynamic loader
 bound in read-only, so they work in an image without python3 or even glibc.
@@ -189,8 +190,8 @@ def _listen(path: str) -> socket.socket:
 
 
 def serve(path: str, ref_pid: int, log_path: str | None = None,
-          ready: int | None = None, also: Sequence[int] = ()) -> int:
-    """Listen on ``path`` until process ``ref_pid`` (or one of ``also``) is gone; fork a
+          ready: int | None = None) -> int:
+    """Listen on ``path`` until process ``ref_pid`` is gone; fork a
     handler per connection. ``ready``: a descriptor to write one byte to once
     listening."""
     log = _Log(log_path)
@@ -199,7 +200,7 @@ def serve(path: str, ref_pid: int, log_path: str | None = None,
     try:
         ref = os.pidfd_open(ref_pid)
     except OSError as exc:
-        log(f"instance process {ref_pid} is not visible ({exc.strerror}): not serving")
+        log(f"process {ref_pid} is not visible ({exc.strerror}): not serving")
         return EXIT_FAILURE
     try:
         listener = _listen(path)
@@ -211,14 +212,14 @@ def serve(path: str, ref_pid: int, log_path: str | None = None,
             os.write(ready, b"1")
             os.close(ready)
     poller = select.poll()
-    watched = _watch(poller, ref, also)
+    poller.register(ref, select.POLLIN)
     poller.register(listener.fileno(), select.POLLIN)
     handlers: set[int] = set()
     try:
         while True:
             events = dict(poller.poll(POLL_MS))
             _reap(handlers)
-            if watched.intersection(events):
+            if ref in events:
                 return 0
             if listener.fileno() in events:
                 _accept(listener, ref, log, handlers)
@@ -226,18 +227,6 @@ def serve(path: str, ref_pid: int, log_path: str | None = None,
         with contextlib.suppress(OSError):
             os.unlink(path)
         listener.close()
-
-
-def _watch(poller: select.poll, ref: int, also: Sequence[int]) -> set[int]:
-    """Register the pidfds whose readiness (their process ended) stops the daemon."""
-    poller.register(ref, select.POLLIN)
-    watched = {ref}
-    for pid in also:
-        with contextlib.suppress(OSError):
-            fd = os.pidfd_open(pid)
-            poller.register(fd, select.POLLIN)
-            watched.add(fd)
-    return watched
 
 
 def _reap(handlers: set[int]) -> None:
@@ -440,7 +429,11 @@ def start_host(portal_dir: str, ref_pid: int) -> None:
 GLIBC = ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
          "libutil.so.1")
 MODE_VAR = "FIM_PORTAL_MODE"  # read (and removed) first thing by cli/frozen_main.py
+#: PyInstaller's bootloader (onedir) re-executes itself to set LD_LIBRARY_PATH unless
+#: it is told it is that second process; run through the loader it would re-execute the
+#: loader without --library-path. cli/frozen_main.py removes the variables at once.
 _WRAPPER = """#!%(bash)s
+export _PYI_ARCHIVE_FILE=%(fim)s _PYI_PARENT_PROCESS_LEVEL=-1
 %(var)s=%(mode)s exec %(loader)s --library-path %(libs)s --argv0 %(fim)s %(fim)s "$@"
 """
 
@@ -494,13 +487,11 @@ def _frozen_inside(sb: Sandbox, app_bin: str, bindir: str) -> bool:
     return True
 
 
-def prepare(sb: Sandbox, env: dict[str, str], instance_dir: str, app_bin: str,
-            ref_pid: int) -> None:
+def prepare(sb: Sandbox, instance_dir: str, app_bin: str, ref_pid: int) -> None:
     """Make the portal part of a sandbox and start the host daemon: ``INST/portal``
     (0700) bound at its own path (the sandbox's /tmp is private), FIM_PORTAL_DIR set,
-    ``fim_portal`` on PATH (``INST/bin``, after APP/bin), the guest daemon in the
-    launch line unless the pid namespace is unshared (it could not watch the
-    instance; ``fim-instance exec`` then says so)."""
+    ``fim_portal`` on the sandbox's PATH (``INST/bin``, after APP/bin), the guest daemon
+    in the launch line."""
     from sandbox.bwrap import Bind
 
     directory = os.path.join(instance_dir, PORTAL_DIR)
@@ -509,21 +500,15 @@ def prepare(sb: Sandbox, env: dict[str, str], instance_dir: str, app_bin: str,
     sb.binds.append(Bind("rw", directory, directory))
     sb.setenv[ENV_DIR] = directory
     bindir = os.path.join(instance_dir, "bin")
-    reason = ""
-    if not _frozen_inside(sb, app_bin, bindir):
-        reason = "this image's runtime cannot run the portal inside (--runtime python)"
-    else:
-        path = env.get("PATH", "").split(":")
+    if _frozen_inside(sb, app_bin, bindir):
+        path = sb.environ.get("PATH", "").split(":")
         path.insert(1 if path and path[0] == app_bin else 0, bindir)
-        env["PATH"] = ":".join(path)
-        if "--unshare-pid" in sb.unshare_args:
-            reason = "the instance runs with the pid namespace unshared (fim-unshare pid)"
-        else:
-            sb.background.append([os.path.join(bindir, DAEMON), "guest",
-                                  os.path.join(directory, GUEST_SOCKET), str(ref_pid)])
-    if reason:
+        sb.environ["PATH"] = ":".join(path)
+        sb.background.append([os.path.join(bindir, DAEMON), "guest",
+                              os.path.join(directory, GUEST_SOCKET)])
+    else:
         with open(os.path.join(directory, UNAVAILABLE), "w", encoding="utf-8") as f:
-            f.write(reason + "\n")
+            f.write("this image's runtime cannot run the portal inside (--runtime python)\n")
     try:
         start_host(directory, ref_pid)
     except PortalError as exc:  # the program still runs; fim_portal will say so
@@ -754,17 +739,18 @@ def main_dispatcher(argv: Sequence[str]) -> int:
 
 
 def main_daemon(argv: Sequence[str]) -> int:
-    """``fim_portal_daemon guest SOCKET PID``: the guest daemon, detached (it is
-    started with ``&`` by the launch line and must not stay the program's child)."""
-    if len(argv) != 3 or argv[0] != "guest" or not argv[2].isdigit():
-        _error("usage: fim_portal_daemon guest SOCKET PID")
+    """``fim_portal_daemon guest SOCKET``: the guest daemon, detached (it is started
+    with ``&`` by the launch line and must not stay the program's child)."""
+    if len(argv) != 2 or argv[0] != "guest":
+        _error("usage: fim_portal_daemon guest SOCKET")
         return EXIT_FAILURE
-    path, ref_pid = argv[1], int(argv[2])
-    # the launch line's bash, which became the program: when it ends the instance does,
-    # and the daemon must not keep the sandbox's mount namespace (and its FUSE mount)
+    path = argv[1]
+    # the launch line's bash, which became the program: the instance inside (the host's
+    # run is in another pid namespace). When it ends the daemon must not keep the
+    # sandbox's mount namespace (and its FUSE mount); its pid namespace ends anyway.
     program = os.getppid()
     if os.fork():
         return 0
     _detach()
     log = os.path.join(os.path.dirname(path), "guest.log")
-    return serve(path, ref_pid, log, also=[program] if program > 1 else [])
+    return serve(path, program, log)
