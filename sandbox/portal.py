@@ -316,8 +316,8 @@ def _handle(conn: socket.socket, ref: int, log: _Log) -> None:
             send_frame(conn, {"type": "error", "kind": "not-found",
                               "message": f"program not found: {argv[0]}"})
             return
-        if cwd is None or not os.path.isdir(cwd):
-            cwd = "/"
+        if cwd is None or not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
+            cwd = "/"  # the other side's directory may not exist here, or be closed
         try:
             child = subprocess.Popen(argv, executable=program, stdin=fds[0], stdout=fds[1],
                                      stderr=fds[2], env={**os.environ, **env}, cwd=cwd,

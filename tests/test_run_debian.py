@@ -78,3 +78,27 @@ def test_the_cowsay_story(deb: Runner) -> None:
     out = subprocess.run(argv, capture_output=True, text=True, cwd=deb.workspace, env=env,
                          timeout=120)
     assert out.returncode == 0 and "< moo >" in out.stdout, out
+
+
+def test_programs_load_the_images_own_libraries(deb: Runner) -> None:
+    """Issue 21: nothing of fim's runtime (its LD_LIBRARY_PATH) reaches the program, so
+    apt-get loads the image's libz and libzstd, not the runtime's copies."""
+    for command in ("fim-exec", "fim-root"):
+        out = deb.ok(command, "sh", "-c", "echo ran; ldd /usr/bin/apt-get")
+        lines = out.splitlines()
+        assert lines[0] == "ran"
+        resolved = [line.split("=>")[1].split()[0] for line in lines if "=>" in line]
+        assert any("libz" in path for path in resolved), out
+        assert all(path.startswith(("/lib", "/usr/lib")) for path in resolved), out
+
+
+def test_keystroke_injection_is_refused(deb: Runner) -> None:
+    """TIOCSTI from the image's own perl on a terminal it controls: the seccomp filter's
+    EPERM (the kernel allows it there, or answers EIO without legacy TIOCSTI)."""
+    script = ("use POSIX; print qq(ran\\n); open(my $m, '+<', '/dev/ptmx') or die; "
+              "ioctl($m, 0x40045431, pack('i', 0)) or die;  # TIOCSPTLCK: unlock\n"
+              "ioctl($m, 0x80045430, my $n = pack('i', 0)) or die;  # TIOCGPTN\n"
+              "POSIX::setsid(); open(my $s, '+<', '/dev/pts/' . unpack('i', $n)) or die; "
+              "my $ok = ioctl($s, 0x5412, 'x'); print $ok ? qq(ok\\n) : ($!+0) . qq(\\n);")
+    for command in ("fim-exec", "fim-root"):
+        assert deb.ok(command, "perl", "-e", script) == "ran\n1\n"

@@ -1,0 +1,346 @@
+"""Attacks of an image someone downloads on the host, each as a regression test (issues
+20 and 21; README, "Security model"): as root and as a normal user, in every mode
+(plain run, `fim-root`, a stored UID=0). Each asserts that the attacking program really
+ran (it prints a marker first) and that the attack was denied.
+
+The ioctl attacks need a program that makes the call: a small static C program is
+compiled here with the host's C compiler and bound into the image (the blueprint has
+no interpreter able to call ioctl); without a compiler those tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.containers import Runner, kill_group, pty_session, wait_for
+
+pytestmark = pytest.mark.fuse
+
+#: the modes in which the program is root inside, and how each is asked for
+ROOT_MODES = {
+    "fim-root": (("fim-root",), ()),
+    "stored UID=0": (("fim-exec",), ("UID=0",)),
+}
+#: capabilities root inside must not have (bits of CapEff)
+DANGEROUS_CAPS = {"CAP_DAC_READ_SEARCH": 2, "CAP_LINUX_IMMUTABLE": 9, "CAP_NET_ADMIN": 12,
+                  "CAP_SYS_MODULE": 16, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21,
+                  "CAP_SYS_BOOT": 22, "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25,
+                  "CAP_MAC_ADMIN": 33, "CAP_BPF": 39}
+
+_ATTACK_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+/* ioctl(fd, request) on the terminal fd: prints "NAME ok" or "NAME errno=N". */
+static void attempt(const char *name, int fd, unsigned long request, void *arg) {
+    if (ioctl(fd, request, arg) == 0) printf("%s ok\n", name);
+    else printf("%s errno=%d\n", name, errno);
+}
+
+int main(int argc, char **argv) {
+    char c = ' ';
+    char paste = 3; /* TIOCL_PASTESEL */
+    int fd = 0;
+    printf("ran\n");
+    if (argc > 1 && strcmp(argv[1], "own-pty") == 0) {
+        /* a terminal of our own, made our controlling terminal: the kernel would let
+           TIOCSTI through (or answer EIO with dev.tty.legacy_tiocsti=0), never EPERM */
+        int master = posix_openpt(O_RDWR | O_NOCTTY);
+        if (master < 0 || grantpt(master) || unlockpt(master) || setsid() < 0) {
+            printf("setup errno=%d\n", errno);
+            return 2;
+        }
+        fd = open(ptsname(master), O_RDWR);
+        if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) != 0) {
+            printf("setup errno=%d\n", errno);
+            return 2;
+        }
+    }
+    attempt("TIOCSTI", fd, TIOCSTI, &c);
+    attempt("TIOCSTI-high", fd, TIOCSTI | (1UL << 32), &c);
+    attempt("TIOCLINUX", fd, TIOCLINUX, &paste);
+    fflush(stdout);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The static ioctl attacker, readable by the unprivileged user."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the ioctl attacker")
+    work = tmp_path_factory.mktemp("attack")
+    source = work / "attack.c"
+    source.write_text(_ATTACK_C)
+    out = Path("/tmp") / f"fim-attack-{os.getpid()}"
+    proc = subprocess.run([cc, "-static", "-O1", "-o", str(out), str(source)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build a static program: {proc.stderr.strip()[-200:]}")
+    os.chmod(out, 0o755)
+    return out
+
+
+def _as_root(runner: Runner, mode: str) -> tuple[str, ...]:
+    command, env = ROOT_MODES[mode]
+    if env:
+        runner.ok("fim-env", "add", *env)
+    return command
+
+
+# --- 1. root inside is root over the image only ----------------------------------
+
+@pytest.mark.parametrize("mode", ROOT_MODES)
+def test_root_has_no_capability_that_changes_mounts(runner: Runner, mode: str) -> None:
+    command = _as_root(runner, mode)
+    out = runner.ok(*command, "sh", "-c", "echo ran; id -u; grep CapEff /proc/self/status")
+    lines = out.splitlines()
+    assert lines[:2] == ["ran", "0"]
+    caps = int(lines[2].split()[1], 16)
+    assert caps & (1 << 1), "root inside keeps CAP_DAC_OVERRIDE (dpkg needs it)"
+    held = [name for name, bit in DANGEROUS_CAPS.items() if caps & (1 << bit)]
+    assert held == []
+
+
+@pytest.mark.parametrize("mode", ROOT_MODES)
+def test_root_cannot_make_the_runtime_writable(runner: Runner, mode: str) -> None:
+    """`mount -o remount,rw` of fim's runtime, directly and from a nested user
+    namespace (where the kernel locks the flags of the mounts it inherits)."""
+    command = _as_root(runner, mode)
+    script = r'''
+echo ran
+for d in "$FIM_DIR_APP_BIN" "$BASHRC_FILE"; do
+  mount -o remount,rw,bind "$d" 2>/dev/null && echo "remounted $d"
+done
+unshare -Urm sh -c 'echo nested; mount -o remount,rw,bind "$FIM_DIR_APP_BIN" 2>/dev/null &&
+  echo "nested remount"; touch "$FIM_DIR_APP_BIN/fim" 2>/dev/null && echo "nested write"'
+umount -l "$FIM_DIR_APP_BIN" 2>/dev/null && echo unmounted
+touch "$FIM_DIR_APP_BIN/fim" 2>/dev/null && echo "wrote fim"
+true
+'''
+    before = _digest(runner)
+    out = runner.ok(*command, "sh", "-c", script)
+    assert out.splitlines()[0] == "ran"
+    for attack in ("remounted", "nested remount", "nested write", "unmounted", "wrote fim"):
+        assert attack not in out
+    assert _digest(runner) == before
+
+
+def _digest(runner: Runner) -> float:
+    """The modification time of the runtime's fim (what a successful attack changes)."""
+    app_bin = runner.ok("fim-exec", "sh", "-c", 'echo "$FIM_DIR_APP_BIN"').strip()
+    return os.stat(os.path.join(app_bin, "fim")).st_mtime
+
+
+# --- 2. stored variables reach no host process; the runtime's none of the container's
+
+def test_stored_preload_reaches_no_host_process(runner: Runner, tmp_path: Path) -> None:
+    """A stored LD_PRELOAD of a library that does not exist: a dynamic host process
+    that got it (bwrap, a FUSE server...) says so on stderr; the program sees it."""
+    runner.ok("fim-env", "add", "LD_PRELOAD=/nonexistent/fim-preload.so",
+              "BASH_ENV=/nonexistent/bash_env", "GCONV_PATH=/nonexistent/gconv")
+    proc = runner.run("fim-exec", "sh", "-c", 'echo "ran $LD_PRELOAD"')
+    assert proc.returncode == 0, proc
+    assert proc.stdout == "ran /nonexistent/fim-preload.so\n"
+    assert "preload" not in proc.stderr.lower()
+
+
+def test_environment_is_not_on_the_host_command_line(runner: Runner) -> None:
+    """A stored token is in the program's environment, not in any host process's
+    command line (any user of the host reads those) nor in bwrap's environment."""
+    token = "fim-token-5d41402abc4b2a76"
+    runner.ok("fim-env", "add", f"API_TOKEN={token}")
+    proc = runner.start("fim-exec", "sh", "-c", 'echo "ran $API_TOKEN"; sleep 30')
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == f"ran {token}\n"
+        seen = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            for name in ("cmdline", "environ"):
+                try:
+                    data = Path(f"/proc/{pid}/{name}").read_bytes()
+                except OSError:
+                    continue
+                inside = name == "environ" and _pid_ns(pid) != _pid_ns("self")
+                if token.encode() in data and not inside:
+                    seen.append((pid, name, _pid_ns(pid)))
+        assert seen == []
+    finally:
+        kill_group(proc)
+
+
+def _pid_ns(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+#: what PyInstaller's bootloader and fim's runtime set for themselves
+RUNTIME_VARIABLES = ("LD_LIBRARY_PATH", "LD_LIBRARY_PATH_ORIG", "FUSE_LIBRARY_PATH")
+#: the FIM_* variables a program may see (spec 7.2, the portal's, and the caller's)
+DOCUMENTED_FIM = {"FIM_VERSION", "FIM_COMMIT", "FIM_DIST", "FIM_TIMESTAMP", "FIM_BIN_SELF",
+                  "FIM_OFFSET", "FIM_DIR_SELF", "FIM_DIR_GLOBAL", "FIM_DIR_APP",
+                  "FIM_DIR_APP_BIN", "FIM_DIR_APP_SBIN", "FIM_DIR_INSTANCE", "FIM_PID",
+                  "FIM_DIR_RUNTIME", "FIM_DIR_RUNTIME_HOST", "FIM_DIR_DATA",
+                  "FIM_DIR_LAYERS", "FIM_PORTAL_DIR"}
+
+
+@pytest.mark.parametrize("mode", ["fim-exec", "fim-root"])
+def test_runtime_variables_stay_out(runner: Runner, mode: str) -> None:
+    """Inside the container, and in a host program started through the portal."""
+    for command in ((mode, "env"), (mode, "fim_portal", "env")):
+        out = runner.ok(*command, input="")
+        names = {line.split("=", 1)[0] for line in out.splitlines() if "=" in line}
+        assert "PATH" in names and "HOME" in names
+        leaked = [n for n in names if n in RUNTIME_VARIABLES or n.startswith("_PYI_")]
+        assert leaked == [], command
+        if "fim_portal" not in command:
+            assert {n for n in names if n.startswith("FIM_")} <= DOCUMENTED_FIM
+
+
+def test_static_busybox_runs_as_root(runner: Runner) -> None:
+    """Issue 21's symptom: the blueprint's busybox wget crashed as root."""
+    out = runner.ok("fim-root", "sh", "-c", "echo ran; wget --help 2>&1 | head -1")
+    assert out.startswith("ran\n") and "BusyBox" in out
+
+
+# --- 3. keystroke injection ------------------------------------------------------
+
+def test_tiocsti_and_tioclinux_are_refused(runner: Runner, attack_program: Path) -> None:
+    """On a terminal the program controls (the kernel would allow it there, or answer
+    EIO): the filter's EPERM, also for a request with high bits set."""
+    runner.ok("fim-bind", "add", "ro", str(attack_program), "/tmp/attack")
+    for command in (("fim-exec",), ("fim-root",)):
+        out = runner.ok(*command, "/tmp/attack", "own-pty")
+        assert out.splitlines() == ["ran", "TIOCSTI errno=1", "TIOCSTI-high errno=1",
+                                    "TIOCLINUX errno=1"]
+
+
+def test_job_control_and_injection_on_a_real_terminal(runner: Runner,
+                                                      attack_program: Path) -> None:
+    """The interactive shell keeps job control (no --new-session), and the caller's
+    terminal refuses TIOCSTI to the program."""
+    runner.ok("fim-bind", "add", "ro", str(attack_program), "/tmp/attack")
+    text, code = pty_session(runner, (), [
+        "/tmp/attack", "sleep 100 &", "jobs", "fg", "\x1a", "jobs", "kill -9 %1", "exit"],
+        prompt=None, timeout=60, idle=1.0)
+    assert code == 0, text
+    assert "TIOCSTI errno=1" in text and "TIOCLINUX errno=1" in text
+    assert "Running" in text and "Stopped" in text, text
+    assert "no job control" not in text
+
+
+# --- 4 and 5. pid and IPC namespaces; nothing outlives the run --------------------
+
+def test_no_host_process_is_visible_or_signalable(runner: Runner) -> None:
+    marker = subprocess.Popen(["sleep", "321.5"])
+    try:
+        script = (f"echo ran; cat /proc/[0-9]*/cmdline | tr '\\0' ' ' | grep -c 'sleep 32[1]'; "
+                  f"kill -0 {marker.pid} 2>/dev/null; echo kill=$?")
+        for command in ("fim-exec", "fim-root"):
+            out = runner.run(command, "sh", "-c", script).stdout
+            assert out.splitlines() == ["ran", "0", "kill=1"]
+        assert marker.poll() is None
+    finally:
+        marker.kill()
+        marker.wait()
+
+
+def test_no_host_sysv_shared_memory(runner: Runner) -> None:
+    key = 0x46494D00 + os.getpid() % 256
+    shm = _host_shm(key)
+    try:
+        out = runner.ok("fim-exec", "sh", "-c", "echo ran; cat /proc/sysvipc/shm")
+        assert out.startswith("ran\n") and f"{key:d}" not in out.split()
+        # the xorg permission shares the IPC namespace (MIT-SHM)
+        runner.ok("fim-perms", "add", "xorg")
+        env = {"DISPLAY": ":99", "XAUTHORITY": "/nonexistent"}
+        out = runner.ok("fim-exec", "sh", "-c", "echo ran; cat /proc/sysvipc/shm", env=env)
+        assert f"{key:d}" in out.split()
+    finally:
+        _remove_shm(shm)
+
+
+def _host_shm(key: int) -> int:
+    """A System V segment on the host (readable by anyone: shown in /proc/sysvipc)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    shmid = libc.shmget(key, 4096, 0o1000 | 0o644)  # IPC_CREAT
+    if shmid < 0:
+        pytest.skip(f"shmget: {os.strerror(ctypes.get_errno())}")
+    return int(shmid)
+
+
+def _remove_shm(shmid: int) -> None:
+    import ctypes
+
+    ctypes.CDLL(None).shmctl(shmid, 0, None)  # IPC_RMID
+
+
+def test_background_program_dies_with_the_run(runner: Runner) -> None:
+    out = runner.ok("fim-exec", "sh", "-c", "sleep 1000.25 & echo ran")
+    assert out == "ran\n"
+    assert wait_for(lambda: not _running("1000.25"), timeout=2)
+
+
+def _running(marker: str) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_signals_still_reach_the_program(runner: Runner) -> None:
+    """With the pid namespace, the run's SIGTERM goes to the program (not to pid 1)."""
+    from tests.containers import image_pid
+
+    proc = runner.start("fim-exec", "sh", "-c",
+                        "trap 'echo got TERM; exit 7' TERM; echo ready; "
+                        "while :; do sleep 0.1; done")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        os.kill(image_pid(proc), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert out == "got TERM\n" and proc.returncode == 7
+    finally:
+        kill_group(proc)
+
+
+# --- 7. host root is not root of the host ---------------------------------------
+
+def test_root_inside_has_nothing_of_the_host(runner: Runner) -> None:
+    """Always a user namespace (also for host root): root inside holds capabilities
+    over the sandbox's namespaces only."""
+    script = r'''
+echo ran
+readlink /proc/self/ns/user
+cat /proc/1/root/etc/shadow 2>/dev/null && echo "read shadow"
+mount -t tmpfs none /mnt 2>/dev/null && echo mounted
+mount --bind /tmp /sys 2>/dev/null && echo "bound over /sys"
+echo 1 > /proc/sys/kernel/sysrq 2>/dev/null && echo "wrote sysctl"
+grep CapEff /proc/self/status
+'''
+    for command in ("fim-root", "fim-exec"):
+        lines = runner.ok(command, "sh", "-c", script).splitlines()
+        assert lines[0] == "ran"
+        assert lines[1] != os.readlink("/proc/self/ns/user")
+        assert lines[2].startswith("CapEff:"), lines
+        assert not int(lines[2].split()[1], 16) & (1 << DANGEROUS_CAPS["CAP_SYS_MODULE"])
