@@ -30,16 +30,16 @@ class Found:
 def _dwarfs_size(path: str) -> int | None:
     """The size of ``path`` (a file or URL) if it is a DwarFS file, else None (with the
     spec's warning)."""
-    if image.is_url(path):
-        try:
+    try:
+        if image.is_url(path):
             if image.remote_read(path, 0, len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
                 return image.remote(path).size
-        except image.FimImageError as exc:
-            log.warning(exc.messages[0])
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
-                return os.fstat(f.fileno()).st_size
+        else:
+            with open(path, "rb") as f:
+                if f.read(len(image.LAYER_MAGIC)) == image.LAYER_MAGIC:
+                    return os.fstat(f.fileno()).st_size
+    except image.FimImageError as exc:  # a URL: why it cannot be read, then the warning
+        log.warning(exc.messages[0])
     except OSError:
         pass
     log.warning(f"Skipping invalid dwarfs filesystem '{path}'")

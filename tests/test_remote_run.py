@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cli import image
-from tests.containers import BASE_PATH, USER, ensure_user, open_dev_fuse
+from tests.containers import BASE_PATH, USER, Runner, ensure_user, open_dev_fuse
 from tests.http_servers import Nginx, PlainServer
 from tests.images import fim, make_layer
 
@@ -131,11 +131,14 @@ def test_run_url_runs_the_image_as_if_local(site: Nginx, caller: Caller) -> None
 def test_fim_layers_and_layer_add_take_urls(site: Nginx, caller: Caller) -> None:
     url = f"{site.url}/blue.flatimage"
     layer = f"{site.url}/extra.dwarfs"
-    env = {"FIM_LAYERS": f"/nonexistent:{layer}"}
+    env = {"FIM_LAYERS": f"/nonexistent:{site.url}/missing.dwarfs:{layer}"}
     out = caller.ok("run", url, "fim-exec", "cat", "/opt/extra/hello", env=env)
     assert out == EXTRA["opt/extra/hello"]
-    listed = caller.ok("run", url, "fim-layer", "list", env=env).splitlines()
-    assert listed[-1].endswith(f":{layer}")
+    proc = caller.fim("run", url, "fim-layer", "list", env=env)
+    assert proc.returncode == 0, proc
+    assert proc.stdout.splitlines()[-1].endswith(f":{layer}")
+    assert f"Skipping invalid dwarfs filesystem '{site.url}/missing.dwarfs'" in proc.stderr
+    assert "HTTP 404 Not Found" in proc.stderr
     local = caller.home / "app.flatimage"
     shutil.copy(site.root / "blue.flatimage", local)
     os.chown(local, caller.uid, caller.gid)
@@ -246,3 +249,13 @@ def test_run_url_with_the_external_backends(site: Nginx, backend: str) -> None:
         assert "falling back to fimfs" not in logged
     finally:
         caller.remove()
+
+
+def test_portable_image_takes_url_layers(site: Nginx, runner: Runner) -> None:
+    """The frozen runtime (what a user downloads) bundles the HTTP client: FIM_LAYERS
+    and fim-layer add take URLs, as root and as a user."""
+    layer = f"{site.url}/extra.dwarfs"
+    env = {"FIM_LAYERS": layer}
+    assert runner.ok("fim-exec", "cat", "/opt/extra/hello", env=env) == EXTRA["opt/extra/hello"]
+    runner.ok("fim-layer", "add", layer)
+    assert runner.ok("fim-exec", "cat", "/opt/extra/hello") == EXTRA["opt/extra/hello"]
