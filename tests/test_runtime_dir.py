@@ -68,7 +68,7 @@ def test_a_squatted_runtime_location_is_passed_over(runner: Runner, attack: str)
         mine = runner.workspace / "mine"
         mine.mkdir(mode=0o700)
         os.chown(mine, runner.uid, runner.gid)
-        setup = f"ln -s {mine} {base}"
+        setup = f"runuser -u {ATTACKER} -- ln -s {mine} {base}"
     else:
         setup = (f"mkdir -m 777 {base} && chown {runner.uid} {base} && "
                  + planted_runtime(base, runner))
