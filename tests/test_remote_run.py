@@ -259,3 +259,12 @@ def test_portable_image_takes_url_layers(site: Nginx, runner: Runner) -> None:
     assert runner.ok("fim-exec", "cat", "/opt/extra/hello", env=env) == EXTRA["opt/extra/hello"]
     runner.ok("fim-layer", "add", layer)
     assert runner.ok("fim-exec", "cat", "/opt/extra/hello") == EXTRA["opt/extra/hello"]
+
+
+def test_the_inspection_tools_take_urls(site: Nginx, tmp_path: Path) -> None:
+    layer = f"{site.url}/extra.dwarfs"
+    assert fim("ls", layer, "/opt/extra").stdout.split() == ["hello"]
+    assert fim("cat", layer, "/opt/extra/hello").stdout == EXTRA["opt/extra/hello"]
+    assert "full check passed" in fim("check", layer, "--full").stdout
+    fim("extract", layer, str(tmp_path / "out"))
+    assert (tmp_path / "out/opt/extra/hello").read_text() == EXTRA["opt/extra/hello"]
