@@ -102,8 +102,11 @@ class Cache:
         self.limit = default_cache_bytes() if limit is None else limit
         self._added = 0
         self._lock = threading.Lock()
-        os.makedirs(os.path.join(self.directory, "files"), 0o700, exist_ok=True)
-        os.makedirs(os.path.join(self.directory, "urls"), 0o700, exist_ok=True)
+        try:
+            os.makedirs(os.path.join(self.directory, "files"), 0o700, exist_ok=True)
+            os.makedirs(os.path.join(self.directory, "urls"), 0o700, exist_ok=True)
+        except OSError as exc:  # reads still work, from the network every time
+            _log().warning("no block cache in %s: %s", self.directory, exc.strerror or exc)
 
     def _chunk(self, key: str, index: int) -> str:
         return os.path.join(self.directory, "files", key, f"{index:x}")
@@ -185,7 +188,11 @@ class Cache:
 
     def _chunks(self) -> Iterator[tuple[str, int, float]]:
         files = os.path.join(self.directory, "files")
-        for entry in os.scandir(files):
+        try:
+            entries = list(os.scandir(files))
+        except OSError:
+            return
+        for entry in entries:
             try:
                 inner = list(os.scandir(entry.path))
             except OSError:

@@ -300,3 +300,12 @@ def test_fim_layers_keeps_the_colons_of_urls(value: str, elements: list[str]) ->
     from cli.layers import split_list
 
     assert split_list(value) == elements
+
+
+def test_an_unusable_cache_directory_only_costs_the_caching(served: tuple[Nginx, Path],
+                                                            tmp_path: Path) -> None:
+    server, _ = served
+    (tmp_path / "file").write_text("not a directory")
+    local = (server.root / "layer.dwarfs").read_bytes()
+    f = RemoteFile(f"{server.url}/layer.dwarfs", Cache(str(tmp_path / "file" / "cache")))
+    assert f.read_upto(1000, 100_000) == local[1000:101_000]
