@@ -70,9 +70,11 @@ GENERIC_ICON = """\
 # -- the texts (spec 13.2, 13.3) ---------------------------------------------------------
 
 def _string(text: str) -> str:
-    """A Desktop Entry string value: backslash and control characters escaped."""
-    return (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
-            .replace("\r", "\\r"))
+    """A Desktop Entry string value: backslash and control characters escaped, and a
+    leading space as ``\\s`` (parsers drop the blanks after ``=``)."""
+    escaped = (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+               .replace("\r", "\\r"))
+    return "\\s" + escaped[1:] if escaped.startswith(" ") else escaped
 
 
 def _list(values: list[str]) -> str:

@@ -195,6 +195,20 @@ def test_backslashes_in_categories_are_escaped(tmp_path: Path, xdg: Path) -> Non
     assert proc.returncode == 0 and "error" not in proc.stdout + proc.stderr, proc
 
 
+@pytest.mark.skipif(shutil.which("desktop-file-validate") is None,
+                    reason="desktop-file-validate (desktop-file-utils) is not installed")
+@pytest.mark.parametrize("name", ["A;B", "A\\B", "A=B", "A[x]", "#A", " lead", "A%B", "A$B",
+                                  'A"B', "..", "a\u2028b", "ü😀"])
+def test_unusual_names_are_valid(tmp_path: Path, xdg: Path, name: str) -> None:
+    desktop.integrate(context(tmp_path / "app", name=name,  # type: ignore[arg-type]
+                              integrations=("ENTRY",)))
+    path = xdg / f"applications/flatimage-{name}.desktop"
+    proc = subprocess.run(["desktop-file-validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "error" not in proc.stdout + proc.stderr, proc
+    if name.startswith(" "):
+        assert "Name=\\slead\n" in path.read_text()
+
+
 def test_list_values_escape_semicolons() -> None:
     assert desktop._list(["a;b", "c\\d", "e"]) == "a\\;b;c\\\\d;e;"
 
