@@ -105,34 +105,38 @@ find {base} ! -type l -perm /022 -printf 'writable by others: %p\\n'
 
 def test_two_users_run_one_image_at_once(blueprint: Path) -> None:
     """The unprivileged user unpacks first and is still running when root runs the same
-    copy of the image: each has a runtime of its own."""
+    copy of the image: each has a runtime of its own. The user's run is then ended with
+    SIGTERM (forwarded to its program: 143)."""
+    from tests.containers import remove_workspace
+
     ensure_user()
     user = workspace_runner("user", blueprint)
     build = build_id(user)
     ws = user.workspace
     env = f"env -i PATH={BASE_PATH} LANG=C.UTF-8"
-    show = shlex.quote('echo "$FIM_DIR_APP"; sleep 4')
+    show = shlex.quote('echo "$FIM_DIR_APP"; exec sleep 120')
     script = f"""
 runuser -u {USER} -- {env} HOME={user.home} {ws}/app.flatimage fim-exec sh -c {show} \
   > {ws}/user.out 2>&1 &
-for _ in $(seq 200); do
+user=$!
+for _ in $(seq 600); do
   ls -d /tmp/fim-{user.uid}/app/{build}/instance/[0-9]* >/dev/null 2>&1 && break; sleep 0.05
 done
 {env} HOME=/root FIM_DIR_DATA={ws}/root-data {ws}/app.flatimage fim-exec sh -c \
   'echo "$FIM_DIR_APP"; id -u'
 echo "root exit=$?"
-kill -0 $! && echo "user still running"
-wait $!; echo "user exit=$?"
+kill -0 $user && echo "user still running"
+for _ in $(seq 600); do grep -q fim {ws}/user.out && break; sleep 0.05; done
+kill -TERM $(cat /proc/$user/task/$user/children)
+wait $user; echo "user exit=$?"
 cat {ws}/user.out
 """
     try:
         proc = isolated(script, [ws])
     finally:
-        from tests.containers import remove_workspace
-
         remove_workspace(user)
     assert proc.stdout == (f"/tmp/fim-0/app/{build}\n0\nroot exit=0\nuser still running\n"
-                           f"user exit=0\n/tmp/fim-{user.uid}/app/{build}\n"), proc
+                           f"user exit=143\n/tmp/fim-{user.uid}/app/{build}\n"), proc
 
 
 @pytest.mark.parametrize("fallback", ["xdg", "cache"])
