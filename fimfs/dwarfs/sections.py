@@ -69,11 +69,9 @@ class Source(Protocol):
 def open_source(path: str | os.PathLike) -> Source:
     """The image file at ``path``, or at a URL (``http://``, ``https://``; read by
     ranges through the block cache of fimfs.remote)."""
-    if isinstance(path, str) and path.startswith(("http://", "https://")):
-        from ..remote import RemoteFile
+    from ..remote import RemoteFile, is_url
 
-        return RemoteFile(path)
-    return ImageFile(path)
+    return RemoteFile(os.fsdecode(path)) if is_url(path) else ImageFile(path)
 
 
 class ImageFile:
