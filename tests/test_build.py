@@ -98,6 +98,10 @@ def test_rootfs_directory(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(root / "usr/bin/tool").st_mode) == 0o4755
     assert_checksum(img)
     assert '"DISTRIBUTION": "ROOTFS"' in run(img, "fim-version", "full").stdout
+    # upstream's remote/show.py: the official recipe repository, set at build time
+    assert run(img, "fim-remote", "show").stdout == (
+        "https://raw.githubusercontent.com/flatimage/recipes/master\n")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".build")] == []
 
 
 def _tarball(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

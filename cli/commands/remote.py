@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from cli.boot import Context
 
 _NO_SPACE = "Not enough space to fit remote URL"
+#: The recipe repository FlatImage's official images ship with (spec 2.16); `fim build`
+#: stores it in every image it makes.
+OFFICIAL = "https://raw.githubusercontent.com/flatimage/recipes/master"
 
 
 def run(ctx: Context, args: list[str]) -> int:

@@ -113,14 +113,25 @@ def _sha256sum(path: str) -> str:
 
 
 def _finish(args: argparse.Namespace, layer: str, dist: str) -> int:
-    """Write the image around ``layer`` and its checksum file."""
-    from cli import image
+    """Write the image around ``layer``, with the official recipe remote set as
+    upstream's build does (spec 2.16), and its checksum file."""
+    from cli import config, image
     from cli.build import payload
+    from cli.commands.remote import OFFICIAL
 
     _step(f"making the {args.runtime} runtime")
     rt = payload.build(args.runtime)
-    image.create(args.output, rt.launcher, rt.payload, reserved_size=args.reserved_size,
-                 layers=[layer], dist=dist)
+    directory, name = os.path.split(os.path.abspath(args.output))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.build")
+    try:
+        layout = image.create(tmp, rt.launcher, rt.payload, reserved_size=args.reserved_size,
+                              layers=[layer], dist=dist)
+        with config.edit(layout) as cfg:
+            cfg.remote = OFFICIAL
+        os.replace(tmp, args.output)  # the image appears only once configured
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     _sha256sum(args.output)
     size = os.path.getsize(args.output)
     print(f"{args.output}: {dist}, {size / (1 << 20):.1f} MiB "
