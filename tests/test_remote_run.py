@@ -268,3 +268,46 @@ def test_the_inspection_tools_take_urls(site: Nginx, tmp_path: Path) -> None:
     assert "full check passed" in fim("check", layer, "--full").stdout
     fim("extract", layer, str(tmp_path / "out"))
     assert (tmp_path / "out/opt/extra/hello").read_text() == EXTRA["opt/extra/hello"]
+
+
+def test_a_long_fetch_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """`fim-layer add URL` of 10 MB under a pseudo-terminal draws tqdm's bar; without a
+    terminal (every other test) nothing is drawn."""
+    import pty
+
+    www = tmp_path / "www"
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "blob").write_bytes(os.urandom(10 << 20))
+    www.mkdir()
+    fim("create", str(tmp_path / "tree"), str(www / "big.dwarfs"))
+    app = tmp_path / "app.flatimage"
+    fim("build", "blueprint", "-o", str(app), "--runtime", "python")
+    server = Nginx(www, tmp_path / "nginx")
+    try:
+        argv = [sys.executable, "-m", "cli.fim", "run", str(app), "fim-layer", "add",
+                f"{server.url}/big.dwarfs"]
+        pid, fd = pty.fork()
+        if pid == 0:  # pragma: no cover - the child
+            import fcntl
+            import struct
+            import termios
+
+            # a terminal of 24x80 (a new pty has no size: tqdm would draw nothing)
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            os.environ["HOME"] = str(tmp_path)
+            os.execv(argv[0], argv)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    finally:
+        server.stop()
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert b"big.dwarfs:   0%|" in out and b"/10.0M" in out, out
