@@ -79,19 +79,23 @@ def executable(path: str) -> bool:
 def choose(build: str, environ: Mapping[str, str], unpacked: Callable[[str], bool],
            warn: Callable[[str], None]) -> str | None:
     """FIM_DIR_APP of ``build``: where ``unpacked(APP)`` already holds it, else where it
-    is to be unpacked; None when no candidate is private and executable."""
+    is to be unpacked (its base made when missing); None when no candidate is private
+    and executable."""
     usable = []
     for base in candidates(os.getuid(), environ):
-        if not claim(base):
-            warn(f"Not using {base}: not a private directory of uid {os.getuid()} (another "
-                 "user's, a symbolic link, or writable by others)")
-            continue
-        app = f"{base}/app/{build}"
-        if executable(base) and unpacked(app):
-            return app
+        if os.path.lexists(base):
+            if not private(base):
+                warn(_refused(base))
+                continue
+            app = f"{base}/app/{build}"
+            if executable(base) and unpacked(app):
+                return app
         usable.append(base)
     skipped = []
     for base in usable:
+        if not claim(base):
+            warn(_refused(base))
+            continue
         if executable(base):
             if skipped:
                 warn(f"{' and '.join(skipped)} cannot run programs (noexec): "
@@ -99,3 +103,8 @@ def choose(build: str, environ: Mapping[str, str], unpacked: Callable[[str], boo
             return f"{base}/app/{build}"
         skipped.append(base)
     return None
+
+
+def _refused(base: str) -> str:
+    return (f"Not using {base}: not a private directory of uid {os.getuid()} (another "
+            "user's, a symbolic link, or writable by others)")

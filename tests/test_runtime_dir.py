@@ -96,6 +96,7 @@ def test_other_users_cannot_write_in_the_runtime_directory(runner: Runner) -> No
     script = f"""{victim(runner, "fim-exec", "true")} && echo ran
 {tries}
 stat -c '%a %u' {base}
+[ -e {runner.workspace}/cache ] && echo "the unused fallback was made"
 find {base} ! -type l -perm /022 -printf 'writable by others: %p\\n'
 """
     proc = isolated(script, keep(runner))

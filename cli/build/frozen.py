@@ -66,12 +66,10 @@ mine() {
   [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] &&
     case $(ls -ldn -- "$1" 2>/dev/null) in ${2:-d????-??-*}) ;; *) false ;; esac
 }
-# claim BASE: make BASE (0700) when missing; whether it is the user's private directory
-claim() {
-  { [ -e "$1" ] || [ -L "$1" ] || mkdir -p -m 700 "$1" 2>/dev/null; } && mine "$1" || {
-    echo "W::launcher::Not using $1: not a private directory of uid $uid" \\
-      "(another user's, a symbolic link, or writable by others)" >&2
-    false; }
+# refuse BASE: say why BASE is passed over
+refuse() {
+  echo "W::launcher::Not using $1: not a private directory of uid $uid" \\
+    "(another user's, a symbolic link, or writable by others)" >&2
 }
 # runs BASE: programs can run from BASE (its filesystem is not mounted noexec)
 runs() {
@@ -80,20 +78,24 @@ runs() {
   set -- $? "$1/.probe-$$"; rm -f "$2"; return "$1"
 }
 # locate: app=BASE/app/BUILD, the first base holding the runtime, else the first one
-# where programs can run (unpack=1)
+# (made 0700 when missing) where programs can run (unpack=1)
 locate() {
   set --
   x=${XDG_RUNTIME_DIR-} c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
   for b in "/tmp/fim-$uid" "${x:+$x/fim}" "${c:+$c/fim}"; do
     case $b in /*) ;; *) continue ;; esac
     [ "$b" = "$x/fim" ] && ! mine "$x" 'drwx------*' && continue
-    claim "$b" || continue
-    app=$b/app/$build unpack=
-    [ -x "$app/bin/fim" ] && return
+    if [ -e "$b" ] || [ -L "$b" ]; then
+      mine "$b" || { refuse "$b"; continue; }
+      app=$b/app/$build unpack=
+      [ -x "$app/bin/fim" ] && return
+    fi
     set -- "$@" "$b"
   done
   skipped=
   for b; do
+    { [ -e "$b" ] || [ -L "$b" ] || mkdir -p -m 700 "$b" 2>/dev/null; } && mine "$b" ||
+      { refuse "$b"; continue; }
     app=$b/app/$build unpack=1
     if runs "$b"; then
       [ -z "$skipped" ] ||
