@@ -19,8 +19,6 @@ declare -A need=(
   [debootstrap]=debootstrap
   [update-mime-database]=shared-mime-info
   [desktop-file-validate]=desktop-file-utils
-  # the tests of remote layers serve them with nginx on loopback
-  [nginx]=nginx-light
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -30,6 +28,10 @@ done
 # installs the same command name, so ask dpkg for the package itself.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
   || missing+=(busybox-static)
+# the tests of remote layers serve them with nginx on loopback (/usr/sbin: not on a
+# normal user's PATH, so ask dpkg)
+dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "ok installed" \
+  || missing+=(nginx-light)
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 
