@@ -29,9 +29,10 @@ done
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
   || missing+=(busybox-static)
 # the tests of remote layers serve them with nginx on loopback (/usr/sbin: not on a
-# normal user's PATH, so ask dpkg)
-dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "ok installed" \
-  || missing+=(nginx-light)
+# normal user's PATH, so ask dpkg); Debian 13 has no nginx-light: its nginx then
+if ! dpkg-query -W -f='${Status}' nginx-light nginx 2>/dev/null | grep -q "ok installed"; then
+  if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
+fi
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 
