@@ -288,6 +288,24 @@ def _offline(exc: BaseException) -> bool:
     return isinstance(exc, ux.NewConnectionError | ux.ConnectTimeoutError | ux.NameResolutionError)
 
 
+class _Pending:
+    """A chunk one thread is fetching: the others wait for its bytes (None: failed)."""
+
+    __slots__ = ("_event", "data")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.data: bytes | None = None
+
+    def done(self, data: bytes | None) -> None:
+        self.data = data
+        self._event.set()
+
+    def wait(self) -> bytes | None:
+        self._event.wait()
+        return self.data
+
+
 class _Changed(Exception):
     """The remote file is no longer the one that was opened."""
 
@@ -301,7 +319,7 @@ class RemoteFile:
         self.url = url
         self.cache = Cache() if cache is None else cache
         self.offline = False
-        self._inflight: dict[int, threading.Event] = {}
+        self._inflight: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self.fetched = 0  # bytes received from the server by this object
         self._down_until = 0.0
@@ -424,11 +442,11 @@ class RemoteFile:
 
     def _chunks(self, first: int, last: int) -> dict[int, bytes]:
         """Chunks ``first..last``: from the cache, else fetched (each chunk by one
-        thread at a time; the others wait for it)."""
+        thread at a time; the others wait for it and take what it got)."""
         have: dict[int, bytes] = {}
         for _ in range(2):
             mine: list[int] = []
-            theirs: list[threading.Event] = []
+            theirs: list[tuple[int, _Pending]] = []
             for i in range(first, last + 1):
                 if i in have:
                     continue
@@ -437,24 +455,26 @@ class RemoteFile:
                     have[i] = data
                     continue
                 with self._lock:
-                    event = self._inflight.get(i)
-                    if event is None:
-                        self._inflight[i] = threading.Event()
+                    pending = self._inflight.get(i)
+                    if pending is None:
+                        self._inflight[i] = _Pending()
                         mine.append(i)
                     else:
-                        theirs.append(event)
+                        theirs.append((i, pending))
             try:
                 for start, stop in _runs(mine):
                     have.update(self._fetch(start, stop))
             finally:
                 with self._lock:
                     for i in mine:
-                        self._inflight.pop(i).set()
-            for event in theirs:
-                event.wait()
+                        self._inflight.pop(i).done(have.get(i))
+            for i, pending in theirs:
+                data = pending.wait()
+                if data is not None:
+                    have[i] = data
             if len(have) == last - first + 1:
                 return have
-        raise self._eio("a block fetched by another reader is not in the cache")
+        raise self._eio("a part another reader was fetching failed")
 
     def _fetch(self, first: int, last: int) -> dict[int, bytes]:
         """Chunks ``first..last`` from the server, stored in the cache."""

@@ -309,3 +309,19 @@ def test_an_unusable_cache_directory_only_costs_the_caching(served: tuple[Nginx,
     local = (server.root / "layer.dwarfs").read_bytes()
     f = RemoteFile(f"{server.url}/layer.dwarfs", Cache(str(tmp_path / "file" / "cache")))
     assert f.read_upto(1000, 100_000) == local[1000:101_000]
+
+
+def test_threads_reading_one_part_fetch_it_once(served: tuple[Nginx, Path],
+                                                cache: Cache) -> None:
+    """Readers of a chunk another thread is fetching wait for its bytes; later ones
+    find it in the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = served
+    local = (server.root / "layer.dwarfs").read_bytes()
+    f = RemoteFile(f"{server.url}/layer.dwarfs", cache)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: f.read_upto(3 * CHUNK, 4 * CHUNK), range(16)))
+    assert got == [local[3 * CHUNK:7 * CHUNK]] * 16
+    # once; twice if a thread missed the cache just before the fetcher stored the chunks
+    assert f.fetched <= 2 * 4 * CHUNK
