@@ -130,3 +130,23 @@ def test_update_url_set_show_clear(v1: Path, tmp_path: Path) -> None:
     assert run(app, "fim-update", "clear").returncode == 0
     assert run(app, "fim-update", "show").returncode != 0
     assert "fim-update <run>" in run(app, "fim-help", "update").stdout
+
+
+def test_a_rebuilt_image_costs_its_new_runtime_not_its_blocks(v1: Path, site: Nginx,
+                                                              tmp_path: Path) -> None:
+    """v2 built again from the same root: another payload (when the build time differs),
+    other metadata (the skeleton's times), the same data block, reused."""
+    client = tmp_path / "client" / NAME
+    client.parent.mkdir()
+    shutil.copy2(v1, client)
+    v2 = site.root / NAME
+    fim("build", "blueprint", "-o", str(v2), "--runtime", "python")
+    url = f"{site.url}/{NAME}"
+    for app in (client, v2):
+        assert run(app, "fim-update", "set", url).returncode == 0
+    publish_sum(v2)
+    before = site.bytes_sent()
+    proc = run(client, "fim-update", "run")
+    assert proc.returncode == 0, proc.stderr
+    assert client.read_bytes() == v2.read_bytes()
+    assert site.bytes_sent() - before < v2.stat().st_size // 2
