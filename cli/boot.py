@@ -50,7 +50,6 @@ QUIET_COMMANDS = ("fim-exec", "fim-root")  # like the boot command: only C lines
 #: view (its /tmp is private); the runtime itself is in a directory private to the
 #: user on the host (FIM_DIR_APP, cli.rundir).
 DIR_GLOBAL = "/tmp/fim"
-DATA_SUBDIRS = ("root", "layers", "tmp", "casefold", "work")
 CASEFOLD_FALLBACK = "casefold cannot be used with bwrap overlayfs, falling back to unionfs"
 
 
@@ -143,16 +142,19 @@ def _locate(image: str, build: dict[str, object] | None) -> tuple[str, Layout, d
 def _prepare(command: str, path: str, layout: Layout, build: dict[str, object],
              host: Host | None) -> Context:
     """The data directory, the other FIM_* variables, the configuration (spec 8.1 step 3)."""
-    from cli import config
+    from cli import config, datadir
 
-    data_dir = os.environ.get("FIM_DIR_DATA") or (host.data if host else "") or os.path.join(
-        os.path.dirname(path), f".{os.path.basename(path)}.data")
-    for sub in DATA_SUBDIRS:
-        target = os.path.join(data_dir, sub)
-        try:
-            os.makedirs(target, exist_ok=True)
-        except OSError as exc:
-            raise Fatal(f"Could not create directory '{target}': {exc.strerror}") from None
+    if host is not None and not os.environ.get("FIM_DIR_DATA"):
+        data_dir, fallback = host.data, False
+    else:
+        data_dir, fallback = datadir.locate(path, os.environ)
+    try:
+        new = datadir.create(data_dir)
+    except datadir.DataDirError as exc:
+        raise Fatal(f"Could not create directory '{exc.filename}': {exc.strerror}") from None
+    if fallback and new:
+        log.notice(f"'{os.path.dirname(path)}' is not writable: the data of this image is "
+                   f"kept in '{data_dir}'")
     _export(path, data_dir, host.app if host else None)
     cfg = config.load(layout)
     return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ))

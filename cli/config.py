@@ -34,7 +34,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cli.image import FimImageError, Layout, is_url, locked, open_image_fd, remote_read, write_at
+from cli.image import (
+    FimImageError,
+    Layout,
+    check_writable,
+    is_url,
+    locked,
+    open_image_fd,
+    remote_read,
+    write_at,
+)
 from cli.log import CommandError
 
 # Bit order of FlatImage's mask (spec 3.3 and 4), which is also the order in which
@@ -295,6 +304,7 @@ def edit(layout: Layout) -> Iterator[Config]:
     if is_url(layout.path):
         raise FimImageError(f"'{layout.path}' is a remote image: its configuration cannot "
                             "be changed (download it to change it)")
+    check_writable(layout.path)
     fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=True):

@@ -210,6 +210,20 @@ def open_image_fd(path: str) -> int:
         raise FimImageError(f"Could not read image '{path}': {exc.strerror}") from None
 
 
+def check_writable(path: str) -> None:
+    """Refuse, in one line, a change to an image that cannot be written (on read-only
+    media, or not the user's), before anything is done."""
+    if os.access(path, os.W_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+    raise FimImageError(f"Failed to open input file '{path}': {reason} (the image cannot "
+                        "be changed)")
+
+
 def open_for_writing(path: str) -> int:
     """A write descriptor of the image, to be closed as soon as the write is done.
 

@@ -49,6 +49,16 @@ def warning(message: str) -> None:
     emit("W", message)
 
 
+def notice(message: str) -> None:
+    """A W line that every invocation prints, even the quiet ones (fim-exec, the boot
+    command): something about the host the user should know once."""
+    frame = sys._getframe(1)
+    origin = f"{os.path.basename(frame.f_code.co_filename)}::{frame.f_lineno}"
+    text = " ".join(message.splitlines())
+    sys.stderr.write(f"W::{origin}::{text}\n")
+    sys.stderr.flush()
+
+
 class CommandError(FimError):
     """A command failed at run time: E-level messages, innermost first."""
 

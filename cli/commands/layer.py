@@ -25,6 +25,7 @@ def _list(ctx: Context) -> None:
 def _add(ctx: Context, source: str) -> None:
     from cli import image
 
+    image.check_writable(ctx.layout.path)
     try:
         if image.is_url(source):
             _add_url(ctx, source)
@@ -70,8 +71,10 @@ def _commit(ctx: Context, args: list[str]) -> None:
         path, extra = extra[0], extra[1:]
     if extra:
         raise trailing("fim-layer commit", extra)
-    from cli import layercommit
+    from cli import image, layercommit
 
+    if mode == "BINARY":
+        image.check_writable(ctx.layout.path)
     layercommit.commit(ctx, mode, path)
 
 

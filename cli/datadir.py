@@ -1,0 +1,107 @@
+"""Where an image keeps its writable data (FIM_DIR_DATA, spec 7.1).
+
+Beside the image, as FlatImage does: ``.<name>.data/``. An image on read-only media
+(a read-only share, a CD) or in a directory the user may not write cannot keep it
+there; its data then lives in a per-user directory keyed by the image's path,
+``$XDG_DATA_HOME/fim/<name>-<id>`` (``~/.local/share`` by default), so that a write
+inside persists to the next run and two images never share one.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+SUBDIRS = ("root", "layers", "tmp", "casefold", "work")
+
+
+class DataDirError(OSError):
+    """A subdirectory of the data directory could not be made."""
+
+
+def beside(image: str) -> str:
+    """The data directory beside the image."""
+    return os.path.join(os.path.dirname(image), f".{os.path.basename(image)}.data")
+
+
+def per_user(image: str, environ: Mapping[str, str]) -> str:
+    """The per-user data directory of an image that cannot keep its data beside it."""
+    import hashlib
+
+    base = environ.get("XDG_DATA_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    key = hashlib.sha256(os.fsencode(image)).hexdigest()[:12]
+    return os.path.join(base, "fim", f"{os.path.basename(image)}-{key}")
+
+
+def _writable(path: str) -> bool:
+    """Whether ``path`` can hold the data: an existing writable directory, or a new one
+    in a writable directory (access(2) also answers EROFS for a read-only mount)."""
+    if os.path.isdir(path):
+        return os.access(path, os.W_OK | os.X_OK)
+    return not os.path.lexists(path) and os.access(os.path.dirname(path), os.W_OK | os.X_OK)
+
+
+def locate(image: str, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """The data directory of ``image`` (its real path) and whether it is the per-user
+    fallback: FIM_DIR_DATA when set, else beside the image when possible."""
+    given = environ.get("FIM_DIR_DATA")
+    if given:
+        return given, False
+    default = beside(image)
+    if _writable(default):
+        return default, False
+    return per_user(image, environ), True
+
+
+def create(data_dir: str) -> bool:
+    """Make the data directory and its subdirectories; whether it was new. Raises
+    :class:`DataDirError` naming the directory that could not be made."""
+    new = not os.path.isdir(data_dir)
+    for sub in SUBDIRS:
+        target = os.path.join(data_dir, sub)
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            raise DataDirError(exc.errno, exc.strerror, target) from None
+    return new
+
+
+def remove_work(path: str) -> None:
+    """Remove a run's work directory ``DATA/work/<pid>``. The kernel's overlay leaves
+    ``work/work`` mode 000 and not empty, which ``rm -rf`` cannot remove: every
+    directory is made ``u+rwx`` first."""
+    import shutil
+    import stat
+
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        return  # gone already
+    for top, dirs, _files in os.walk(path):
+        for name in dirs:
+            sub = os.path.join(top, name)
+            try:
+                st = os.lstat(sub)
+                if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+                    os.chmod(sub, stat.S_IMODE(st.st_mode) | 0o700)
+            except OSError:
+                continue
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_work(data_dir: str) -> None:
+    """Remove the work directories of runs that are gone (killed before their end)."""
+    from sandbox.instance import alive
+
+    work = os.path.join(data_dir, "work")
+    try:
+        names = os.listdir(work)
+    except OSError:
+        return
+    for name in names:
+        if name.isdigit() and not alive(int(name)):
+            remove_work(os.path.join(work, name))

@@ -1,0 +1,67 @@
+"""Where an image keeps its data (cli.datadir): beside it, else per user; work dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cli import datadir
+
+
+def test_beside_when_writable(tmp_path: Path) -> None:
+    image = str(tmp_path / "app.flatimage")
+    assert datadir.locate(image, {"HOME": "/nowhere"}) == (
+        str(tmp_path / ".app.flatimage.data"), False)
+    assert datadir.locate(image, {"FIM_DIR_DATA": "/given"}) == ("/given", False)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write a mode 0555 directory")
+def test_per_user_when_not_writable(tmp_path: Path) -> None:
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    shelf.chmod(0o555)
+    image = str(shelf / "app.flatimage")
+    found, fallback = datadir.locate(image, {"XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert fallback and found.startswith(f"{tmp_path}/xdg/fim/app.flatimage-")
+
+
+def test_per_user_keyed_by_image() -> None:
+    env = {"HOME": "/home/u"}
+    a = datadir.per_user("/media/cd/app.flatimage", env)
+    b = datadir.per_user("/media/usb/app.flatimage", env)
+    assert a != b and a.startswith("/home/u/.local/share/fim/app.flatimage-")
+    assert a == datadir.per_user("/media/cd/app.flatimage", env)
+    assert datadir.per_user("/x/a", {"XDG_DATA_HOME": "/d", "HOME": "/h"}).startswith("/d/fim/")
+
+
+def test_remove_work_with_mode_000_dirs(tmp_path: Path) -> None:
+    work = tmp_path / "work" / "123"
+    (work / "work" / "index").mkdir(parents=True)
+    (work / "work" / "index" / "f").write_text("x")
+    (work / "work" / "index").chmod(0)
+    (work / "work").chmod(0)
+    datadir.remove_work(str(work))
+    assert not work.exists()
+
+
+def test_prune_work_keeps_live_runs(tmp_path: Path) -> None:
+    for name in (str(os.getpid()), "999999999", "notapid"):
+        (tmp_path / "work" / name).mkdir(parents=True)
+    datadir.prune_work(str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted(
+        ["notapid", str(os.getpid())])
+
+
+def test_host_bwrap_only_under_apparmor_restriction() -> None:
+    """Ubuntu's AppArmor allows user namespaces to /usr/bin/bwrap only (mocked: this
+    host has no AppArmor)."""
+    from cli import hostmount
+
+    restricted = {hostmount.APPARMOR_USERNS: "1"}.get
+    assert hostmount.host_bwrap(0, restricted) is None
+    assert hostmount.host_bwrap(1000, lambda _p: None) is None
+    assert hostmount.host_bwrap(1000, {hostmount.APPARMOR_USERNS: "0"}.get) is None
+    expected = hostmount.HOST_BWRAP if os.access(hostmount.HOST_BWRAP, os.X_OK) else None
+    assert hostmount.host_bwrap(1000, restricted) == expected
