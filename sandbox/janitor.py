@@ -20,6 +20,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 
+from sandbox import userns
 from sandbox.instance import alive
 
 #: How often the watcher also checks by polling (the pidfd wakes it at once).
@@ -50,7 +51,8 @@ def _unescape(field: bytes) -> bytes:
 
 
 def detach(mountpoint: str) -> None:
-    """Lazily unmount ``mountpoint`` if it is mounted (fusermount3, or umount as root)."""
+    """Lazily unmount ``mountpoint`` if it is mounted (fusermount3, umount as root, or
+    the system call in a run's own mount namespace)."""
     if not _in_mount_table(mountpoint):
         return
     for argv in (["fusermount3", "-uz", "--", mountpoint],
@@ -62,6 +64,7 @@ def detach(mountpoint: str) -> None:
                            stderr=subprocess.DEVNULL, timeout=10)
         if not _in_mount_table(mountpoint):
             return
+    userns.detach(mountpoint)  # in a run's own mount namespace (sandbox.userns)
 
 
 def _watch(pidfd: int, mountpoints: Sequence[str], directory: str | None) -> None:

@@ -1,32 +1,52 @@
-"""The user namespace of a sandbox started by host root (bwrap ``--userns FD``).
+"""The user namespaces fim makes itself (bwrap makes the sandbox's own).
 
-bwrap makes a user namespace only when asked, and then maps one uid: a run of host root
+**Host root's sandbox** (bwrap ``--userns FD``, :func:`identity_namespace`). bwrap
+makes a user namespace only when asked, and then maps one uid: a run of host root
 without one gives the program the host's capabilities; with bwrap's one-uid map, every
 file of the image owned by another uid (``_apt``, ``man``...) shows as ``nobody`` and
 ``chown`` to it fails. Root may map every uid instead, so the namespace made here maps
 each uid and gid to itself: owners stay what they are, root inside is uid 0, and its
 capabilities are the namespace's, which own nothing of the host (no module loading, no
 mount over a host path, no file of the host beyond what the sandbox binds).
+
+**A normal user's run without a usable** ``fusermount3`` (minimal hosts, containers;
+:func:`enter`). An unprivileged process may mount FUSE inside a user namespace it owns
+(Linux >= 4.18): libfuse mounts directly with mount(2) when it has the privilege and
+calls fusermount3 only otherwise. :func:`enter` moves the calling process into a new
+user namespace that maps only its own uid and gid (so nothing about who it is changes)
+and a new mount namespace owned by it: its mount daemons (forked, so they keep the
+namespace's capabilities) mount there, bwrap (exec'd, so without them) nests its own
+user namespace in it, and unmounting is umount2(2) there (:func:`detach`). The mounts
+are slaves of the host's and never propagate out; they go away with the last process
+of the namespace.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
+_CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
+_MNT_DETACH = 2
 #: every id to itself (the largest count a map line takes)
 IDENTITY_MAP = "0 0 4294967295\n"
 
 
-def _unshare_user() -> None:
+def _libc() -> object:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _unshare(flags: int) -> None:
     unshare = getattr(os, "unshare", None)  # Python >= 3.12
     if unshare is not None:
-        unshare(_CLONE_NEWUSER)
+        unshare(flags)
         return
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWUSER) != 0:
+    if _libc().unshare(flags) != 0:  # type: ignore[attr-defined]
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -46,7 +66,7 @@ def identity_namespace() -> int:
         try:
             os.close(ready_r)
             os.close(done_w)
-            _unshare_user()
+            _unshare(_CLONE_NEWUSER)
             os.write(ready_w, b"1")
             os.read(done_r, 1)
             code = 0
@@ -65,3 +85,53 @@ def identity_namespace() -> int:
         os.close(done_w)
         os.close(ready_r)
         os.waitpid(pid, 0)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def enter() -> None:
+    """Move this (single-threaded) process into a user namespace of its own mapping its
+    uid and gid to themselves, and a mount namespace owned by it. Raises OSError
+    (EPERM: user namespaces are blocked here; EINVAL: the process has threads)."""
+    uid, gid = os.getuid(), os.getgid()
+    _unshare(_CLONE_NEWUSER | _CLONE_NEWNS)
+    _write("/proc/self/setgroups", "deny")  # required before an unprivileged gid_map
+    _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+
+
+def can_create() -> bool:
+    """Whether this process may create a user namespace (tried in a child)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            _unshare(_CLONE_NEWUSER)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def blocked_reason(err: int) -> str:
+    """One line naming why a user namespace could not be made (``err``: unshare's errno)."""
+    from sandbox.bwrap import explain_failure
+
+    if err == errno.EINVAL:
+        return "cannot create a user namespace: the process has threads"
+    known = explain_failure(os.getuid())
+    if known.startswith("cannot create a user namespace"):
+        return known
+    return ("cannot create a user namespace (Operation not permitted): this host blocks "
+            "them (a chroot, or a container's seccomp policy); run the image outside "
+            "the chroot or container, or as root")
+
+
+def detach(mountpoint: str) -> bool:
+    """umount2(MNT_DETACH) ``mountpoint``: works where this process may unmount (root,
+    or a mount namespace of its own); whether it did."""
+    return _libc().umount2(os.fsencode(mountpoint), _MNT_DETACH) == 0  # type: ignore[attr-defined]

@@ -24,7 +24,13 @@ from typing import Any
 from fimfs.errors import FimfsError
 from fimfs.fuse.adapter import operations_for
 from fimfs.fuse.binding import ENCODING, ERRORS, fuse_class, libfuse_version
-from fimfs.fuse.mounttable import canonical, check_fuse_available, check_mountpoint, is_mounted
+from fimfs.fuse.mounttable import (
+    can_mount_directly,
+    canonical,
+    check_fuse_available,
+    check_mountpoint,
+    is_mounted,
+)
 from fimfs.fuse.mounttable import which as _which
 from fimfs.fuse.options import READ_AHEAD_KB, mount_options
 from fimfs.vfs import Filesystem
@@ -37,6 +43,7 @@ READY_TIMEOUT = 30.0
 _SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 _READY = b"\x00fim-ready\n"
 _ERROR_PREFIX = "fim-error: "
+_MNT_DETACH = 2
 
 FilesystemSource = Filesystem | Callable[[], Filesystem]
 
@@ -55,8 +62,19 @@ def _run_unmount(argv: list[str]) -> str | None:
     return reason.rsplit(": ", 1)[-1] if reason.startswith(argv[0]) else reason
 
 
+def _umount2(path: str, lazy: bool) -> str | None:
+    """The umount2 system call: None on success, else its reason."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), _MNT_DETACH if lazy else 0) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
+
+
 def _detach(path: str, lazy: bool) -> None:
-    """Unmount ``path`` with fusermount3, fusermount or (as root) umount."""
+    """Unmount ``path`` with fusermount3, fusermount or (as root) umount; else with the
+    system call where this process may (a mount namespace of its own, sandbox.userns)."""
     flag = ["-z"] if lazy else []
     candidates = [["fusermount3", "-u", *flag], ["fusermount", "-u", *flag]]
     if os.geteuid() == 0:
@@ -70,6 +88,8 @@ def _detach(path: str, lazy: bool) -> None:
             return
         if not is_mounted(path):  # gone after all (e.g. a racing unmount)
             return
+    if can_mount_directly() and _umount2(path, lazy) is None:
+        return
     raise FimfsError(f"cannot unmount {path}: {reason}")
 
 

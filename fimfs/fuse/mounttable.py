@@ -84,17 +84,61 @@ def which(program: str) -> str | None:
     return shutil.which(program)
 
 
+#: /dev/fuse's device number (misc major 10, minor 229).
+FUSE_DEVICE = (10, 229)
+_CAP_SYS_ADMIN = 21
+
+
+def fuse_device_usable() -> bool:
+    """Whether /dev/fuse is the FUSE device and this user may open it."""
+    try:
+        st = os.stat("/dev/fuse")
+    except OSError:
+        return False
+    return (stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == FUSE_DEVICE
+            and os.access("/dev/fuse", os.R_OK | os.W_OK))
+
+
+def helper_usable(name: str = "fusermount3") -> bool:
+    """Whether libfuse's mount helper can mount for a normal user: an executable file
+    (libfuse looks in /usr/bin, then PATH), setuid root, on a filesystem that honours it."""
+    found = which(name)
+    path = found or f"/usr/bin/{name}"
+    try:
+        st = os.stat(path)
+        nosuid = os.statvfs(path).f_flag & os.ST_NOSUID
+    except OSError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and bool(st.st_mode & stat.S_ISUID) and st.st_uid == 0
+            and not nosuid and os.access(path, os.X_OK))
+
+
+def can_mount_directly() -> bool:
+    """Whether this process may mount FUSE itself (mount(2)): root, or CAP_SYS_ADMIN in
+    a user namespace of its own (sandbox.userns), where no helper is needed."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def check_fuse_available() -> None:
     if not os.path.exists("/dev/fuse"):
         raise FimfsError(
             "/dev/fuse is missing: load the fuse kernel module (modprobe fuse), "
             "or give the container the device (--device /dev/fuse)"
         )
-    major = libfuse_version()[0]
-    if os.geteuid() == 0:
-        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-            raise FimfsError("/dev/fuse is not readable and writable")
+    if not fuse_device_usable():
+        raise FimfsError("/dev/fuse is not the FUSE device or not readable and writable")
+    if can_mount_directly():
         return
-    helper = "fusermount3" if major == 3 else "fusermount"
-    if not (which(helper) or os.path.exists(f"/usr/bin/{helper}")):
-        raise FimfsError(f"{helper} is missing: install fuse3 (unprivileged mounts need it)")
+    helper = "fusermount3" if libfuse_version()[0] == 3 else "fusermount"
+    if not helper_usable(helper):
+        raise FimfsError(f"{helper} is missing or not setuid root: install fuse3 "
+                         "(unprivileged mounts need it)")
