@@ -44,6 +44,22 @@ def build_frozen_blueprint(directory: Path) -> Path:
     return out
 
 
+CACHE = Path(__file__).parent / ".cache"
+
+
+def minbase_root(suite: str) -> Path:
+    """A minimal Debian root (``debootstrap --variant=minbase SUITE``: no python3, no
+    fuse3), made on first use and cached in tests/.cache (git-ignored)."""
+    root = CACHE / f"{suite}-minbase"
+    if not root.is_dir():
+        CACHE.mkdir(exist_ok=True)
+        partial = CACHE / f"{suite}-minbase.{os.getpid()}"
+        subprocess.run(["debootstrap", "--variant=minbase", suite, str(partial)],
+                       check=True, capture_output=True, timeout=1800)
+        partial.rename(root)
+    return root
+
+
 def remove_runtime(path: Path) -> None:
     """The extraction directories of an image's runtime (shared by its copies)."""
     images.remove_runtime(path)

@@ -14,6 +14,7 @@ import pytest
 
 from cli import image
 from cli.build import frozen
+from tests import containers
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,19 +22,9 @@ pytestmark = [
     pytest.mark.skipif(not frozen.available(), reason="needs PyInstaller (pip install .[build])"),
 ]
 
-CACHE = Path(__file__).parent / ".cache"
-MINBASE = CACHE / "bookworm-minbase"
-
-
 def minbase_root() -> Path:
     """The cached minimal Debian root, made on first use."""
-    if not MINBASE.is_dir():
-        CACHE.mkdir(exist_ok=True)
-        partial = CACHE / f"bookworm-minbase.{os.getpid()}"
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(partial)],
-                       check=True, capture_output=True, timeout=1800)
-        partial.rename(MINBASE)
-    return MINBASE
+    return containers.minbase_root("bookworm")
 
 
 @pytest.fixture
