@@ -212,8 +212,9 @@ def open_image_fd(path: str) -> int:
 
 def check_writable(path: str) -> None:
     """Refuse, in one line, a change to an image that cannot be written (on read-only
-    media, or not the user's), before anything is done."""
-    if os.access(path, os.W_OK):
+    media, or not the user's), before anything is done (a remote image is refused by
+    its own checks)."""
+    if is_url(path) or os.access(path, os.W_OK):
         return
     try:
         read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
