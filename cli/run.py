@@ -131,6 +131,21 @@ class _Root:
         self.mountpoints = mountpoints  # top first, for the janitor
         self.close = close
         self._ready = ready
+        #: another way to mount the same root when this one fails (see _mount_root)
+        self.retry: Callable[[], _Root] | None = None
+
+    def up(self) -> _Root:
+        """Wait for the root; if it failed and there is another way (:attr:`retry`: the
+        same root arguments, the same mount point), the root mounted that way."""
+        try:
+            self.wait()
+        except Fatal:
+            if self.retry is None:
+                raise
+            again = self.retry()
+            again.wait()
+            return again
+        return self
 
     def wait(self) -> None:
         """Return once the root is mounted (its daemon may still be opening the layers)."""
@@ -289,8 +304,24 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
                                        native=how == hostmount.FUSE)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
-        return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
+        root = _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
     except (FimfsError, FimError, OSError) as exc:
+        raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
+    if how == hostmount.FUSE and os.getuid() != 0:
+        root.retry = lambda: _remount_in_userns(ctx, inst, ident, layers, upper, casefold)
+    return root
+
+
+def _remount_in_userns(ctx: Context, inst: Instance, ident: Identity,
+                       layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
+    """fusermount3 failed (a setuid helper the host does not honour): the same mount
+    again, in a user namespace of the run's own (cli.hostmount)."""
+    from fimfs.errors import FimfsError
+
+    hostmount.enter_userns()
+    try:
+        return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
+    except (FimfsError, OSError) as exc:
         raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
 
 
@@ -545,7 +576,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         pipes.fill(cmd.hidden)
         log.emit("D", f"bwrap: {cmd.argv}", "run.py")
         timing.mark("prepared")
-        root_fs.wait()
+        root_fs = root_fs.up()
         watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         timing.mark("bwrap")
         code = _run_bwrap(cmd.argv, pipes)

@@ -36,9 +36,12 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 def build_frozen_blueprint(directory: Path) -> Path:
     """``fim build blueprint --runtime frozen`` into ``directory``."""
     out = directory / IMAGE_NAME
+    # PyInstaller's cache of this checkout: the per-user one is rewritten by any other
+    # build at the same time (an empty index: "SyntaxError" in load_py_data_struct)
+    env = {**os.environ, "PYINSTALLER_CONFIG_DIR": str(CACHE / "pyinstaller")}
     proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o",
                            str(out), "--runtime", "frozen"],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr
     os.chmod(out, 0o755)
     return out

@@ -4,9 +4,10 @@ private mount namespace (``unshare --mount``), then runs the image as ``fimuser`
 with ``setpriv``. Everything is real: the mounts, FUSE, bwrap, the user namespaces.
 
 Conditions: the image on a read-only bind mount; ``fusermount3`` hidden (``/dev/null``
-bound over it); ``/dev/fuse`` unusable (``/dev/null`` bound over it); a Debian 13
-minbase root with no python and no fuse3, entered with ``pivot_root``; the same root
-entered with ``chroot``, which forbids user namespaces.
+bound over it) or failing (a setuid ``false`` bound over it); ``/dev/fuse`` unusable
+(``/dev/null`` bound over it); a Debian 13 minbase root with no python and no fuse3,
+entered with ``pivot_root``; the same root entered with ``chroot``, which forbids user
+namespaces.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ CONDITIONS = {
     "read-only": 'mount --bind "$W" "$W" && mount -o remount,bind,ro "$W" && ',
     "no-fusermount": "for f in /usr/bin/fusermount3 /usr/bin/fusermount; do "
                      '[ -e "$f" ] && mount --bind /dev/null "$f"; done; ',
+    "failing-fusermount": 'cp /bin/false "$T/../fusermount3" && chmod 4755 "$T/../fusermount3" '
+                          '&& mount --bind "$T/../fusermount3" /usr/bin/fusermount3 && ',
     "no-dev-fuse": "mount --bind /dev/null /dev/fuse && ",
     "minbase": ROOT_BINDS + PIVOT,
     "chroot": ROOT_BINDS + 'cd / && exec chroot "$R" sh -c \'' + AS_USER + "' sh \"$@\"",
@@ -180,6 +183,11 @@ def no_fusermount(blueprint: Path) -> Iterator[Host]:
 
 
 @pytest.fixture
+def failing_fusermount(blueprint: Path) -> Iterator[Host]:
+    yield from _host("failing-fusermount", blueprint)
+
+
+@pytest.fixture
 def no_dev_fuse(blueprint: Path) -> Iterator[Host]:
     yield from _host("no-dev-fuse", blueprint)
 
@@ -220,6 +228,15 @@ def test_without_fusermount(no_fusermount: Host) -> None:
         proc = no_fusermount.run("fim-exec", "cat", "/note", env={"FIM_OVERLAY": backend})
         assert (proc.returncode, proc.stdout) == (0, "kept\n"), proc
     _no_mounts_left(no_fusermount)
+
+
+def test_failing_fusermount(failing_fusermount: Host) -> None:
+    """A setuid fusermount3 that fails (e.g. a container that does not honour it): the
+    mount is made again in a user namespace of the run's own."""
+    proc = failing_fusermount.run("fim-exec", "sh", "-c", "echo ok > /f; cat /f")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", ""), proc
+    assert failing_fusermount.ok("fim-root", "id", "-u") == "0\n"
+    _no_mounts_left(failing_fusermount)
 
 
 def test_minbase_root_without_python(minbase: Host, trixie: Path) -> None:

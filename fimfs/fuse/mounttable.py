@@ -102,8 +102,9 @@ def fuse_device_usable() -> bool:
 def helper_usable(name: str = "fusermount3") -> bool:
     """Whether libfuse's mount helper can mount for a normal user: an executable file
     (libfuse looks in /usr/bin, then PATH), setuid root, on a filesystem that honours it."""
-    found = which(name)
-    path = found or f"/usr/bin/{name}"
+    path = f"/usr/bin/{name}"  # libfuse's FUSERMOUNT_DIR; PATH only without it
+    if not os.path.exists(path):
+        path = which(name) or path
     try:
         st = os.stat(path)
         nosuid = os.statvfs(path).f_flag & os.ST_NOSUID
