@@ -452,7 +452,9 @@ def _run_bwrap(args: list[str], pipes: _Pipes) -> int:
             child = fwd.init = _child_pid(status)
             code = proc.wait()
     if not pipes.started():
-        log.emit("C", explain_failure(os.getuid()), "run.py")
+        from sandbox.userns import can_create
+
+        log.emit("C", explain_failure(os.getuid(), can_unshare=can_create), "run.py")
         return log.EXIT_FAILURE
     assert child is not None
     if code < 0:  # bwrap itself was killed (a terminal's SIGINT reaches its group too)

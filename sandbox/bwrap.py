@@ -262,10 +262,18 @@ def _read_sysctl(path: str) -> str | None:
         return None
 
 
+#: What is left when user namespaces fail and no setting explains it.
+USERNS_BLOCKED = ("cannot create a user namespace (Operation not permitted): this host "
+                  "blocks them (a chroot, or a container's seccomp policy); run the image "
+                  "outside the chroot or container, or as root")
+
+
 def explain_failure(host_uid: int,
-                    probe: Callable[[str], str | None] = _read_sysctl) -> str:
+                    probe: Callable[[str], str | None] = _read_sysctl,
+                    can_unshare: Callable[[], bool] | None = None) -> str:
     """One line naming why bwrap could not build the sandbox, from what the host shows
-    (bwrap printed its own ``bwrap: ...`` line on stderr before)."""
+    (bwrap printed its own ``bwrap: ...`` line on stderr before); ``can_unshare`` tries
+    to create a user namespace (sandbox.userns.can_create)."""
     if host_uid != 0:
         if probe("/proc/sys/kernel/unprivileged_userns_clone") == "0":
             return ("cannot create a user namespace (kernel.unprivileged_userns_clone=0): "
@@ -275,4 +283,6 @@ def explain_failure(host_uid: int,
         if probe("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
             return ("cannot create a user namespace: AppArmor restricts unprivileged user "
                     "namespaces (kernel.apparmor_restrict_unprivileged_userns=1)")
+        if can_unshare is not None and not can_unshare():
+            return USERNS_BLOCKED
     return "bwrap could not set up the sandbox (its reason is on the line above)"

@@ -123,12 +123,7 @@ def blocked_reason(err: int) -> str:
 
     if err == errno.EINVAL:
         return "cannot create a user namespace: the process has threads"
-    known = explain_failure(os.getuid())
-    if known.startswith("cannot create a user namespace"):
-        return known
-    return ("cannot create a user namespace (Operation not permitted): this host blocks "
-            "them (a chroot, or a container's seccomp policy); run the image outside "
-            "the chroot or container, or as root")
+    return explain_failure(os.getuid(), can_unshare=lambda: False)
 
 
 def detach(mountpoint: str) -> bool:

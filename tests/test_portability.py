@@ -1,4 +1,6 @@
-"""Where an image keeps its data (cli.datadir): beside it, else per user; work dirs."""
+"""The pure parts of running on any host: where an image keeps its data (cli.datadir),
+the extraction cache (cli.extractcache), which bwrap, and the one-line explanations.
+The end-to-end host matrix is tests/test_hosts.py."""
 
 from __future__ import annotations
 
@@ -65,3 +67,37 @@ def test_host_bwrap_only_under_apparmor_restriction() -> None:
     assert hostmount.host_bwrap(1000, {hostmount.APPARMOR_USERNS: "0"}.get) is None
     expected = hostmount.HOST_BWRAP if os.access(hostmount.HOST_BWRAP, os.X_OK) else None
     assert hostmount.host_bwrap(1000, restricted) == expected
+
+
+def test_explain_blocked_user_namespaces() -> None:
+    from sandbox.bwrap import USERNS_BLOCKED, explain_failure
+
+    nothing = lambda _p: None  # noqa: E731
+    assert explain_failure(1000, nothing, can_unshare=lambda: False) == USERNS_BLOCKED
+    assert "chroot" in USERNS_BLOCKED
+    assert "line above" in explain_failure(1000, nothing, can_unshare=lambda: True)
+    assert "line above" in explain_failure(0, nothing, can_unshare=lambda: False)
+
+
+def test_extract_cache_prunes_least_recently_used(tmp_path: Path) -> None:
+    from cli import extractcache
+
+    for age, key in enumerate(("old", "mid", "new")):
+        (tmp_path / key / "d").mkdir(parents=True)
+        (tmp_path / key / "d").chmod(0)  # extracted modes may deny their owner
+        (tmp_path / f"{key}.size").write_text("100")
+        (tmp_path / f"{key}.lock").touch()
+        os.utime(tmp_path / f"{key}.lock", (1000 + age, 1000 + age))
+    extractcache._prune(str(tmp_path), 150, keep="x")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["new"]
+
+
+def test_extract_cache_digest(tmp_path: Path) -> None:
+    from cli import extractcache
+
+    f = tmp_path / "f"
+    f.write_bytes(b"head" + b"layer" + b"tail")
+    assert extractcache.digest(str(f), 4, 5) == extractcache.digest(str(f), 4, 5)
+    assert extractcache.digest(str(f), 4, 5) != extractcache.digest(str(f), 4, 4)
+    with pytest.raises(OSError):
+        extractcache.digest(str(f), 4, 50)
