@@ -1,5 +1,6 @@
 """The portable runtime: an image built with `--runtime frozen` runs in a minimal Debian
-root (debootstrap --variant=minbase: no python3) under chroot, with only /proc and /dev
+root (debootstrap --variant=minbase: no python3) entered with pivot_root (a chroot forbids
+user namespaces, which every sandbox uses), with only /proc and /dev
 from the host. The root is made once and cached in tests/.cache (git-ignored)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests import containers
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, chroot, mounts)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, mounts)"),
     pytest.mark.skipif(not frozen.available(), reason="needs PyInstaller (pip install .[build])"),
 ]
 
@@ -42,14 +43,15 @@ def root(tmp_path: Path, frozen_image: Path) -> Path:
     return copy
 
 
-def in_chroot(root: Path, *argv: str, input: str | None = None,
-              ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` chrooted in ``root`` with the host's /proc and /dev, in a private mount
-    namespace (the binds go away with it) and a clean environment."""
-    # the root is made a mount point, as / is on a host (bwrap makes it a slave mount)
+def in_root(root: Path, *argv: str, input: str | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in ``root`` with the host's /proc and /dev, in a private mount namespace
+    whose root it becomes (pivot_root; the binds go away with it), with a clean
+    environment."""
     script = ('mount --bind "$1" "$1" && mount --rbind /proc "$1/proc" && '
-              'mount --rbind /dev "$1/dev" && '
-              'r=$1 && shift && exec chroot "$r" "$@"')
+              'mount --rbind /dev "$1/dev" && cd "$1" && mkdir -p .old && '
+              'pivot_root . .old && cd / && umount -l /.old && rmdir /.old && '
+              'shift && exec "$@"')
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root",
            "LANG": "C.UTF-8"}
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -58,14 +60,14 @@ def in_chroot(root: Path, *argv: str, input: str | None = None,
 
 
 def ok(root: Path, *argv: str) -> str:
-    proc = in_chroot(root, *argv)
+    proc = in_root(root, *argv)
     assert (proc.returncode, proc.stderr) == (0, ""), proc
     return proc.stdout
 
 
 def test_runs_without_python(root: Path, frozen_image: Path) -> None:
     assert not any((root / d / "python3").exists() for d in ("usr/bin", "bin", "usr/local/bin"))
-    assert in_chroot(root, "sh", "-c", "command -v python3").returncode != 0
+    assert in_root(root, "sh", "-c", "command -v python3").returncode != 0
     start = time.monotonic()
     full = ok(root, "/app.flatimage", "fim-version", "full")
     print(f"first run (extraction included): {time.monotonic() - start:.2f} s")
@@ -86,7 +88,7 @@ def test_bundled_tools(root: Path, frozen_image: Path) -> None:
     deps = ok(root, "/app.flatimage", "fim-version", "deps")
     for name in ("bwrap", "libfuse", "python"):
         assert f'"{name}": {{' in deps
-    # the first private runtime directory (cli/rundir.py) of root in the chroot
+    # the first private runtime directory (cli/rundir.py) of root in that root
     app = f"/tmp/fim-0/app/{image.read_layout(str(frozen_image)).build_id}"
     assert ok(root, f"{app}/bin/bwrap", "--version").startswith("bubblewrap ")
     assert os.path.isfile(f"{root}{app}/bin/_internal/libfuse3.so.3")
@@ -97,5 +99,5 @@ def test_runs_programs_without_python(root: Path) -> None:
     starts the bundled bwrap and bash."""
     assert ok(root, "/app.flatimage", "fim-exec", "sh", "-c", "echo hi") == "hi\n"
     assert ok(root, "/app.flatimage", "fim-root", "id", "-u") == "0\n"
-    proc = in_chroot(root, "/app.flatimage", input="echo piped $((1 + 1))\nexit 3\n")
+    proc = in_root(root, "/app.flatimage", input="echo piped $((1 + 1))\nexit 3\n")
     assert (proc.returncode, proc.stdout) == (3, "piped 2\n"), proc
