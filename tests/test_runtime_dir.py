@@ -169,3 +169,12 @@ def test_noexec_tmp(runner: Runner, fallback: str) -> None:
         assert not in_upper.exists() or not any(in_upper.iterdir())
     finally:
         shutil.rmtree(outside)
+
+
+def test_the_callers_variables_reach_the_program(runner: Runner) -> None:
+    """The launcher's own variables do not overwrite exported ones of the same names."""
+    names = ["app", "build", "size", "off", "uid", "tmp", "b", "x", "c", "k", "unpack"]
+    env = {name: f"mine-{name}" for name in names}
+    script = " ".join(f'"${name}"' for name in names)
+    out = runner.ok("fim-exec", "sh", "-c", f"echo {script}", env=env)
+    assert out == " ".join(env.values()) + "\n"

@@ -57,9 +57,10 @@ LAUNCHER = """\
 # A fim image: this launcher, the portable runtime it unpacks and runs, the
 # configuration, then DwarFS layers (the layout is described in cli/image.py of fim).
 # The runtime goes to BASE/app/BUILD, BASE private to the user (cli/rundir.py of fim).
+# Its variables start with _: exported ones of the caller reach the program unchanged.
 fail() { echo "C::launcher::$*" >&2; exit 125; }
-{ read -r _; read -r _ _ off size _ _ _ build; } < "$0" || fail "Could not read $0"
-while read -r k uid _; do [ "$k" = Uid: ] && break; done < /proc/self/status
+{ read -r _; read -r _ _ _off _size _ _ _ _build; } < "$0" || fail "Could not read $0"
+while read -r _k _uid _; do [ "$_k" = Uid: ] && break; done < /proc/self/status
 # mine DIR [PATTERN]: DIR is the user's directory, not a symbolic link, and its mode
 # (as ls shows it) matches PATTERN: by default, no write access for group and others
 mine() {
@@ -68,7 +69,7 @@ mine() {
 }
 # refuse BASE: say why BASE is passed over
 refuse() {
-  echo "W::launcher::Not using $1: not a private directory of uid $uid" \\
+  echo "W::launcher::Not using $1: not a private directory of uid $_uid" \\
     "(another user's, a symbolic link, or writable by others)" >&2
 }
 # runs BASE: programs can run from BASE (its filesystem is not mounted noexec)
@@ -77,49 +78,49 @@ runs() {
     "$1/.probe-$$" 2>/dev/null
   set -- $? "$1/.probe-$$"; rm -f "$2"; return "$1"
 }
-# locate: app=BASE/app/BUILD, the first base holding the runtime, else the first one
-# (made 0700 when missing) where programs can run (unpack=1)
+# locate: _app=BASE/app/BUILD, the first base holding the runtime, else the first one
+# (made 0700 when missing) where programs can run (_unpack=1)
 locate() {
   set --
-  x=${XDG_RUNTIME_DIR-} c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
-  for b in "/tmp/fim-$uid" "${x:+$x/fim}" "${c:+$c/fim}"; do
-    case $b in /*) ;; *) continue ;; esac
-    [ "$b" = "$x/fim" ] && ! mine "$x" 'drwx------*' && continue
-    if [ -e "$b" ] || [ -L "$b" ]; then
-      mine "$b" || { refuse "$b"; continue; }
-      app=$b/app/$build unpack=
-      [ -x "$app/bin/fim" ] && return
+  _x=${XDG_RUNTIME_DIR-} _c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
+  for _b in "/tmp/fim-$_uid" "${_x:+$_x/fim}" "${_c:+$_c/fim}"; do
+    case $_b in /*) ;; *) continue ;; esac
+    [ "$_b" = "$_x/fim" ] && ! mine "$_x" 'drwx------*' && continue
+    if [ -e "$_b" ] || [ -L "$_b" ]; then
+      mine "$_b" || { refuse "$_b"; continue; }
+      _app=$_b/app/$_build _unpack=
+      [ -x "$_app/bin/fim" ] && return
     fi
-    set -- "$@" "$b"
+    set -- "$@" "$_b"
   done
-  skipped=
-  for b; do
-    { [ -e "$b" ] || [ -L "$b" ] || mkdir -p -m 700 "$b" 2>/dev/null; } && mine "$b" ||
-      { refuse "$b"; continue; }
-    app=$b/app/$build unpack=1
-    if runs "$b"; then
-      [ -z "$skipped" ] ||
-        echo "W::launcher::$skipped cannot run programs (noexec): unpacking the runtime into $b" >&2
+  _skipped=
+  for _b; do
+    { [ -e "$_b" ] || [ -L "$_b" ] || mkdir -p -m 700 "$_b" 2>/dev/null; } && mine "$_b" ||
+      { refuse "$_b"; continue; }
+    _app=$_b/app/$_build _unpack=1
+    if runs "$_b"; then
+      [ -z "$_skipped" ] || echo "W::launcher::$_skipped cannot run programs (noexec):" \\
+        "unpacking the runtime into $_b" >&2
       return
     fi
-    skipped=${skipped:+$skipped and }$b
+    _skipped=${_skipped:+$_skipped and }$_b
   done
   fail "No directory of this user where programs may run, to unpack the runtime into"
 }
 locate
-if [ -n "$unpack" ]; then
-  mkdir -p "$app" || fail "Could not create $app"
-  tmp=$(mktemp -d "$app/.bin-XXXXXX") || fail "Could not create a directory in $app"
-  if ! tail -c +"$((off + 1))" "$0" | head -c "$size" | gzip -dc | tar -xf - -C "$tmp"; then
-    rm -rf "$tmp"
+if [ -n "$_unpack" ]; then
+  mkdir -p "$_app" || fail "Could not create $_app"
+  _tmp=$(mktemp -d "$_app/.bin-XXXXXX") || fail "Could not create a directory in $_app"
+  if ! tail -c +"$((_off + 1))" "$0" | head -c "$_size" | gzip -dc | tar -xf - -C "$_tmp"; then
+    rm -rf "$_tmp"
     fail "Could not unpack the application of $0"
   fi
-  chmod 755 "$app" "$tmp"
+  chmod 755 "$_app" "$_tmp"
   # a concurrent first run may have won: keep its copy
-  [ -e "$app/bin" ] || mv "$tmp/bin" "$app/bin"
-  rm -rf "$tmp"
+  [ -e "$_app/bin" ] || mv "$_tmp/bin" "$_app/bin"
+  rm -rf "$_tmp"
 fi
-exec "$app/bin/fim" "$0" "$@"
+exec "$_app/bin/fim" "$0" "$@"
 """
 
 _BWRAP_WRAPPER = """\
