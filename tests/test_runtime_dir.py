@@ -178,3 +178,35 @@ def test_the_callers_variables_reach_the_program(runner: Runner) -> None:
     script = " ".join(f'"${name}"' for name in names)
     out = runner.ok("fim-exec", "sh", "-c", f"echo {script}", env=env)
     assert out == " ".join(env.values()) + "\n"
+
+
+def test_private_checks_with_lstat(tmp_path: Path) -> None:
+    from cli import rundir
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    assert rundir.private(str(mine)) and rundir.private(str(mine), exact=True)
+    assert not rundir.private(str(link))
+    for mode, private, exact in ((0o755, True, False), (0o775, False, False),
+                                 (0o757, False, False), (0o1777, False, False)):
+        os.chmod(mine, mode)
+        assert (rundir.private(str(mine)), rundir.private(str(mine), exact=True)) == (
+            private, exact), oct(mode)
+    if os.geteuid() == 0:
+        os.chmod(mine, 0o700)
+        os.chown(mine, 65534, 65534)
+        assert not rundir.private(str(mine))
+
+
+def test_candidates_in_order(tmp_path: Path) -> None:
+    from cli import rundir
+
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(xdg), "HOME": "/home/u"}
+    assert rundir.candidates(7, env) == ["/tmp/fim-7", f"{xdg}/fim", "/home/u/.cache/fim"]
+    os.chmod(xdg, 0o755)  # not the user's private directory: passed over
+    assert rundir.candidates(7, {**env, "XDG_CACHE_HOME": "/c"}) == ["/tmp/fim-7", "/c/fim"]
+    assert rundir.candidates(7, {"XDG_CACHE_HOME": "relative", "HOME": ""}) == ["/tmp/fim-7"]
