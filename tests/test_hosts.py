@@ -5,9 +5,9 @@ with ``setpriv``. Everything is real: the mounts, FUSE, bwrap, the user namespac
 
 Conditions: the image on a read-only bind mount; ``fusermount3`` hidden (``/dev/null``
 bound over it) or failing (a setuid ``false`` bound over it); ``/dev/fuse`` unusable
-(``/dev/null`` bound over it); a Debian 13 minbase root with no python and no fuse3,
-entered with ``pivot_root``; the same root entered with ``chroot``, which forbids user
-namespaces.
+(``/dev/null`` bound over it); ``/tmp`` mounted noexec; a Debian 13 minbase root with no
+python and no fuse3, entered with ``pivot_root``; the same root entered with ``chroot``,
+which forbids user namespaces.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ CONDITIONS = {
     "failing-fusermount": 'cp /bin/false "$T/../fusermount3" && chmod 4755 "$T/../fusermount3" '
                           '&& mount --bind "$T/../fusermount3" /usr/bin/fusermount3 && ',
     "no-dev-fuse": "mount --bind /dev/null /dev/fuse && ",
+    "tmp-noexec": "mount -t tmpfs -o noexec,nosuid,nodev,mode=1777 fim /tmp && ",
     "minbase": ROOT_BINDS + PIVOT,
     "chroot": ROOT_BINDS + CHROOT,
     # the host's setuid fusermount3 in the chroot: the mount works, bwrap cannot sandbox
@@ -67,7 +68,8 @@ class Host:
         containers.open_dev_fuse()
         self.condition = condition
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
-        self.base = Path(tempfile.mkdtemp(prefix="fim-host-", dir="/tmp"))
+        # not under /tmp, which one condition makes noexec
+        self.base = Path(tempfile.mkdtemp(prefix="fim-host-", dir="/var/tmp"))
         self.workspace = self.base / "w"
         self.home = self.base / "home"
         self.tmp = self.base / "tmp"
@@ -199,6 +201,11 @@ def no_dev_fuse(blueprint: Path) -> Iterator[Host]:
 
 
 @pytest.fixture
+def tmp_noexec(blueprint: Path) -> Iterator[Host]:
+    yield from _host("tmp-noexec", blueprint)
+
+
+@pytest.fixture
 def minbase(blueprint: Path, trixie: Path) -> Iterator[Host]:
     yield from _host("minbase", blueprint, trixie)
 
@@ -243,6 +250,16 @@ def test_failing_fusermount(failing_fusermount: Host) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", ""), proc
     assert failing_fusermount.ok("fim-root", "id", "-u") == "0\n"
     _no_mounts_left(failing_fusermount)
+
+
+def test_tmp_noexec(tmp_noexec: Host) -> None:
+    """/tmp mounted noexec: the runtime is unpacked into the user's cache (one notice,
+    the launcher's), everything runs."""
+    proc = tmp_noexec.run("fim-exec", "echo", "hi")
+    assert (proc.returncode, proc.stdout) == (0, "hi\n"), proc
+    assert proc.stderr.count("\n") == 1 and "noexec" in proc.stderr, proc
+    assert (tmp_noexec.home / ".cache/fim/app").is_dir()
+    _runs_everything(tmp_noexec)
 
 
 def test_minbase_root_without_python(minbase: Host, trixie: Path) -> None:
