@@ -93,8 +93,8 @@ class Host:
     def data(self) -> Path:
         return self.workspace / f".{NAME}.data"
 
-    def run(self, *args: str, env: dict[str, str] | None = None, cwd: str = "/",
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _command(self, args: tuple[str, ...], env: dict[str, str] | None,
+                 cwd: str) -> tuple[list[str], dict[str, str]]:
         setup = CONDITIONS[self.condition]
         chrooted = self.condition.startswith("chroot")  # the condition runs the user
         script = setup if chrooted else setup + f'cd "{cwd}" && ' + AS_USER
@@ -102,11 +102,21 @@ class Host:
                  "LANG": "C.UTF-8", "USER": containers.USER, **(env or {})}
         variables = {"U": str(self.uid), "G": str(self.gid), "W": str(self.workspace),
                      "R": str(self.root or ""), "T": str(self.tmp)}
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-             *(f"{k}={v}" for k, v in pairs.items()), str(self.app), *args],
-            capture_output=True, text=True, input=input, timeout=300,
-            env={**os.environ, **variables})
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                *(f"{k}={v}" for k, v in pairs.items()), str(self.app), *args]
+        return argv, {**os.environ, **variables}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, cwd: str = "/",
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv, environ = self._command(args, env, cwd)
+        return subprocess.run(argv, capture_output=True, text=True, input=input,
+                              timeout=300, env=environ)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """The image run in the background, in a session of its own."""
+        argv, environ = self._command(args, None, "/")
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=environ, start_new_session=True)
 
     def ok(self, *args: str, **kwargs: object) -> str:
         proc = self.run(*args, **kwargs)  # type: ignore[arg-type]
@@ -227,6 +237,20 @@ def _runs_everything(host: Host) -> None:
     assert not any((host.data / "work").iterdir())
 
 
+def _processes_of(host: Host) -> list[str]:
+    """Command lines of the processes still running the host's image."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                line = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(host.app) in line and not line.startswith("unshare "):
+            found.append(line)
+    return found
+
+
 def _no_mounts_left(host: Host) -> None:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         assert str(host.base) not in f.read()
@@ -240,6 +264,17 @@ def test_without_fusermount(no_fusermount: Host) -> None:
     for backend in ("bwrap", "overlayfs"):
         proc = no_fusermount.run("fim-exec", "cat", "/note", env={"FIM_OVERLAY": backend})
         assert (proc.returncode, proc.stdout) == (0, "kept\n"), proc
+    # another process reaches the instance (its portal socket is on the host)
+    background = no_fusermount.start("fim-exec", "sh", "-c", "echo started; sleep 60")
+    try:
+        assert background.stdout is not None
+        assert background.stdout.readline() == "started\n"
+        assert no_fusermount.ok("fim-instance", "exec", "0", "cat", "/note") == "kept\n"
+    finally:
+        containers.kill_group(background)
+    # killed: the janitor detaches the mount in the run's namespace, its daemon ends
+    assert containers.wait_for(lambda: not _processes_of(no_fusermount), timeout=15), (
+        _processes_of(no_fusermount))
     _no_mounts_left(no_fusermount)
 
 
