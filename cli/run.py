@@ -40,10 +40,28 @@ def root_mode(ctx: Context, wants_root: bool) -> bool:
     return wants_root or os.environ.get("FIM_ROOT") == "1" or _env_value(ctx, "UID") == "0"
 
 
-def _expanded_env(ctx: Context) -> dict[str, str]:
-    """fim-env, with ``$NAME`` expanded from the caller's environment (cli.expand)."""
+def _expanded_env(ctx: Context, warn: bool = False) -> dict[str, str]:
+    """fim-env, with ``$NAME`` expanded from the caller's environment (cli.expand),
+    without the entries no environment can hold (:func:`settable`; ``warn``: one error
+    line for each)."""
     env = dict(os.environ)
-    return {expand(k, env): expand(v, env) for k, v in ctx.config.env.items()}
+    out = {}
+    for key, value in ctx.config.env.items():
+        name, text = expand(key, env), expand(value, env)
+        if settable(name, text):
+            out[name] = text
+        elif warn:
+            log.emit("E", f"Not setting the stored variable {name!r}: a variable cannot "
+                     "hold a NUL character, nor '=' in its name", "run.py")
+    return out
+
+
+def settable(name: str, value: str) -> bool:
+    """Whether ``name=value`` can be a variable: a name not empty, without ``=``, and no
+    NUL anywhere. An image's author can store anything (README, "Security model"); bwrap
+    reads the environment NUL-separated, so a NUL would add bwrap options of the
+    image's choosing."""
+    return bool(name) and "=" not in name and "\0" not in name and "\0" not in value
 
 
 def _env_value(ctx: Context, name: str) -> str | None:
@@ -494,7 +512,7 @@ def _container_env(ctx: Context, app_bin: str) -> dict[str, str]:
     (with the FIM_* of spec 7.2; the frozen runtime's own variables were undone by
     cli.frozen_main), then fim-env, TERM and the PATH of spec 7.2."""
     caller = dict(os.environ)
-    stored = _expanded_env(ctx)
+    stored = _expanded_env(ctx, warn=True)
     path = f"{app_bin}:{os.environ.get('PATH', '')}:{SYSTEM_PATH}"
     return {**caller, **stored, "TERM": stored.get("TERM", "xterm"), "PATH": path}
 

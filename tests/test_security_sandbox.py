@@ -182,6 +182,26 @@ def test_environment_is_not_on_the_host_command_line(runner: Runner) -> None:
         kill_group(proc)
 
 
+def test_stored_nul_adds_no_bwrap_option(runner: Runner) -> None:
+    """An author writes a NUL into stored variables (the fim-* commands cannot): bwrap
+    reads the environment NUL-separated from --args, so what follows a NUL would be
+    bwrap options of the image's choosing (here a --setenv; a --bind, --overlay-src...
+    alike). Such variables are left out, with one line each."""
+    from cli import config, image
+
+    with config.edit(image.read_layout(str(runner.app))) as cfg:
+        cfg.env["X"] = "a\0--setenv\0INJECTED\0yes"
+        cfg.env["USER"] = "u\0--setenv\0INJECTED_USER\0yes"  # the identity's too
+        cfg.env["A=B"] = "c"
+    proc = runner.run("fim-exec", "sh", "-c",
+                      'echo "ran ${INJECTED-no} ${INJECTED_USER-no} ${X-unset}"',
+                      env={"FIM_DEBUG": "1"})  # a run shows errors only then
+    assert proc.returncode == 0, proc
+    assert proc.stdout.splitlines()[-1] == "ran no no unset"
+    for name in ("'X'", "'USER'", "'A=B'"):
+        assert f"Not setting the stored variable {name}" in proc.stdout + proc.stderr
+
+
 def _pid_ns(pid: str) -> str:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
