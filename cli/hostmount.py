@@ -38,6 +38,7 @@ def choose() -> str:
 def enter_userns() -> None:
     """Enter the run's own user and mount namespace; a one-line Fatal when the host
     blocks user namespaces."""
+    from fimfs.fuse.mounttable import can_mount_directly
     from sandbox import userns
 
     try:
@@ -45,6 +46,11 @@ def enter_userns() -> None:
     except OSError as exc:
         raise Fatal(f"fusermount3 is missing or unusable and {userns.blocked_reason(exc.errno)}"
                     ) from None
+    if not can_mount_directly():  # AppArmor's restriction: a namespace without capabilities
+        from sandbox.bwrap import explain_failure
+
+        raise Fatal("fusermount3 is missing or unusable and the user namespace of this run "
+                    f"has no capabilities: {explain_failure(os.getuid())}")
     log.emit("D", "fusermount3 is missing or unusable: mounting in a user namespace of "
                   "the run's own", "hostmount.py")
 
