@@ -419,8 +419,9 @@ class _Pipes:
             try:
                 self.userns = userns.identity_namespace()
             except OSError as exc:
-                raise Fatal(f"Could not create a user namespace for root: "
-                            f"{exc.strerror or exc}") from None
+                reason = (userns.BLOCKED_FOR_ROOT if not userns.can_create()
+                          else exc.strerror or str(exc))
+                raise Fatal(f"Could not create a user namespace for root: {reason}") from None
 
     def fill(self, hidden: bytes) -> None:
         """The arguments bwrap reads from ``--args``."""

@@ -31,6 +31,9 @@ _CLONE_NEWUSER = 0x10000000
 _MNT_DETACH = 2
 #: every id to itself (the largest count a map line takes)
 IDENTITY_MAP = "0 0 4294967295\n"
+#: Why even root cannot make one.
+BLOCKED_FOR_ROOT = ("this host blocks user namespaces (a chroot, or a container's seccomp "
+                    "policy); run the image outside the chroot or container")
 
 
 def _libc() -> object:

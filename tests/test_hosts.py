@@ -42,6 +42,8 @@ ROOT_BINDS = ('mkdir -p "$R/work" && mount --bind "$R" "$R" && mount -o remount,
 PIVOT = ('cd "$R" && mkdir -p "$R/tmp/.old" && pivot_root . tmp/.old && cd / && '
          'umount -l /tmp/.old && ')
 CHROOT = 'cd / && exec chroot "$R" sh -c \'' + AS_USER + "' sh \"$@\""
+CHROOT_AS_ROOT = 'cd / && exec chroot "$R" env -i "$@"'
+
 CONDITIONS = {
     "host": "",
     "read-only": 'mount --bind "$W" "$W" && mount -o remount,bind,ro "$W" && ',
@@ -53,6 +55,7 @@ CONDITIONS = {
     "tmp-noexec": "mount -t tmpfs -o noexec,nosuid,nodev,mode=1777 fim /tmp && ",
     "minbase": ROOT_BINDS + PIVOT,
     "chroot": ROOT_BINDS + CHROOT,
+    "chroot-root": ROOT_BINDS + CHROOT_AS_ROOT,
     # the host's setuid fusermount3 in the chroot: the mount works, bwrap cannot sandbox
     "chroot-fusermount": ROOT_BINDS + 'mount -t tmpfs fim "$R/usr/local/bin" && '
                          'touch "$R/usr/local/bin/fusermount3" && mount --bind '
@@ -314,6 +317,19 @@ def test_chroot_blocks_user_namespaces(chrooted: Host) -> None:
     assert len(ours) == 2 and "exited with an error" in ours[1], proc
     # what does not mount still works
     assert chrooted.ok("fim-perms", "add", "home") == ""
+
+
+def test_chroot_as_root(blueprint: Path, trixie: Path) -> None:
+    """Root in a chroot cannot make the user namespace its sandbox needs either: one
+    line naming the cause."""
+    host = Host("chroot-root", blueprint, trixie)
+    try:
+        proc = host.run("fim-exec", "true", env={"HOME": "/root", "USER": "root"})
+        assert proc.returncode == 125, proc
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2 and "chroot" in lines[0], proc
+    finally:
+        host.remove()
 
 
 def test_without_dev_fuse(no_dev_fuse: Host) -> None:
