@@ -9,7 +9,9 @@ inside persists to the next run and two images never share one.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -45,28 +47,49 @@ def _writable(path: str) -> bool:
     return not os.path.lexists(path) and os.access(os.path.dirname(path), os.W_OK | os.X_OK)
 
 
+def private(path: str) -> bool:
+    """``path`` is a directory of this user (lstat: not a symbolic link) that others
+    cannot write (nor its group, unless it is the user's own). Another user who could
+    plant entries in a data directory (a symbolic link as ``root/`` or ``work/PID``, as
+    ``instances.lock``) would have the run, root's included, write or chmod where the
+    link points."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o002:
+        return False
+    return not st.st_mode & 0o020 or st.st_gid == os.getegid()
+
+
 def locate(image: str, environ: Mapping[str, str]) -> tuple[str, bool]:
     """The data directory of ``image`` (its real path) and whether it is the per-user
-    fallback: FIM_DIR_DATA when set, else beside the image when possible."""
+    fallback: FIM_DIR_DATA when set, else beside the image when possible (and not
+    another user's: :func:`private`)."""
     given = environ.get("FIM_DIR_DATA")
     if given:
         return given, False
     default = beside(image)
-    if _writable(default):
+    if _writable(default) and (not os.path.lexists(default) or private(default)):
         return default, False
     return per_user(image, environ), True
 
 
+NOT_PRIVATE = "not a private directory (another user's, a symbolic link, or writable by others)"
+
+
 def create(data_dir: str) -> bool:
     """Make the data directory and its subdirectories; whether it was new. Raises
-    :class:`DataDirError` naming the directory that could not be made."""
+    :class:`DataDirError` naming the directory that could not be made, or that is not
+    :func:`private`."""
     new = not os.path.isdir(data_dir)
-    for sub in SUBDIRS:
-        target = os.path.join(data_dir, sub)
+    for target in (data_dir, *(os.path.join(data_dir, sub) for sub in SUBDIRS)):
         try:
             os.makedirs(target, exist_ok=True)
         except OSError as exc:
             raise DataDirError(exc.errno, exc.strerror, target) from None
+        if not private(target):
+            raise DataDirError(errno.EPERM, NOT_PRIVATE, target)
     return new
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers import Runner, kill_group, pty_session, wait_for
+from tests.containers import USER, Runner, kill_group, pty_session, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -364,3 +364,34 @@ grep CapEff /proc/self/status
         assert lines[1] != os.readlink("/proc/self/ns/user")
         assert lines[2].startswith("CapEff:"), lines
         assert not int(lines[2].split()[1], 16) & (1 << DANGEROUS_CAPS["CAP_SYS_MODULE"])
+
+
+# --- 8. another local user's data directory ---------------------------------------
+
+def test_another_users_data_directory_is_not_used(blueprint: Path, tmp_path: Path) -> None:
+    """Root runs an image from a directory of another user, who made the data directory
+    beside it with symbolic links in it (``instances.lock``, ``work/PID``): the run uses
+    root's own data directory, nothing is created or changed where the links point."""
+    from tests.containers import remove_workspace, workspace_runner
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the victim) and another user (the attacker)")
+    attacker = workspace_runner("user", blueprint)
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir(mode=0o755)
+    planted = tmp_path / "planted-lock"
+    script = (f"mkdir -p .app.flatimage.data/work && "
+              f"ln -s {planted} .app.flatimage.data/instances.lock && "
+              f"ln -s {victim_dir} .app.flatimage.data/work/999999999")
+    subprocess.run(["runuser", "-u", USER, "--", "sh", "-c", script],
+                   cwd=attacker.workspace, check=True)
+    root = Runner("root", attacker.workspace, 0, 0, tmp_path)
+    try:
+        for overlay in ("fimfs", "unionfs"):
+            out = root.ok("fim-exec", "sh", "-c", 'echo "ran $FIM_DIR_DATA"',
+                          env={"FIM_OVERLAY": overlay})
+            assert out.startswith("ran ") and str(tmp_path) in out, out
+        assert not planted.exists()
+        assert victim_dir.stat().st_mode & 0o777 == 0o755
+    finally:
+        remove_workspace(attacker)
