@@ -62,15 +62,31 @@ def private(path: str) -> bool:
     return not st.st_mode & 0o020 or st.st_gid == os.getegid()
 
 
+def _steady(directory: str) -> bool:
+    """No other user can rename or replace the entries of ``directory``: it is sticky, or
+    it is this user's or root's and :func:`private` would allow its write bits."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    if st.st_mode & stat.S_ISVTX:
+        return True
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o002:
+        return False
+    return not st.st_mode & 0o020 or st.st_gid == os.getegid()
+
+
 def locate(image: str, environ: Mapping[str, str]) -> tuple[str, bool]:
     """The data directory of ``image`` (its real path) and whether it is the per-user
-    fallback: FIM_DIR_DATA when set, else beside the image when possible (and not
-    another user's: :func:`private`)."""
+    fallback: FIM_DIR_DATA when set, else beside the image when possible and safe (not
+    another user's, :func:`private`, in a directory no other user can change,
+    :func:`_steady`)."""
     given = environ.get("FIM_DIR_DATA")
     if given:
         return given, False
     default = beside(image)
-    if _writable(default) and (not os.path.lexists(default) or private(default)):
+    if _writable(default) and _steady(os.path.dirname(default)) and (
+            not os.path.lexists(default) or private(default)):
         return default, False
     return per_user(image, environ), True
 

@@ -371,7 +371,8 @@ grep CapEff /proc/self/status
 def test_another_users_data_directory_is_not_used(blueprint: Path, tmp_path: Path) -> None:
     """Root runs an image from a directory of another user, who made the data directory
     beside it with symbolic links in it (``instances.lock``, ``work/PID``): the run uses
-    root's own data directory, nothing is created or changed where the links point."""
+    root's own data directory, nothing is created or changed where the links point; nor
+    is one made in that directory (its owner could rename it and plant one)."""
     from tests.containers import remove_workspace, workspace_runner
 
     if os.geteuid() != 0:
@@ -393,5 +394,9 @@ def test_another_users_data_directory_is_not_used(blueprint: Path, tmp_path: Pat
             assert out.startswith("ran ") and str(tmp_path) in out, out
         assert not planted.exists()
         assert victim_dir.stat().st_mode & 0o777 == 0o755
+        # without one yet: none is made where that user could swap it for a link later
+        shutil.rmtree(attacker.workspace / ".app.flatimage.data")
+        root.ok("fim-exec", "true")
+        assert not (attacker.workspace / ".app.flatimage.data").exists()
     finally:
         remove_workspace(attacker)
