@@ -106,7 +106,25 @@ def create(data_dir: str) -> bool:
             raise DataDirError(exc.errno, exc.strerror, target) from None
         if not private(target):
             raise DataDirError(errno.EPERM, NOT_PRIVATE, target)
+    _close_to_others(data_dir)
     return new
+
+
+def _close_to_others(data_dir: str) -> None:
+    """Make the data directory 0700: what the container writes into ``root/`` is real
+    on the host, a set-user-ID file of root inside included (host root's sandbox maps
+    uid 0 to itself), and no other user may reach it."""
+    try:
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    except OSError:
+        pass  # a read-only data directory: nothing can be written into it either
+    finally:
+        os.close(fd)
 
 
 def remove_work(path: str) -> None:

@@ -400,3 +400,45 @@ def test_another_users_data_directory_is_not_used(blueprint: Path, tmp_path: Pat
         assert not (attacker.workspace / ".app.flatimage.data").exists()
     finally:
         remove_workspace(attacker)
+
+
+_EUID_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
+"""
+
+
+@pytest.fixture(scope="session")
+def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static program that prints its effective uid (set-user-ID root: 0)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the set-user-ID probe")
+    source = tmp_path_factory.mktemp("euid") / "euid.c"
+    source.write_text(_EUID_C)
+    out = Path("/tmp") / f"fim-euid-{os.getpid()}"
+    proc = subprocess.run([cc, "-static", "-O1", "-o", str(out), str(source)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build a static program: {proc.stderr.strip()[-200:]}")
+    os.chmod(out, 0o755)
+    return out
+
+
+def test_set_user_id_files_of_the_container_reach_no_other_user(
+        runner: Runner, euid_program: Path) -> None:
+    """Root inside makes a set-user-ID program in the writable layer: it is a real file
+    of the host (owned by host root when root runs the image), which no other user may
+    reach: the data directory is 0700."""
+    runner.ok("fim-bind", "add", "ro", str(euid_program), "/tmp/euid")
+    out = runner.ok("fim-root", "sh", "-c",
+                    "echo ran; cp /tmp/euid /suid && chmod 4755 /suid && /suid")
+    assert out.splitlines()[0] == "ran"
+    planted = runner.data / "root" / "suid"
+    assert planted.stat().st_mode & 0o4000  # the attack's file is there...
+    assert runner.data.stat().st_mode & 0o777 == 0o700  # ...out of others' reach
+    if runner.who == "root":
+        proc = subprocess.run(["runuser", "-u", USER, "--", str(planted)],
+                              capture_output=True, text=True)
+        assert "euid=0" not in proc.stdout and "Permission denied" in proc.stderr
