@@ -25,7 +25,7 @@ pytestmark = [
 
 def minbase_root() -> Path:
     """The cached minimal Debian root, made on first use."""
-    return containers.minbase_root("bookworm")
+    return containers.minbase_root("trixie")  # the one tests/test_hosts.py uses
 
 
 @pytest.fixture
