@@ -153,8 +153,8 @@ def _prepare(command: str, path: str, layout: Layout, build: dict[str, object],
     except datadir.DataDirError as exc:
         raise Fatal(f"Could not create directory '{exc.filename}': {exc.strerror}") from None
     if fallback and new:
-        log.notice(f"'{os.path.dirname(path)}' is not writable: the data of this image is "
-                   f"kept in '{data_dir}'")
+        log.notice(f"'{os.path.dirname(path)}' is not writable, or another user's: the data "
+                   f"of this image is kept in '{data_dir}'")
     _export(path, data_dir, host.app if host else None)
     cfg = config.load(layout)
     return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ))
