@@ -14,6 +14,7 @@ before extracting, the least recently used trees that no run holds are removed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -21,7 +22,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 #: Default bound of the cache, in bytes of extracted files.
 LIMIT = 8 << 30
@@ -42,20 +43,32 @@ def limit(environ: Mapping[str, str]) -> int:
 
 
 def digest(path: str, offset: int, size: int) -> str:
-    """The XXH3-128 of ``size`` bytes of ``path`` at ``offset`` (a layer's identity)."""
+    """The XXH3-128 of ``size`` bytes of ``path`` (a file or a URL) at ``offset``: a
+    layer's identity."""
     import xxhash
 
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = size
-        while left > 0:
-            chunk = f.read(min(_HASH_CHUNK, left))
+    for chunk in _chunks(path, offset, size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _chunks(path: str, offset: int, size: int) -> Iterator[bytes]:
+    from cli.image import is_url, remote_read
+
+    done = 0
+    with contextlib.nullcontext() if is_url(path) else open(path, "rb") as f:
+        while done < size:
+            want = min(_HASH_CHUNK, size - done)
+            if f is None:  # a layer given as a URL: through the per-user block cache
+                chunk = remote_read(path, offset + done, want)
+            else:
+                f.seek(offset + done)
+                chunk = f.read(want)
             if not chunk:
                 raise OSError(f"{path}: the layer at {offset} ends early")
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
+            yield chunk
+            done += len(chunk)
 
 
 class Held:

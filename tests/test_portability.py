@@ -101,3 +101,29 @@ def test_extract_cache_digest(tmp_path: Path) -> None:
     assert extractcache.digest(str(f), 4, 5) != extractcache.digest(str(f), 4, 4)
     with pytest.raises(OSError):
         extractcache.digest(str(f), 4, 50)
+
+
+def test_extract_cache_digest_of_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       ) -> None:
+    """A layer given as a URL has the digest of its bytes (python's http.server, no
+    range support: read whole through the per-user block cache)."""
+    import functools
+    import http.server
+    import threading
+
+    from cli import extractcache
+
+    (tmp_path / "www").mkdir()
+    f = tmp_path / "www" / "layer"
+    f.write_bytes(os.urandom(300_000))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/layer"
+        assert extractcache.digest(url, 1000, 200_000) == extractcache.digest(
+            str(f), 1000, 200_000)
+    finally:
+        server.shutdown()
