@@ -54,7 +54,7 @@ def test_missing_backend_program_falls_back(runner: Runner) -> None:
     tools = runner.workspace / "tools"  # what the launcher uses, without fuse-overlayfs
     tools.mkdir()
     for name in ("sh", "tail", "head", "gzip", "tar", "stat", "mkdir", "mktemp", "chmod",
-                 "mv", "rm", "dirname"):
+                 "mv", "rm", "dirname", "ls"):
         found = shutil.which(name)
         assert found, name
         (tools / name).symlink_to(found)
