@@ -593,7 +593,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         pipes = _Pipes(ident.uid == 0)
         cmd = bwrap.command(sb, bwrap_path, program, args_fd=pipes.args,
                             seccomp_fd=pipes.seccomp, userns_fd=pipes.userns,
-                            status_fd=pipes.status_w, started_fd=pipes.started_w)
+                            status_fd=pipes.status_w, started_fd=pipes.started_w,
+                            new_session=not bwrap.has_controlling_terminal())
         pipes.fill(cmd.hidden)
         log.emit("D", f"bwrap: {cmd.argv}", "run.py")
         timing.mark("prepared")

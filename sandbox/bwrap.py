@@ -142,18 +142,22 @@ class Command(NamedTuple):
 
 def command(sb: Sandbox, bwrap: str, program: Sequence[str], *, args_fd: int,
             seccomp_fd: int | None = None, userns_fd: int | None = None,
-            status_fd: int | None = None, started_fd: int | None = None) -> Command:
+            status_fd: int | None = None, started_fd: int | None = None,
+            new_session: bool = False) -> Command:
     """``bwrap <sandbox> bash -c '"$@"' bash PROGRAM...``, every ``--setenv`` of it
     moved with ``--clearenv`` and ``sb.environ`` into the data for ``--args args_fd``.
 
     ``seccomp_fd``: the filter (:func:`sandbox.seccomp.program`); ``userns_fd``: a user
     namespace to enter (:mod:`sandbox.userns`); ``status_fd``: bwrap's
     ``--json-status-fd`` (the child's pid, then its exit code); ``started_fd``: written
-    to once the sandbox is set up (see :data:`STARTED`).
+    to once the sandbox is set up (see :data:`STARTED`); ``new_session``: the sandbox
+    in a session of its own (:func:`has_controlling_terminal`).
     """
     # the sandbox does not outlive the run that serves its root (also when it is
     # killed); with the pid namespace, its pid 1 ending kills whatever is left inside
     args = [bwrap, "--die-with-parent", "--args", str(args_fd)]
+    if new_session:
+        args.append("--new-session")
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
     if seccomp_fd is not None:
@@ -178,6 +182,20 @@ def command(sb: Sandbox, bwrap: str, program: Sequence[str], *, args_fd: int,
     args += ["--", sb.shell, "-c", script, "bash", *program]
     data = b"".join(os.fsencode(arg) + b"\0" for arg in hidden)
     return Command(args, data)
+
+
+def has_controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal. Without one the sandbox gets a
+    session (hence a process group) of its own: ``kill(0, SIG)`` inside signals the
+    caller's process group, host processes included (the run, the script that started
+    it, the other commands of its pipeline), whatever the pid namespace. With one it
+    shares the caller's group, for job control (README, "Security model")."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def _setenv_args(environ: dict[str, str]) -> list[str]:

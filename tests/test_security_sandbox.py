@@ -307,6 +307,23 @@ def test_no_host_process_is_visible_or_signalable(runner: Runner) -> None:
         marker.wait()
 
 
+def test_process_group_signal_reaches_no_host_process(runner: Runner) -> None:
+    """``kill(0, SIGTERM)`` signals the caller's process group whatever the pid
+    namespace: without a controlling terminal (a script, a desktop launch, cron) the
+    sandbox has a session of its own, so neither the script that started the run nor
+    a command started beside it (same user) gets the signal."""
+    import shlex
+
+    prefix = ["runuser", "-u", USER, "--"] if runner.who == "user" else []
+    run = runner.argv(("fim-exec", "sh", "-c", "echo ran; kill -TERM 0; echo after"), None)
+    script = (f"sleep 321.9 & s=$!; {shlex.join(run[len(prefix):])}; echo exit=$?; "
+              "kill -0 $s && echo alive; kill $s")
+    proc = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True,
+                          cwd=runner.workspace, timeout=120, start_new_session=True)
+    # the program's own group got it (143); the script and its sleep did not
+    assert proc.stdout.splitlines() == ["ran", "exit=143", "alive"], proc
+
+
 def test_no_host_sysv_shared_memory(runner: Runner) -> None:
     key = 0x46494D00 + os.getpid() % 256
     shm = _host_shm(key)
