@@ -549,6 +549,23 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
     )
 
 
+def _root_up(root_fs: _Root, sb: Sandbox) -> _Root:
+    """The root, mounted (:meth:`_Root.up`); a Fatal when the image's symbolic links
+    would lead a mount point of the sandbox out of it (bwrap would create it on the
+    host: sandbox.bwrap.escaping_mount_point)."""
+    from sandbox.bwrap import escaping_mount_point
+
+    mounted = root_fs.up()
+    escaping = escaping_mount_point(sb)
+    if escaping is not None:
+        if mounted is not root_fs:  # the caller takes down root_fs only
+            mounted.close()
+        raise Fatal(f"The image makes the mount point '{escaping}' lead out of the "
+                    "container (a symbolic link to an absolute path or above '/'): "
+                    "not running it")
+    return mounted
+
+
 def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     """Run ``program`` in the container of ``ctx``'s image; the program's exit code.
 
@@ -598,7 +615,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         pipes.fill(cmd.hidden)
         log.emit("D", f"bwrap: {cmd.argv}", "run.py")
         timing.mark("prepared")
-        root_fs = root_fs.up()
+        root_fs = _root_up(root_fs, sb)
         watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
         timing.mark("bwrap")
         code = _run_bwrap(cmd.argv, pipes)

@@ -184,6 +184,79 @@ def command(sb: Sandbox, bwrap: str, program: Sequence[str], *, args_fd: int,
     return Command(args, data)
 
 
+#: what every sandbox mounts besides the root and the runtime (:func:`_base_args`)
+_BASE_POINTS = ("/dev", "/proc", "/sys", "/tmp", "/etc/passwd")
+
+
+def _root_views(root_args: Sequence[str]) -> list[str]:
+    """The host directories whose trees make the sandbox's ``/``: the one given with
+    ``--bind DIR /``, or the overlay's layers and upper directory."""
+    views = []
+    for i, arg in enumerate(root_args[:-1]):
+        if arg in ("--overlay-src", "--overlay") or arg == "--bind" and \
+                root_args[i + 2:i + 3] == ["/"]:
+            views.append(root_args[i + 1])
+    return views
+
+
+def _mount_points(sb: Sandbox) -> list[str]:
+    """Every path bwrap mounts on (or creates) in the sandbox's root."""
+    points = [*_BASE_POINTS, *sb.runtime_dirs, *sb.files.values(), *(b.dst for b in sb.binds)]
+    args = sb.permission_args
+    i = 0
+    while i < len(args):
+        end = i + 1 + _ARITY[args[i]]
+        if args[i] != "--setenv":
+            points.append(args[end - 1])
+        i = end
+    points += [sb.root_args[i + 1] for i, arg in enumerate(sb.root_args[:-1]) if arg == "--tmpfs"]
+    return points
+
+
+def _leaves_root(view: str, point: str) -> bool:
+    """Whether bwrap, making ``point`` in a root whose tree is the host directory ``view``,
+    would follow a symbolic link out of it. bwrap resolves mount points before it leaves
+    its setup root, where an absolute link (or ``..`` above ``/``) reaches the host's
+    root as ``/oldroot``: a link ``/x -> /oldroot/etc`` in the image and a mount point
+    ``/x/nologin`` made an empty ``/etc/nologin`` on the host (and directories, for
+    missing parents)."""
+    parts = [p for p in point.split("/") if p not in ("", ".")]
+    inside: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if not inside:
+                return True
+            inside.pop()
+            continue
+        path = os.path.join(view, *inside, name)
+        if not os.path.islink(path):
+            if not os.path.lexists(path):
+                return False  # bwrap makes the rest: real directories inside
+            inside.append(name)
+            continue
+        links += 1
+        if links > 40:
+            return False  # bwrap's ELOOP
+        target = os.readlink(path)
+        if target.startswith("/"):
+            return True  # bwrap resolves it in its setup root, not the image's
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    return False
+
+
+def escaping_mount_point(sb: Sandbox) -> str | None:
+    """A mount point of ``sb`` that leads out of its root through the image's symbolic
+    links (:func:`_leaves_root`), or None. The root must be up (mounted)."""
+    points = _mount_points(sb)
+    for view in _root_views(sb.root_args):
+        for point in points:
+            if _leaves_root(view, point):
+                return point
+    return None
+
+
 def has_controlling_terminal() -> bool:
     """Whether this process has a controlling terminal. Without one the sandbox gets a
     session (hence a process group) of its own: ``kill(0, SIG)`` inside signals the

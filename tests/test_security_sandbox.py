@@ -486,3 +486,21 @@ def test_set_user_id_files_of_the_container_reach_no_other_user(
         proc = subprocess.run(["runuser", "-u", USER, "--", str(planted)],
                               capture_output=True, text=True)
         assert "euid=0" not in proc.stdout and "Permission denied" in proc.stderr
+
+
+@pytest.mark.parametrize("link", ["/oldroot{victim}", "../../../oldroot{victim}"])
+def test_mount_point_through_a_link_out_of_the_root(runner: Runner, link: str) -> None:
+    """bwrap makes a missing mount point before it leaves its setup root, where the
+    host's root is /oldroot: a link of the image there (absolute, or climbing above
+    '/') and a bind below it made the file on the host. The run is refused instead."""
+    victim = runner.workspace / "victim"
+    victim.mkdir()
+    os.chown(victim, runner.uid, runner.gid)
+    out = runner.ok("fim-exec", "sh", "-c",
+                    f"echo ran; ln -s {link.format(victim=victim)} /evil && echo linked")
+    assert out.splitlines() == ["ran", "linked"]
+    runner.ok("fim-bind", "add", "ro", "/etc/hostname", "/evil/planted")
+    proc = runner.run("fim-exec", "sh", "-c", "echo second")
+    assert proc.returncode != 0 and "second" not in proc.stdout
+    assert "The image makes the mount point '/evil/planted' lead out of" in proc.stderr
+    assert list(victim.iterdir()) == []
