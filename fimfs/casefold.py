@@ -61,7 +61,8 @@ from typing import NamedTuple, TypeVar
 
 from fimfs.lru import SizedLRU
 from fimfs.paths import join, split_parent
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
+from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, fs_error, split_path
+from fimfs.wrapper import Wrapper
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18
@@ -119,13 +120,19 @@ class _Dir(NamedTuple):
         return name if group is not None and name in group else found
 
 
-class CaseFold(Filesystem):
-    """``inner`` seen case-insensitively; new names keep the case they were given."""
+class CaseFold(Wrapper):
+    """``inner`` seen case-insensitively; new names keep the case they were given.
+
+    Every method that takes a path is overridden (see :mod:`fimfs.wrapper`); the rest,
+    and the capability flags but ``case_insensitive``, are the inner filesystem's.
+    """
 
     case_insensitive = True
+    #: Listed through this view's own readdir and getattr (the inner one lists twins).
+    readdir_attrs = Filesystem.readdir_attrs
 
     def __init__(self, inner: Filesystem, cache_names: int = DEFAULT_CACHE_NAMES) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._lock = threading.Lock()
         self._cache: SizedLRU[str, _Dir] = SizedLRU(maxsize=cache_names, getsizeof=_Dir.size)
         # Directories being listed right now, each with the token of its latest reader;
@@ -252,18 +259,8 @@ class CaseFold(Filesystem):
     def read_spans(self, path: str | None, size: int, offset: int, fh: int) -> Spans:
         return self.inner.read_spans(self._resolve_fh(path), size, offset, fh)  # type: ignore[arg-type]
 
-    @property
-    def handles_need_release(self) -> bool:  # type: ignore[override]
-        return self.inner.handles_need_release
-
-    def unchanging(self, fh: int) -> bool:
-        return self.inner.unchanging(fh)
-
     def release(self, path: str | None, fh: int) -> None:
         self.inner.release(self._resolve_fh(path), fh)  # type: ignore[arg-type]
-
-    def statfs(self) -> StatFs:
-        return self.inner.statfs()
 
     def getxattr(self, path: str, name: str) -> bytes:
         return self.inner.getxattr(self._resolve(path), name)
@@ -368,10 +365,6 @@ class CaseFold(Filesystem):
                 )
 
     # -- the rest -----------------------------------------------------------------------
-    @property
-    def writable(self) -> bool:
-        return self.inner.writable
-
     def close(self) -> None:
         """Close the inner filesystem and drop the cache."""
         self.inner.close()

@@ -15,18 +15,18 @@ identity. So a chown to ``uid``/``gid`` (the presented ids) is passed down as a 
 to ``inside``; any other id is passed as is; -1 ("unchanged", which the view accepts
 itself, see ``chown_accepts_unchanged``) keeps the stored id.
 
-Everything else is delegated unchanged. The view keeps no state, so it is as
-thread safe as the filesystem below; ``writable`` and ``close`` are the inner ones.
+Everything else, capability flags included, is the inner filesystem's (a
+:class:`fimfs.wrapper.Wrapper`). The view keeps no state, so it is as thread safe as
+the filesystem below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from .vfs import Attr, Filesystem
+from .wrapper import Wrapper
 
-from .vfs import Attr, Filesystem, Spans, StatFs
 
-
-class OwnerView(Filesystem):
+class OwnerView(Wrapper):
     """``inner`` with every uid/gid shown as ``uid``/``gid``; chowns to them mean ``inside``."""
 
     #: The FUSE adapter passes -1 on: filled in from getattr it would be the presented
@@ -37,7 +37,7 @@ class OwnerView(Filesystem):
                  inside: tuple[int, int] | None = None) -> None:
         """``inside``: the stored identity that the presented ids stand for in a chown
         (None: the presented ids themselves, i.e. chowns pass through unchanged)."""
-        self.inner = inner
+        super().__init__(inner)
         self.uid, self.gid = uid, gid
         self.inside = (uid, gid) if inside is None else inside
 
@@ -52,88 +52,11 @@ class OwnerView(Filesystem):
     def getattr(self, path: str) -> Attr:
         return self._show(self.inner.getattr(path))
 
-    def readdir(self, path: str) -> Iterable[str]:
-        return self.inner.readdir(path)
-
     def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
         show = self._show
         return [(name, show(a)) for name, a in self.inner.readdir_attrs(path)]
 
-    def readlink(self, path: str) -> str:
-        return self.inner.readlink(path)
-
-    def open(self, path: str, flags: int) -> int:
-        return self.inner.open(path, flags)
-
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.inner.read(path, size, offset, fh)
-
-    def read_spans(self, path: str, size: int, offset: int, fh: int) -> Spans:
-        return self.inner.read_spans(path, size, offset, fh)
-
-    @property
-    def handles_need_release(self) -> bool:  # type: ignore[override]
-        return self.inner.handles_need_release
-
-    @property
-    def reads_by_path(self) -> bool:  # type: ignore[override]
-        return self.inner.reads_by_path
-
-    def unchanging(self, fh: int) -> bool:
-        return self.inner.unchanging(fh)
-
-    def release(self, path: str, fh: int) -> None:
-        self.inner.release(path, fh)
-
-    def statfs(self) -> StatFs:
-        return self.inner.statfs()
-
-    def getxattr(self, path: str, name: str) -> bytes:
-        return self.inner.getxattr(path, name)
-
-    def listxattr(self, path: str) -> list[str]:
-        return self.inner.listxattr(path)
-
     # -- write side --------------------------------------------------------------------
-    def create(self, path: str, mode: int, flags: int) -> int:
-        return self.inner.create(path, mode, flags)
-
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self.inner.write(path, data, offset, fh)
-
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
-        self.inner.truncate(path, length, fh)
-
-    def flush(self, path: str, fh: int) -> None:
-        self.inner.flush(path, fh)
-
-    def fsync(self, path: str, datasync: bool, fh: int) -> None:
-        self.inner.fsync(path, datasync, fh)
-
-    def mkdir(self, path: str, mode: int) -> None:
-        self.inner.mkdir(path, mode)
-
-    def mknod(self, path: str, mode: int, rdev: int) -> None:
-        self.inner.mknod(path, mode, rdev)
-
-    def unlink(self, path: str) -> None:
-        self.inner.unlink(path)
-
-    def rmdir(self, path: str) -> None:
-        self.inner.rmdir(path)
-
-    def rename(self, old: str, new: str, flags: int = 0) -> None:
-        self.inner.rename(old, new, flags)
-
-    def symlink(self, target: str, path: str) -> None:
-        self.inner.symlink(target, path)
-
-    def link(self, existing: str, path: str) -> None:
-        self.inner.link(existing, path)
-
-    def chmod(self, path: str, mode: int) -> None:
-        self.inner.chmod(path, mode)
-
     def chown(self, path: str, uid: int, gid: int) -> None:
         """Presented ids become ``inside``; -1 keeps the stored id (the inner layers get
         real ids, the vfs convention)."""
@@ -150,19 +73,3 @@ class OwnerView(Filesystem):
 
     def _inside_gid(self, gid: int) -> int:
         return self.inside[1] if gid == self.gid else gid
-
-    def utimens(self, path: str, atime_ns: int, mtime_ns: int) -> None:
-        self.inner.utimens(path, atime_ns, mtime_ns)
-
-    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
-        self.inner.setxattr(path, name, value, flags)
-
-    def removexattr(self, path: str, name: str) -> None:
-        self.inner.removexattr(path, name)
-
-    @property
-    def writable(self) -> bool:
-        return self.inner.writable
-
-    def close(self) -> None:
-        self.inner.close()
