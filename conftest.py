@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.fuse.mounttable import unescape_mountinfo
+from osutil import mounts
 
 NATIVE_BIN = Path(__file__).resolve().parent.parent / "shared" / "native" / "bin"
 if NATIVE_BIN.is_dir() and str(NATIVE_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
@@ -24,11 +24,7 @@ if NATIVE_BIN.is_dir() and str(NATIVE_BIN) not in os.environ.get("PATH", "").spl
 
 def _in_mount_table(path: str) -> bool:
     # Not os.path.ismount: a FUSE mount whose server died cannot be stat-ed.
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return any(
-            len(fields := line.split(" ")) > 4 and unescape_mountinfo(fields[4]) == path
-            for line in f
-        )
+    return path in (mounts.mount_points() or ())
 
 
 @pytest.fixture

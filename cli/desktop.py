@@ -25,6 +25,7 @@ import os
 import subprocess
 
 from cli import log
+from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -220,17 +221,7 @@ class Paths:
 def _replace(path: str, data: bytes) -> None:
     """Write ``path`` whole (a temporary file renamed over it)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    files.write_atomic(path, data)
 
 
 def _create(path: str, data: bytes) -> None:

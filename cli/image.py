@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from cli.log import CommandError
+from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -392,27 +393,22 @@ def create(path: str, launcher: str, payload: bytes, *, dist: str,
         [payload_offset, len(payload), reserved_offset, reserved_size, dist, build_id])
     layout = Layout(path, payload_offset, len(payload), reserved_offset, reserved_size,
                     dist, build_id)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
-        try:
-            os.pwrite(fd, SHEBANG + header + body + payload, 0)
-            os.ftruncate(fd, layout.layers_offset)
-            pos = layout.layers_offset
-            for source, size in zip(layers, sizes):
-                os.pwrite(fd, _SIZE.pack(size), pos)
-                if _copy(source, fd, pos + _SIZE.size) != size:
-                    raise FimImageError(f"'{source}' changed while it was being copied")
-                pos += _SIZE.size + size
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        with files.replacing(path) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+            try:
+                os.pwrite(fd, SHEBANG + header + body + payload, 0)
+                os.ftruncate(fd, layout.layers_offset)
+                pos = layout.layers_offset
+                for source, size in zip(layers, sizes):
+                    os.pwrite(fd, _SIZE.pack(size), pos)
+                    if _copy(source, fd, pos + _SIZE.size) != size:
+                        raise FimImageError(f"'{source}' changed while it was being copied")
+                    pos += _SIZE.size + size
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o755)
     except OSError as exc:
         raise FimImageError(f"Could not write image '{path}': {exc.strerror}") from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
     return layout

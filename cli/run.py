@@ -385,20 +385,6 @@ def _restore_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _wait_gone(pid: int) -> None:
-    """Wait until process ``pid`` (the program, whose bwrap died) is gone."""
-    import select
-
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        select.select([fd], [], [])
-    finally:
-        os.close(fd)
-
-
 class _Pipes:
     """The descriptors bwrap gets: its status pipe (the child's pid), the sandbox's
     "started" pipe, its hidden arguments (the environment), the seccomp filter, and
@@ -477,7 +463,9 @@ def _run_bwrap(args: list[str], pipes: _Pipes) -> int:
         return log.EXIT_FAILURE
     assert child is not None
     if code < 0:  # bwrap itself was killed (a terminal's SIGINT reaches its group too)
-        _wait_gone(child)
+        from osutil import procs
+
+        procs.wait_gone(child)  # the program, whose bwrap died
         return 128 - code
     return code
 

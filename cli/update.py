@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 
 from cli import config, image
 from cli.log import CommandError
+from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -250,10 +251,10 @@ def run(layout: image.Layout, url: str) -> Result:
         return Result(os.path.getsize(path), 0, False)
     rf = image.remote(url)
     before = rf.fetched
-    tmp = f"{_tmp_prefix(path)}{os.getpid()}"
     old_fd = image.open_image_fd(path)
     try:
-        with image.locked(old_fd, exclusive=True):
+        with image.locked(old_fd, exclusive=True), \
+                files.replacing(path, f"{_tmp_prefix(path)}{os.getpid()}") as tmp:
             for trust in (True, False):
                 pieces = plan(layout, rf, trust)
                 remote_bytes = sum(p[0] for p in pieces if p[1] == "remote")
@@ -271,14 +272,11 @@ def run(layout: image.Layout, url: str) -> Result:
                 raise UpdateError(f"The file assembled from '{url}' does not match "
                                   f"'{url}{SUMS_SUFFIX}' (the server's file changed?)")
             os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-            os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
+        _fsync_dir(os.path.dirname(path))
     except OSError as exc:
         raise UpdateError(f"Could not update '{path}': {exc.strerror or exc}") from None
     finally:
         os.close(old_fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return Result(rf.size, rf.fetched - before, True)
 
 

@@ -23,6 +23,7 @@ seconds fail at once). Timeouts bound every request: never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -30,6 +31,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+from osutil import files
 
 from .errors import FimfsError
 
@@ -135,18 +138,11 @@ class Cache:
     def put(self, key: str, index: int, data: bytes) -> None:
         """Store one chunk; a full disk or a read-only cache only costs the caching."""
         path = self._chunk(key, index)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            files.write_atomic(path, data)
         except OSError as exc:
             _log().debug("cannot cache %s: %s", path, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             return
         with self._lock:
             self._added += len(data)
@@ -211,15 +207,10 @@ class Cache:
 
     def remember(self, url: str, identity: dict[str, object]) -> None:
         path = os.path.join(self.directory, "urls", _sha(url))
-        tmp = f"{path}.{os.getpid()}.tmp"
         import json
 
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"url": url, **identity}, f)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            files.write_atomic(path, json.dumps({"url": url, **identity}).encode())
 
     def recall(self, url: str) -> dict[str, object] | None:
         import json

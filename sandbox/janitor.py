@@ -14,57 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
 import signal
-import subprocess
 from collections.abc import Sequence
 
-from sandbox import userns
+from osutil import mounts, procs
 from sandbox.instance import alive
-
-#: How often the watcher also checks by polling (the pidfd wakes it at once).
-POLL_SECONDS = 0.1
-
-
-def _in_mount_table(path: str) -> bool:
-    target = os.fsencode(path)
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            return any(_unescape(line.split(b" ")[4]) == target for line in f)
-    except (OSError, IndexError):
-        return False
-
-
-def _unescape(field: bytes) -> bytes:
-    # mountinfo writes space, tab, newline and backslash as \\ooo
-    out, i = bytearray(), 0
-    while i < len(field):
-        octal = field[i + 1:i + 4]
-        if field[i] == 0x5C and len(octal) == 3 and octal.isdigit():
-            out.append(int(octal, 8) & 0xFF)
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return bytes(out)
 
 
 def detach(mountpoint: str) -> None:
     """Lazily unmount ``mountpoint`` if it is mounted (fusermount3, umount as root, or
     the system call in a run's own mount namespace)."""
-    if not _in_mount_table(mountpoint):
-        return
-    for argv in (["fusermount3", "-uz", "--", mountpoint],
-                 ["fusermount", "-uz", "--", mountpoint], ["umount", "-l", mountpoint]):
-        if shutil.which(argv[0]) is None:
-            continue
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=10)
-        if not _in_mount_table(mountpoint):
-            return
-    userns.detach(mountpoint)  # in a run's own mount namespace (sandbox.userns)
+    if mounts.is_mounted(mountpoint):
+        mounts.unmount(mountpoint, lazy=True, timeout=10)
 
 
 def _watch(pidfd: int, mountpoints: Sequence[str], directory: str | None) -> None:
@@ -72,10 +34,7 @@ def _watch(pidfd: int, mountpoints: Sequence[str], directory: str | None) -> Non
     code = 0
     try:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        while not poller.poll(int(POLL_SECONDS * 1000)):
-            pass
+        procs.wait(pidfd)
         for mp in mountpoints:  # top first: a mount may sit inside another's tree
             detach(mp)
         if directory is not None:
@@ -150,14 +109,6 @@ def prune(instances: str) -> None:
 
 def _mounts_under(directory: str) -> list[str]:
     """Mount points at or below ``directory``, deepest first."""
-    prefix = os.fsencode(directory.rstrip("/") + "/")
-    found = []
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                mp = _unescape(line.split(b" ")[4])
-                if mp.startswith(prefix):
-                    found.append(os.fsdecode(mp))
-    except (OSError, IndexError):
-        return []
+    prefix = directory.rstrip("/") + "/"
+    found = [mp for mp in mounts.mount_points() or () if mp.startswith(prefix)]
     return sorted(found, key=len, reverse=True)

@@ -16,7 +16,7 @@ calls fusermount3 only otherwise. :func:`enter` moves the calling process into a
 user namespace that maps only its own uid and gid (so nothing about who it is changes)
 and a new mount namespace owned by it: its mount daemons (forked, so they keep the
 namespace's capabilities) mount there, bwrap (exec'd, so without them) nests its own
-user namespace in it, and unmounting is umount2(2) there (:func:`detach`). The mounts
+user namespace in it, and unmounting is umount2(2) there (:func:`osutil.mounts.umount2`). The mounts
 are slaves of the host's and never propagate out; they go away with the last process
 of the namespace.
 """
@@ -28,7 +28,6 @@ import os
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
-_MNT_DETACH = 2
 #: every id to itself (the largest count a map line takes)
 IDENTITY_MAP = "0 0 4294967295\n"
 #: Why even root cannot make one.
@@ -127,9 +126,3 @@ def blocked_reason(err: int) -> str:
     if err == errno.EINVAL:
         return "cannot create a user namespace: the process has threads"
     return explain_failure(os.getuid(), can_unshare=lambda: False)
-
-
-def detach(mountpoint: str) -> bool:
-    """umount2(MNT_DETACH) ``mountpoint``: works where this process may unmount (root,
-    or a mount namespace of its own); whether it did."""
-    return _libc().umount2(os.fsencode(mountpoint), _MNT_DETACH) == 0  # type: ignore[attr-defined]

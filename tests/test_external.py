@@ -27,7 +27,7 @@ import pytest
 from fimfs import external
 from fimfs.dwarfs.writer import write_image
 from fimfs.errors import FimfsError
-from fimfs.fuse.mounttable import unescape_mountinfo
+from osutil import mounts
 
 pytestmark = pytest.mark.fuse
 
@@ -45,8 +45,8 @@ if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
 def mounts_under(directory: Path) -> list[str]:
     """Mount points (unescaped, from /proc/self/mountinfo) at or below ``directory``."""
     top = os.path.realpath(directory)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        points = [unescape_mountinfo(line.split(" ")[4]) for line in f]
+    points = mounts.mount_points()
+    assert points is not None
     return [p for p in points if p == top or p.startswith(top + "/")]
 
 

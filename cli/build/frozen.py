@@ -224,6 +224,8 @@ def _deps(bwrap: str, libfuse: str, bash: str) -> dict[str, object]:
 
 def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
     """Run PyInstaller; the onedir output directory."""
+    from cli.build.payload import PACKAGES
+
     info_path = os.path.join(work, "build.json")
     with open(info_path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, sort_keys=True)
@@ -232,7 +234,7 @@ def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
             "--distpath", os.path.join(work, "dist"), "--workpath", os.path.join(work, "build"),
             "--specpath", work, "--add-data", f"{info_path}:.",
             "--add-binary", f"{libfuse}:."]
-    for package in ("cli", "fimfs", "sandbox"):
+    for package in PACKAGES:
         argv += ["--collect-submodules", package]
     for module in _HIDDEN_IMPORTS:
         argv += ["--hidden-import", module]

@@ -23,7 +23,7 @@ import os
 
 from cli.runtime import BUILD_INFO, source_root
 
-PACKAGES = ("cli", "fimfs", "sandbox")
+PACKAGES = ("cli", "fimfs", "sandbox", "osutil")
 
 # Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of cli/rundir.py
 # (where the runtime goes). It reads the header line (see cli/image.py: fields 3, 4 and

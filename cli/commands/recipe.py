@@ -24,6 +24,7 @@ import re
 from cli import log
 from cli.commands.args import keyword
 from cli.log import CommandError, UsageError, trailing
+from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -181,16 +182,9 @@ class Source:
         data = download(url)
         recipe = parse(data, name, path)
         os.makedirs(self.cache, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            files.write_atomic(path, data)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise CommandError(f"Could not save recipe to '{path}': {exc.strerror}") from None
         log.info(f"Successfully downloaded recipe '{name}' to '{path}'")
         return recipe

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from cli.errors import FimError
 from cli.tool import size_arg
+from osutil import files
 
 DEFAULT_LEVEL = 7
 
@@ -121,17 +122,11 @@ def _finish(args: argparse.Namespace, layer: str, dist: str) -> int:
 
     _step(f"making the {args.runtime} runtime")
     rt = payload.build(args.runtime)
-    directory, name = os.path.split(os.path.abspath(args.output))
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.build")
-    try:
+    with files.replacing(args.output) as tmp:  # the image appears only once configured
         layout = image.create(tmp, rt.launcher, rt.payload, reserved_size=args.reserved_size,
                               layers=[layer], dist=dist)
         with config.edit(layout) as cfg:
             cfg.remote = OFFICIAL
-        os.replace(tmp, args.output)  # the image appears only once configured
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     _sha256sum(args.output)
     size = os.path.getsize(args.output)
     print(f"{args.output}: {dist}, {size / (1 << 20):.1f} MiB "

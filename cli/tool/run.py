@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from osutil import files
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -73,10 +75,9 @@ def host_app() -> str:
     target = os.path.join(app, "bin", "bash")
     if not os.path.isfile(target):
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.tmp"
-        shutil.copyfile(bash, tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
+        with files.replacing(target) as tmp:
+            shutil.copyfile(bash, tmp)
+            os.chmod(tmp, 0o755)
     return app
 
 

@@ -11,13 +11,13 @@ the clock, the host or the order the OS lists directories in.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as _pkg
+
+from osutil import files
 
 from ..errors import FimfsError
 from . import filedata, idl, metabuild
@@ -72,14 +72,11 @@ def _version() -> str:
         return "fim"
 
 
-def _create_temp(output: str) -> tuple[str, int]:
-    directory, name = os.path.split(os.path.abspath(output))
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+def _create_temp(output: str, tmp: str) -> int:
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as e:
         raise WriteError(f"cannot create {output}: {e.strerror}") from None
-    return tmp, fd
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -101,23 +98,17 @@ def write_image(source: str | os.PathLike, output: str | os.PathLike,
     if os.path.isdir(output):
         raise WriteError(f"{output}: is a directory")
     start = time.monotonic()
-    tmp, fd = _create_temp(output)
-    skip = frozenset(filter(None, (_identity(tmp), _identity(output))))
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            stats = _write(os.fsencode(source), output, out, opts, skip,
-                           progress or (lambda p: None), keep, upper)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, output)
+        with files.replacing(output) as tmp:
+            fd = _create_temp(output, tmp)
+            skip = frozenset(filter(None, (_identity(tmp), _identity(output))))
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                stats = _write(os.fsencode(source), output, out, opts, skip,
+                               progress or (lambda p: None), keep, upper)
+                out.flush()
+                os.fsync(out.fileno())
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise WriteError(f"cannot write {output}: {e.strerror or e}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     stats.seconds = time.monotonic() - start
     return stats
 

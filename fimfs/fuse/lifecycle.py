@@ -14,7 +14,6 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,15 +24,14 @@ from fimfs.errors import FimfsError
 from fimfs.fuse.adapter import operations_for
 from fimfs.fuse.binding import ENCODING, ERRORS, fuse_class, libfuse_version
 from fimfs.fuse.mounttable import (
-    can_mount_directly,
     canonical,
     check_fuse_available,
     check_mountpoint,
     is_mounted,
 )
-from fimfs.fuse.mounttable import which as _which
 from fimfs.fuse.options import READ_AHEAD_KB, mount_options
 from fimfs.vfs import Filesystem
+from osutil import mounts
 
 log = logging.getLogger("fimfs.fuse")
 
@@ -43,54 +41,14 @@ READY_TIMEOUT = 30.0
 _SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 _READY = b"\x00fim-ready\n"
 _ERROR_PREFIX = "fim-error: "
-_MNT_DETACH = 2
 
 FilesystemSource = Filesystem | Callable[[], Filesystem]
 
 
-def _run_unmount(argv: list[str]) -> str | None:
-    """Run an unmount helper: None on success, else its one-line reason."""
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=30)
-    except subprocess.TimeoutExpired:
-        return "timed out"
-    if res.returncode == 0:
-        return None
-    lines = [ln.strip() for ln in (res.stderr or res.stdout).splitlines() if ln.strip()]
-    reason = lines[-1] if lines else f"{argv[0]} exited with {res.returncode}"
-    # "fusermount3: failed to unmount /x: Device or resource busy" -> the last part.
-    return reason.rsplit(": ", 1)[-1] if reason.startswith(argv[0]) else reason
-
-
-def _umount2(path: str, lazy: bool) -> str | None:
-    """The umount2 system call: None on success, else its reason."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(path), _MNT_DETACH if lazy else 0) == 0:
-        return None
-    return os.strerror(ctypes.get_errno())
-
-
 def _detach(path: str, lazy: bool) -> None:
-    """Unmount ``path`` with fusermount3, fusermount or (as root) umount; else with the
-    system call where this process may (a mount namespace of its own, sandbox.userns)."""
-    flag = ["-z"] if lazy else []
-    candidates = [["fusermount3", "-u", *flag], ["fusermount", "-u", *flag]]
-    if os.geteuid() == 0:
-        candidates.append(["umount", "-l"] if lazy else ["umount"])
-    reason: str | None = "no fusermount3, fusermount or umount found"
-    for argv in candidates:
-        if _which(argv[0]) is None:
-            continue
-        reason = _run_unmount([*argv, path] if argv[0] == "umount" else [*argv, "--", path])
-        if reason is None:
-            return
-        if not is_mounted(path):  # gone after all (e.g. a racing unmount)
-            return
-    if can_mount_directly() and _umount2(path, lazy) is None:
-        return
-    raise FimfsError(f"cannot unmount {path}: {reason}")
+    reason = mounts.unmount(path, lazy)
+    if reason is not None:
+        raise FimfsError(f"cannot unmount {path}: {reason}")
 
 
 def umount(mountpoint: str, *, lazy: bool = False) -> None:

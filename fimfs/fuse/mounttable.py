@@ -9,21 +9,7 @@ import stat
 
 from fimfs.errors import FimfsError
 from fimfs.fuse.binding import libfuse_version
-
-
-def unescape_mountinfo(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = bytearray(), 0
-    raw = os.fsencode(field)
-    while i < len(raw):
-        octal = raw[i + 1 : i + 4]
-        if raw[i] == 0x5C and len(octal) == 3 and octal.isdigit():
-            out.append(int(octal, 8) & 0xFF)
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
+from osutil import mounts
 
 
 def canonical(path: str) -> str:
@@ -39,15 +25,7 @@ def canonical(path: str) -> str:
 
 def is_mounted(mountpoint: str) -> bool:
     """Whether something is mounted on ``mountpoint`` (also true for a disconnected FUSE mount)."""
-    path = canonical(mountpoint)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return any(
-                len(fields := line.split(" ")) > 4 and unescape_mountinfo(fields[4]) == path
-                for line in f
-            )
-    except OSError:
-        return os.path.ismount(path)
+    return mounts.is_mounted(canonical(mountpoint))
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -77,13 +55,6 @@ def check_mountpoint(mountpoint: str) -> str:
     return os.path.realpath(path)
 
 
-def which(program: str) -> str | None:
-    """shutil.which, imported on first use: shutil costs a mount's start ~4 ms."""
-    import shutil
-
-    return shutil.which(program)
-
-
 #: /dev/fuse's device number (misc major 10, minor 229).
 FUSE_DEVICE = (10, 229)
 _CAP_SYS_ADMIN = 21
@@ -104,7 +75,7 @@ def helper_usable(name: str = "fusermount3") -> bool:
     (libfuse looks in /usr/bin, then PATH), setuid root, on a filesystem that honours it."""
     path = f"/usr/bin/{name}"  # libfuse's FUSERMOUNT_DIR; PATH only without it
     if not os.path.exists(path):
-        path = which(name) or path
+        path = mounts.which(name) or path
     try:
         st = os.stat(path)
         nosuid = os.statvfs(path).f_flag & os.ST_NOSUID

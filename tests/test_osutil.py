@@ -1,0 +1,53 @@
+"""osutil: atomic writes, pidfd waits, the mount table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from osutil import files, mounts, procs
+
+
+def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    files.write_atomic(str(path), b"new")
+    assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_replacing_keeps_the_old_file_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), files.replacing(str(path)) as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_replacing_with_a_given_name(tmp_path: Path) -> None:
+    path, tmp = tmp_path / "f", tmp_path / ".f.update-1"
+    with files.replacing(str(path), str(tmp)) as name:
+        assert name == str(tmp)
+        tmp.write_bytes(b"x")
+    assert path.read_bytes() == b"x" and not tmp.exists()
+
+
+def test_mount_table_unescapes(tmp_path: Path) -> None:
+    assert mounts.is_mounted("/")
+    assert not mounts.is_mounted(str(tmp_path))
+    assert mounts._unescape(rb"/a\040b\134c\011") == b"/a b\\c\t"
+
+
+def test_wait_gone() -> None:
+    child = subprocess.Popen(["sleep", "0.2"])
+    start = time.monotonic()
+    procs.wait_gone(child.pid)
+    assert time.monotonic() - start >= 0.15
+    child.wait()
+    procs.wait_gone(child.pid)  # not visible any more: at once
