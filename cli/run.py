@@ -519,7 +519,9 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
     for message in messages:
         log.emit("E", message, "run.py")
     isolated = permissions.network_isolated(ctx.config.permissions, ctx.config.unshare)
-    unshared = permissions.always_unshared(ctx.config.permissions) | set(ctx.config.unshare)
+    # the user namespace is always made (sandbox.bwrap): `fim-unshare user` adds nothing
+    unshared = (permissions.always_unshared(ctx.config.permissions)
+                | set(ctx.config.unshare)) - {"user"}
     unshare = permissions.unshare_args(unshared, network_isolated=isolated)
     caller = dict(os.environ)
     binds = [Bind(b.type, expand(b.src, caller), expand(b.dst, caller))

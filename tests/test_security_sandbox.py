@@ -390,9 +390,12 @@ def test_signals_still_reach_the_program(runner: Runner) -> None:
 
 # --- 7. host root is not root of the host ---------------------------------------
 
-def test_root_inside_has_nothing_of_the_host(runner: Runner) -> None:
-    """Always a user namespace (also for host root): root inside holds capabilities
-    over the sandbox's namespaces only."""
+@pytest.mark.parametrize("unshare", [(), ("all",)])
+def test_root_inside_has_nothing_of_the_host(runner: Runner, unshare: tuple[str, ...]) -> None:
+    """Always a user namespace (also for host root, also with `fim-unshare all`): root
+    inside holds capabilities over the sandbox's namespaces only."""
+    if unshare:
+        runner.ok("fim-unshare", "add", *unshare)
     script = r'''
 echo ran
 readlink /proc/self/ns/user
