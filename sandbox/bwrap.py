@@ -111,11 +111,11 @@ def _identity_args(sb: Sandbox, userns: bool) -> list[str]:
     ident = sb.identity
     args = [] if userns else ["--unshare-user"]
     args += ["--uid", str(ident.uid), "--gid", str(ident.gid)]
-    # bwrap drops every capability of a normal caller, and keeps a privileged one's:
-    # set the list explicitly either way. Root inside needs DAC override & co (dpkg
-    # writes its 0440 conffiles), never what changes mounts.
-    args += ["--cap-drop", "ALL"]
+    # Another uid inside gets no capability from bwrap. Root inside needs DAC override
+    # & co (dpkg writes its 0440 conffiles), never what changes mounts; bwrap would keep
+    # every capability in host root's namespace, so the list is set explicitly.
     if ident.uid == 0:
+        args += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             args += ["--cap-add", cap]
     return args

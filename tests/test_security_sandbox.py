@@ -138,6 +138,17 @@ def test_root_has_no_capability_that_changes_mounts(runner: Runner, mode: str) -
     assert held == []
 
 
+def test_another_identity_has_no_capability(runner: Runner) -> None:
+    for stored in ((), ("UID=5000", "GID=5000")):
+        if stored:
+            runner.ok("fim-env", "add", *stored)
+        out = runner.ok("fim-exec", "sh", "-c", "echo ran; id -u; grep CapEff /proc/self/status")
+        ran, uid, caps = out.splitlines()
+        assert ran == "ran"
+        if uid != "0":  # host root's own run is root inside (spec 9)
+            assert int(caps.split()[1], 16) == 0, out
+
+
 @pytest.mark.parametrize("mode", ROOT_MODES)
 def test_root_cannot_make_the_runtime_writable(runner: Runner, mode: str) -> None:
     """`mount -o remount,rw` of fim's runtime, directly and from a nested user
