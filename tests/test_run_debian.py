@@ -95,10 +95,12 @@ def test_programs_load_the_images_own_libraries(deb: Runner) -> None:
 def test_keystroke_injection_is_refused(deb: Runner) -> None:
     """TIOCSTI from the image's own perl on a terminal it controls: the seccomp filter's
     EPERM (the kernel allows it there, or answers EIO without legacy TIOCSTI)."""
-    script = ("use POSIX; print qq(ran\\n); open(my $m, '+<', '/dev/ptmx') or die; "
-              "ioctl($m, 0x40045431, pack('i', 0)) or die;  # TIOCSPTLCK: unlock\n"
-              "ioctl($m, 0x80045430, my $n = pack('i', 0)) or die;  # TIOCGPTN\n"
+    script = ("use POSIX; $| = 1; $SIG{HUP} = 'IGNORE'; print qq(ran\\n); "
+              "open(my $m, '+<', '/dev/ptmx') or die; "
+              "my $z = pack('i', 0); ioctl($m, 0x40045431, $z) or die;  # TIOCSPTLCK\n"
+              "my $n = pack('i', 0); ioctl($m, 0x80045430, $n) or die;  # TIOCGPTN\n"
               "POSIX::setsid(); open(my $s, '+<', '/dev/pts/' . unpack('i', $n)) or die; "
-              "my $ok = ioctl($s, 0x5412, 'x'); print $ok ? qq(ok\\n) : ($!+0) . qq(\\n);")
+              "my $c = 'x'; my $ok = ioctl($s, 0x5412, $c); "
+              "print $ok ? qq(ok\\n) : ($!+0) . qq(\\n);")
     for command in ("fim-exec", "fim-root"):
         assert deb.ok(command, "perl", "-e", script) == "ran\n1\n"
