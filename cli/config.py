@@ -45,12 +45,8 @@ from cli.image import (
     write_at,
 )
 from cli.log import CommandError
+from sandbox.permissions import PERMISSIONS, UNSHARE
 
-# Bit order of FlatImage's mask (spec 3.3 and 4), which is also the order in which
-# the sandbox applies them.
-PERMISSIONS = ("home", "media", "audio", "wayland", "xorg", "dbus_user", "dbus_system",
-               "udev", "usb", "input", "gpu", "network", "dev", "shm", "optical")
-UNSHARE = ("user", "ipc", "pid", "net", "uts", "cgroup")
 OVERLAYS = ("fimfs", "bwrap", "overlayfs", "unionfs")  # fimfs: fim's in-process stack
 DEFAULT_OVERLAY = "fimfs"
 BIND_TYPES = ("ro", "rw", "dev")

@@ -210,3 +210,11 @@ def test_a_read_only_image_cannot_be_edited(tmp_path: Path) -> None:
     with pytest.raises(image.FimImageError, match="Failed to open input file"), \
             config.edit(layout):
         pass
+
+
+def test_names_are_the_sandboxs() -> None:
+    """One table of permission and unshare names: the sandbox's, in its order."""
+    from sandbox import permissions
+
+    assert config.PERMISSIONS is permissions.PERMISSIONS
+    assert config.UNSHARE is permissions.UNSHARE

@@ -6,9 +6,9 @@ sets them all, spec 18.1 item 1).
 
 from __future__ import annotations
 
-from cli import config
 from cli.commands.args import comma_list, editing, keyword, print_lines
 from cli.log import CommandError, UsageError, trailing
+from sandbox.permissions import PERMISSIONS, UNSHARE
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -29,10 +29,10 @@ class _Words:
 
 
 _COMMANDS = {
-    "fim-perms": _Words("permissions", config.PERMISSIONS, "add,del,list,set,clear",
+    "fim-perms": _Words("permissions", PERMISSIONS, "add,del,list,set,clear",
                         "Invalid permission", "permissions",
                         "Permission 'all' should not be used with others"),
-    "fim-unshare": _Words("unshare", config.UNSHARE, "add,clear,del,list,set",
+    "fim-unshare": _Words("unshare", UNSHARE, "add,clear,del,list,set",
                           "Invalid unshare option", "unshare options",
                           "Unshare option 'all' should not be used with others"),
 }
