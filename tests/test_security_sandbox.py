@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ int main(int argc, char **argv) {
 
 
 @pytest.fixture(scope="session")
-def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The static ioctl attacker, readable by the unprivileged user."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -116,7 +117,8 @@ def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.skip(f"cannot build a static program: {proc.stderr.strip()[-200:]}")
     os.chmod(out, 0o755)
-    return out
+    yield out
+    out.unlink(missing_ok=True)
 
 
 def _as_root(runner: Runner, mode: str) -> tuple[str, ...]:
@@ -520,7 +522,8 @@ def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.skip(f"cannot build a static program: {proc.stderr.strip()[-200:]}")
     os.chmod(out, 0o755)
-    return out
+    yield out
+    out.unlink(missing_ok=True)
 
 
 def test_set_user_id_files_of_the_container_reach_no_other_user(
