@@ -144,7 +144,7 @@ def _prepare(command: str, path: str, layout: Layout, build: dict[str, object],
     """The data directory, the other FIM_* variables, the configuration (spec 8.1 step 3)."""
     from cli import config, datadir
 
-    if host is not None and not os.environ.get("FIM_DIR_DATA"):
+    if host is not None and host.data and not os.environ.get("FIM_DIR_DATA"):
         data_dir, fallback = host.data, False
     else:
         data_dir, fallback = datadir.locate(path, os.environ)
@@ -200,7 +200,7 @@ def _origin(tb: TracebackType | None) -> str:
 class Host:
     """An image run by the `fim` tool rather than by its own launcher (`fim run URL`):
     the tool's runtime directory (``app``, with ``bin/bash``), its build constants, and
-    the image's data directory."""
+    the data directory of a remote image (``""`` for a local one: its usual one)."""
 
     __slots__ = ("app", "build", "data")
 
