@@ -15,13 +15,13 @@ R_SIZE/2 bytes. A slot::
 The configuration is the valid slot (magic, lengths that fit, CRC) with the
 highest generation; with no valid slot (a new, zero-filled space) it is the
 defaults. An edit takes the image's exclusive lock, reads the configuration,
-writes the new one into the *other* slot with generation + 1 (body, fdatasync,
-then header, fdatasync) and releases the lock. Until the new header is
-complete the old slot wins, so a kill -9 or a power cut at any instant leaves
-the old or the new configuration. Readers take the shared lock, so they never
-see a slot being written. A configuration larger than a slot is refused before
-anything is written. The file is open for writing only during each write
-(cli.image.write_at): Linux cannot execute a file while it is.
+writes the new one into the *other* slot with generation + 1 (body, with zeros
+over what that slot held past it, fdatasync, then header, fdatasync) and releases
+the lock. Until the new header is complete the old slot wins, so a kill -9 or a
+power cut at any instant leaves the old or the new configuration. Readers take the
+shared lock, so they never see a slot being written. A configuration larger than a
+slot is refused before anything is written. The file is open for writing only during
+each write (cli.image.write_at): Linux cannot execute a file while it is.
 """
 
 from __future__ import annotations
@@ -256,7 +256,15 @@ def _write(fd: int, layout: Layout, cfg: Config, slot: int, generation: int) -> 
     if size > slot_capacity(layout):
         raise ConfigTooLarge(size, slot_capacity(layout))
     offset = _slot_offset(layout, slot)
-    write_at(layout.path, document + icon, offset + _HEADER.size)
+    # zeros over what the slot's last configuration held past this one: outside the
+    # slots' contents the reserved space stays zero (cli.update assumes so)
+    old = os.pread(fd, _HEADER.size, offset)
+    stale = 0
+    if len(old) == _HEADER.size:
+        magic, _, old_json, old_icon, _ = _HEADER.unpack(old)
+        if magic == _MAGIC and old_json + old_icon <= slot_capacity(layout):
+            stale = max(0, old_json + old_icon - size)
+    write_at(layout.path, document + icon + bytes(stale), offset + _HEADER.size)
     os.fdatasync(fd)
     head = _HEADER.pack(_MAGIC, generation, len(document), len(icon), 0)
     crc = zlib.crc32(document + icon, zlib.crc32(head[:_CRC_SPAN]))

@@ -7,17 +7,19 @@ space, and each layer's DwarFS sections with their checksums (XXH3-64 and
 SHA-512/256 in each 64-byte header; the section index says where they are). The new
 file is assembled in order, beside the image, from:
 
-- the local file, for the payload when the build id and size are the same, for every
-  section whose header (number, type, codec, length, both checksums) equals one of a
-  local layer, and for the reserved space outside the slots' contents (*assumed*:
-  the same in both versions unless the publisher changed it);
-- zeros for the padding before the reserved space (*assumed*, by the format);
+- the local file, for the payload when the build id and size are the same, and for
+  every section whose header (number, type, codec, length, both checksums) equals one
+  of a local layer;
+- zeros (*assumed*) for the padding before the reserved space (by the format) and for
+  the reserved space outside the slots' contents (a new image's is zero-filled, and
+  cli.config zeroes what a shorter configuration no longer covers);
 - the server for everything else (the launcher, the slots' contents, new sections).
 
 The result must have the SHA-256 published in ``URL.sha256sum`` (what `fim build`
 writes; after `fim-layer commit` the publisher writes it again: ``sha256sum``). When
-it does not, the assumed parts are fetched too and the file is assembled again; if it
-still differs, nothing changes. Only then is the temporary file renamed over the image
+it does not, the server's bytes replace the assumed parts in place (an image written
+by an older fim may hold an old configuration there); if it still differs, nothing
+changes. Only then is the temporary file renamed over the image
 (atomic: a kill or a failure at any point leaves the old image working). The data
 directory is the image's, beside it, and stays. An image that grew by one committed
 layer costs about that layer's bytes.
@@ -144,26 +146,22 @@ def _remote_sections(rf: RemoteFile, layer: image.Layer) -> list[Section] | None
         return None
 
 
-def _reserved(layout: image.Layout, new: image.Layout, rf: RemoteFile,
-              trust: bool) -> Iterator[Piece]:
-    """The new reserved space: the local one (assumed) with the remote slots' contents."""
+def _reserved(new: image.Layout, rf: RemoteFile) -> Iterator[Piece]:
+    """The new reserved space: the remote slots' contents, zeros (assumed) around."""
     start, size = new.reserved_offset, new.reserved_size
-    if not trust or layout.reserved_size != size:
-        yield size, "remote", start, False
-        return
     used = config.used_extents(new, lambda n, offset: rf.fetch_range(offset, offset + n))
     pos = start
     for offset, length in sorted(used):
         if offset > pos:
-            yield offset - pos, "local", layout.reserved_offset + pos - start, True
+            yield offset - pos, "zero", pos, True
         yield length, "remote", offset, False
         pos = offset + length
     if pos < start + size:
-        yield start + size - pos, "local", layout.reserved_offset + pos - start, True
+        yield start + size - pos, "zero", pos, True
 
 
-def plan(layout: image.Layout, rf: RemoteFile, trust: bool = True) -> list[Piece]:
-    """The pieces of the new file, in order (``trust``: use the assumed parts)."""
+def plan(layout: image.Layout, rf: RemoteFile) -> list[Piece]:
+    """The pieces of the new file, in order."""
     new = image.read_layout(rf.url)
     pieces: list[Piece] = [(new.payload_offset, "remote", 0, False)]
     if layout.build_id == new.build_id and layout.payload_size == new.payload_size:
@@ -172,9 +170,8 @@ def plan(layout: image.Layout, rf: RemoteFile, trust: bool = True) -> list[Piece
         pieces.append((new.payload_size, "remote", new.payload_offset, False))
     pad_start = new.payload_offset + new.payload_size
     if pad_start < new.reserved_offset:
-        pieces.append((new.reserved_offset - pad_start, "zero" if trust else "remote",
-                       pad_start, trust))
-    pieces.extend(_reserved(layout, new, rf, trust))
+        pieces.append((new.reserved_offset - pad_start, "zero", pad_start, True))
+    pieces.extend(_reserved(new, rf))
     local = _local_sections(layout)
     layers, tail = image.scan_layers(new)
     pos = new.layers_offset
@@ -239,39 +236,52 @@ def _assemble(pieces: list[Piece], old_fd: int, rf: RemoteFile, out_fd: int,
     return h.hexdigest()
 
 
+def _fetch_assumed(pieces: list[Piece], rf: RemoteFile, out_fd: int,
+                   advance: Callable[[int], None]) -> None:
+    """Replace the assumed pieces written to ``out_fd`` by the server's bytes (at the
+    same offsets: the server's file is the new one)."""
+    pos = 0
+    for length, _, _, assumed in pieces:
+        for start in range(pos, pos + length, _PIECE) if assumed else ():
+            stop = min(pos + length, start + _PIECE)
+            _write_all(out_fd, rf.fetch_range(start, stop, advance), start)
+        pos += length
+
+
 def run(layout: image.Layout, url: str) -> Result:
     """Update the image at ``layout`` to the version at ``url`` (see the module
     docstring); the old image stays whenever anything fails."""
     from fimfs.remote import progress
 
     path = layout.path
-    _remove_stale(path)
-    expected = published_sum(url)
-    if _sha256_file(path) == expected:
-        return Result(os.path.getsize(path), 0, False)
-    rf = image.remote(url)
-    before = rf.fetched
     old_fd = image.open_image_fd(path)
     try:
-        with image.locked(old_fd, exclusive=True), \
-                files.replacing(path, f"{_tmp_prefix(path)}{os.getpid()}") as tmp:
-            for trust in (True, False):
-                pieces = plan(layout, rf, trust)
-                remote_bytes = sum(p[0] for p in pieces if p[1] == "remote")
+        with image.locked(old_fd, exclusive=True):
+            _remove_stale(path)
+            expected = published_sum(url)
+            if _sha256_file(path) == expected:
+                return Result(os.path.getsize(path), 0, False)
+            rf = image.remote(url)
+            before = rf.fetched
+            with files.replacing(path, f"{_tmp_prefix(path)}{os.getpid()}") as tmp:
+                pieces = plan(layout, rf)
                 out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                                  0o600)
                 try:
-                    with progress(remote_bytes, url) as advance:
+                    with progress(sum(p[0] for p in pieces if p[1] == "remote"),
+                                  url) as advance:
                         digest = _assemble(pieces, old_fd, rf, out_fd, advance)
+                    if digest != expected and any(p[3] for p in pieces):
+                        with progress(sum(p[0] for p in pieces if p[3]), url) as advance:
+                            _fetch_assumed(pieces, rf, out_fd, advance)
+                        digest = _sha256_file(tmp)
                     os.fsync(out_fd)
                 finally:
                     os.close(out_fd)
-                if digest == expected or not any(p[3] for p in pieces):
-                    break
-            if digest != expected:
-                raise UpdateError(f"The file assembled from '{url}' does not match "
-                                  f"'{url}{SUMS_SUFFIX}' (the server's file changed?)")
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+                if digest != expected:
+                    raise UpdateError(f"The file assembled from '{url}' does not match "
+                                      f"'{url}{SUMS_SUFFIX}' (the server's file changed?)")
+                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         _fsync_dir(os.path.dirname(path))
     except OSError as exc:
         raise UpdateError(f"Could not update '{path}': {exc.strerror or exc}") from None
@@ -285,12 +295,14 @@ def _tmp_prefix(path: str) -> str:
 
 
 def _remove_stale(path: str) -> None:
-    """The temporary files of updates whose process was killed."""
+    """The temporary files of updates that were killed. Called with the image's
+    exclusive lock, which every update holds while its file exists: any other one is
+    stale (its process may still show in /proc: a zombie not yet reaped, or its PID
+    reused)."""
     prefix = _tmp_prefix(path)
     directory, start = os.path.split(prefix)
     for name in os.listdir(directory or "."):
-        pid = name[len(start):]
-        if name.startswith(start) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if name.startswith(start) and name[len(start):].isdigit():
             try:
                 os.unlink(os.path.join(directory, name))
             except OSError:

@@ -218,3 +218,19 @@ def test_names_are_the_sandboxs() -> None:
 
     assert config.PERMISSIONS is permissions.PERMISSIONS
     assert config.UNSHARE is permissions.UNSHARE
+
+
+def test_outside_the_slots_contents_the_reserved_space_stays_zero(tmp_path: Path) -> None:
+    """A shorter configuration zeroes what its slot held past it (cli.update assumes
+    zeros there)."""
+    layout = new(tmp_path)
+    for value in ("x" * 5000, "y" * 4000, "short", "shorter"):
+        with config.edit(layout) as cfg:
+            cfg.env = {"LONG": value}
+    data = bytearray(reserved_bytes(layout))
+    for offset, length in config.used_extents(
+            layout, lambda n, at: reserved_bytes(layout)[at - layout.reserved_offset:][:n]):
+        start = offset - layout.reserved_offset
+        data[start:start + length] = bytes(length)
+    assert data == bytes(len(data))
+    assert config.load(layout).env == {"LONG": "shorter"}
