@@ -2,10 +2,10 @@
 
 - :class:`Nginx`: Debian's nginx (apt package ``nginx-light``) serving a directory on
   127.0.0.1 with a config written here; its access log says how many body bytes each
-  run fetched.
+  run fetched. Under ``/slow/`` it sends 256 KB/s (an update to kill half-way).
 - :class:`PlainServer`: ``python3 -m http.server``, which ignores ``Range``.
-- :class:`CuttingServer`: answers ranges but closes every connection after half the
-  body (a server that fails mid-transfer), optionally only the first N times.
+- :class:`CuttingServer`: answers ranges (or not) but closes every connection after
+  half the body (a server that fails mid-transfer), optionally only the first N times.
 
 Loopback only: every server listens on 127.0.0.1, on a port free when it starts.
 """
@@ -66,6 +66,7 @@ http {{
     server {{
         listen 127.0.0.1:{port}{tls};
         root {root};
+        location /slow/ {{ limit_rate 256k; }}
     }}
 }}
 """
@@ -148,10 +149,15 @@ class PlainServer:
 
 class CuttingServer:
     """Serves one file by ranges (ETag, Content-Range) but sends only half of each body
-    before closing the connection, ``cuts`` times (then whole answers); -1: always."""
+    before closing the connection, ``cuts`` times (then whole answers); -1: always.
+    ``extra``: other files by path (``/file.sha256sum``), answered whole with 200.
+    Without ``ranges``, every answer is the whole file (200, an ETag), cut the same way."""
 
-    def __init__(self, data: bytes, cuts: int = -1) -> None:
+    def __init__(self, data: bytes, cuts: int = -1, extra: dict[str, bytes] | None = None,
+                 ranges: bool = True) -> None:
         self.data = data
+        self.ranges = ranges
+        self.extra = extra or {}
         self.cuts = cuts
         self.requests = 0
         outer = self
@@ -163,14 +169,24 @@ class CuttingServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path in outer.extra:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(outer.extra[self.path])))
+                    self.end_headers()
+                    self.wfile.write(outer.extra[self.path])
+                    return
                 outer.requests += 1
                 spec = self.headers.get("Range", "bytes=0-").removeprefix("bytes=")
                 first, _, last = spec.partition("-")
                 start = int(first)
                 stop = min(len(outer.data), int(last) + 1 if last else len(outer.data))
+                if not outer.ranges:
+                    start, stop = 0, len(outer.data)
                 body = outer.data[start:stop]
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(outer.data)}")
+                self.send_response(206 if outer.ranges else 200)
+                if outer.ranges:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{stop - 1}/{len(outer.data)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("ETag", '"fixed"')
                 self.end_headers()

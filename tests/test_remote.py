@@ -221,7 +221,25 @@ def test_server_without_ranges_is_downloaded_whole(tmp_path: Path, cache: Cache)
         server.stop()
 
 
-def test_a_cut_body_is_retried_then_fails_with_eio(cache: Cache) -> None:
+def test_a_truncated_whole_download_is_one_line_and_not_cached(cache: Cache) -> None:
+    """A server without ranges that closes the connection mid-body: one error line, and
+    the next run downloads the file again (no part of the cut one is taken as whole)."""
+    data = os.urandom(4 * CHUNK)
+    server = CuttingServer(data, cuts=1, ranges=False)
+    try:
+        with pytest.raises(RemoteError) as info:
+            RemoteFile(server.url, cache)
+        assert "\n" not in str(info.value)
+        assert "connection lost" in str(info.value) or "truncated" in str(info.value)
+        f = RemoteFile(server.url, cache)
+        assert f.fetched == len(data)
+        assert f.read_upto(0, len(data)) == data
+    finally:
+        server.stop()
+
+
+def test_a_cut_body_is_retried_then_fails_with_eio(cache: Cache,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     data = os.urandom(3 * CHUNK)
     server = CuttingServer(data, cuts=1)
     try:
@@ -238,6 +256,8 @@ def test_a_cut_body_is_retried_then_fails_with_eio(cache: Cache) -> None:
         assert info.value.errno == errno.EIO
         assert "connection lost" in str(info.value)
         assert server.requests == 1 + remote.ATTEMPTS
+        failed = [r for r in caplog.records if r.name == "fimfs.remote"]
+        assert len(failed) == 1 and "read failed" in failed[0].getMessage(), failed
         assert time.monotonic() - start < 10
     finally:
         server.stop()

@@ -311,3 +311,36 @@ def test_a_long_fetch_shows_progress_on_a_terminal(tmp_path: Path) -> None:
         server.stop()
     assert os.waitstatus_to_exitcode(status) == 0, out
     assert b"big.dwarfs:   0%|" in out and b"/10.0M" in out, out
+
+
+def test_runs_at_once_share_the_cache_and_a_new_version_is_never_mixed(
+        site: Nginx, tmp_path: Path, caller: Caller) -> None:
+    """Two first runs at the same time (an empty block cache); then the file changes on
+    the server (one more layer, another configuration): the next run sees the new
+    version only, none of the cached blocks of the old one."""
+    www = tmp_path / "www"
+    www.mkdir()
+    os.chmod(tmp_path, 0o755)
+    app = www / "b.flatimage"
+    shutil.copy2(site.root / "blue.flatimage", app)
+    server = Nginx(www, tmp_path / "nginx")
+    url = f"{server.url}/b.flatimage"
+    script = 'echo "FOO=$FOO"; cat /etc/passwd; cat /opt/extra/hello 2>/dev/null; true'
+    try:
+        procs = [subprocess.Popen(caller.argv(("run", url, "fim-exec", "sh", "-c", script)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=caller.home) for _ in range(2)]
+        outs = [proc.communicate(timeout=180) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outs
+        assert outs[0][0] == outs[1][0] and outs[0][0].startswith("FOO=bar\n"), outs
+        new = www / "b.new"
+        shutil.copy2(app, new)
+        env = {"PATH": BASE_PATH, "FIM_DIR_DATA": str(tmp_path / "data")}
+        for args in (("fim-env", "add", "FOO=baz"),
+                     ("fim-layer", "add", str(make_layer(tmp_path, "extra", EXTRA)))):
+            subprocess.run([str(new), *args], check=True, capture_output=True, env=env)
+        os.replace(new, app)
+        out = caller.ok("run", url, "fim-exec", "sh", "-c", script)
+        assert out == outs[0][0].replace("FOO=bar", "FOO=baz") + EXTRA["opt/extra/hello"]
+    finally:
+        server.stop()
