@@ -119,12 +119,12 @@ def test_a_changed_configuration_is_fetched(runner: Runner, site: Nginx,
 
 
 @pytest.mark.parametrize("damage", ["wrong checksum", "no checksum", "no image",
-                                    "server gone", "cut mid-body"])
+                                    "server gone", "cut mid-body", "TLS error"])
 def test_a_failed_update_leaves_the_image_as_it_was(runner: Runner, site: Nginx,
                                                     v2: tuple[Path, int], damage: str) -> None:
     served, url = publish(site, v2, f"{damage.replace(' ', '-')}-{runner.who}")
     sums = Path(f"{served}.sha256sum")
-    cutting = None
+    other: CuttingServer | Nginx | None = None
     if damage == "wrong checksum":
         sums.write_text("0" * 64 + f"  {NAME}\n")
     elif damage == "no checksum":
@@ -133,9 +133,12 @@ def test_a_failed_update_leaves_the_image_as_it_was(runner: Runner, site: Nginx,
         served.unlink()
     elif damage == "server gone":
         url = f"http://127.0.0.1:{free_port()}/{NAME}"
+    elif damage == "TLS error":  # a self-signed certificate
+        other = Nginx(site.root, served.parent / "tls", tls=True)
+        url = f"{other.url}/{served.parent.name}/{NAME}"
     else:
-        cutting = CuttingServer(served.read_bytes(), extra={"/file.sha256sum": sums.read_bytes()})
-        url = cutting.url
+        other = CuttingServer(served.read_bytes(), extra={"/file.sha256sum": sums.read_bytes()})
+        url = other.url
     try:
         runner.ok("fim-update", "set", url)
         old = runner.app.read_bytes()
@@ -143,14 +146,15 @@ def test_a_failed_update_leaves_the_image_as_it_was(runner: Runner, site: Nginx,
         stale.write_bytes(b"of a killed update")
         proc = runner.run("fim-update", "run", timeout=120)
     finally:
-        if cutting is not None:
-            cutting.stop()
+        if other is not None:
+            other.stop()
     assert proc.returncode != 0
     assert runner.app.read_bytes() == old
     assert not [e for e in entries(runner) if ".update-" in e]
     expected = {"wrong checksum": "does not match", "no checksum": "HTTP 404",
                 "no image": "HTTP 404", "server gone": "cannot connect",
-                "cut mid-body": "connection lost"}[damage]
+                "cut mid-body": "connection lost",
+                "TLS error": "certificate verify failed"}[damage]
     assert expected in proc.stderr, proc.stderr
     assert "Failed to update" in proc.stderr
     assert "Traceback" not in proc.stderr
