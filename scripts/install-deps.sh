@@ -19,6 +19,8 @@ declare -A need=(
   [debootstrap]=debootstrap
   [update-mime-database]=shared-mime-info
   [desktop-file-validate]=desktop-file-utils
+  [tmux]=tmux            # tests: an interactive shell in a real terminal
+  [gcc]=gcc              # tests: the static ioctl attacker (with libc6-dev's libc.a)
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -33,6 +35,7 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"
 if ! dpkg-query -W -f='${Status}' nginx-light nginx 2>/dev/null | grep -q "ok installed"; then
   if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
 fi
+[ -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libc.a" ] || missing+=(libc6-dev)
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 

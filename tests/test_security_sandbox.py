@@ -57,6 +57,13 @@ static void attempt(const char *name, int fd, unsigned long request, void *arg) 
 int main(int argc, char **argv) {
     char c = ' ';
     char paste = 3; /* TIOCL_PASTESEL */
+    if (argc > 2 && strcmp(argv[1], "inject") == 0) {
+        /* the attack itself: type argv[2] into the caller's terminal, for its shell */
+        printf("ran\n");
+        for (const char *p = argv[2]; *p; p++) attempt("inject", 0, TIOCSTI, (void *)p);
+        fflush(stdout);
+        return 0;
+    }
     int fd = 0;
     printf("ran\n");
     if (argc > 1 && strcmp(argv[1], "own-pty") == 0) {
@@ -304,6 +311,77 @@ def test_job_control_and_injection_on_a_real_terminal(runner: Runner,
         assert "no job control" not in term.text
     finally:
         term.close()  # the terminal's hang-up ends the run and its stopped job
+
+
+def test_injection_into_the_callers_shell_in_tmux(runner: Runner,
+                                                   attack_program: Path) -> None:
+    """In a real terminal (tmux): the program types a command into the caller's
+    terminal with TIOCSTI, for the host shell to run once the image exits. It is
+    refused (EPERM) and the host shell runs nothing; job control works there too."""
+    runner.ok("fim-bind", "add", "ro", str(attack_program), "/tmp/attack")
+    pwned = runner.workspace / "pwned"
+    tmux = _Tmux(runner)
+    try:
+        tmux.send(f"./{runner.app.name} fim-exec /tmp/attack inject 'touch {pwned}'; "
+                  "echo image-exited")
+        assert tmux.wait(r"(?m)^image-exited"), tmux.screen()
+        screen = tmux.screen()
+        assert "ran" in screen and "inject errno=1" in screen, screen
+        tmux.send("echo host-shell-alive")
+        assert tmux.wait(r"(?m)^host-shell-alive"), tmux.screen()
+        assert not pwned.exists()
+        tmux.send(f"./{runner.app.name}")  # the image's interactive bash
+        assert tmux.wait(r"\] .*> $"), tmux.screen()
+        tmux.send("sleep 100 &")
+        tmux.send("jobs")
+        assert tmux.wait(r"Running\s+sleep 100"), tmux.screen()
+        tmux.send("fg")
+        time.sleep(1)  # fg has given the terminal to the job
+        tmux.keys("C-z")
+        assert tmux.wait(r"Stopped\s+sleep 100"), tmux.screen()
+        tmux.send("kill %1; exit")
+        tmux.send("echo back-on-host")
+        assert tmux.wait(r"(?m)^back-on-host"), tmux.screen()
+        assert "no job control" not in tmux.screen()
+    finally:
+        tmux.close()
+        assert wait_for(lambda: not _running("sleep\0" + "100"), timeout=20)
+
+
+class _Tmux:
+    """A host ``sh`` in a detached tmux session of the runner's user, in its workspace."""
+
+    def __init__(self, runner: Runner) -> None:
+        if shutil.which("tmux") is None:
+            pytest.skip("tmux is not installed")
+        self.name = f"fim-{os.getpid()}-{runner.who}"
+        self.prefix = ["runuser", "-u", USER, "--"] if runner.who == "user" else []
+        env = " ".join(f"{k}={v}" for k, v in runner.env({"PS1": "$ "}).items())
+        self._tmux("new-session", "-d", "-s", self.name, "-x", "200", "-y", "50",
+                   "-c", str(runner.workspace), f"env -i {env} /bin/sh")
+
+    def _tmux(self, *args: str) -> str:
+        proc = subprocess.run([*self.prefix, "tmux", "-L", self.name, *args],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def send(self, line: str) -> None:
+        self._tmux("send-keys", "-t", self.name, line, "Enter")
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", self.name, *keys)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", self.name, "-S", "-100")
+
+    def wait(self, pattern: str, timeout: float = 60) -> bool:
+        return wait_for(lambda: re.search(pattern, self.screen().rstrip("\n") + " ")
+                        is not None, timeout=timeout, step=0.2)
+
+    def close(self) -> None:
+        subprocess.run([*self.prefix, "tmux", "-L", self.name, "kill-server"],
+                       capture_output=True, timeout=30)
 
 
 class _Terminal:
