@@ -160,9 +160,10 @@ class FreshMounts:
     """
 
     def __init__(self, backend: str, image: Path | Sequence[Path], mountpoint: Path,
-                 opener=None) -> None:  # noqa: ANN001
+                 opener=None, prepare=None) -> None:  # noqa: ANN001
         self.args = (backend, image, mountpoint)
         self.opener = opener or mounted
+        self.prepare = prepare  # prepare(mount root): untimed work after mounting
         self._ctx = None
         self.current: Mounted | None = None
 
@@ -171,6 +172,8 @@ class FreshMounts:
         drop_caches()
         self._ctx = self.opener(*self.args)
         self.current = self._ctx.__enter__()
+        if self.prepare is not None:
+            self.prepare(self.current.path)
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -179,10 +182,11 @@ class FreshMounts:
 
 
 def measure_fresh(benchmark, backend: str, image: Path | Sequence[Path], mountpoint: Path,  # noqa: ANN001
-                  action, rounds: int, opener=None):  # noqa: ANN001, ANN201
-    """Time ``action(mount root)`` on a fresh, cold mount per round (see FreshMounts);
-    returns (the last result, the serving processes' peak RSS in MiB)."""
-    fresh = FreshMounts(backend, image, mountpoint, opener)
+                  action, rounds: int, opener=None, prepare=None):  # noqa: ANN001, ANN201
+    """Time ``action(mount root)`` on a fresh, cold mount per round (see FreshMounts;
+    ``prepare(mount root)`` runs untimed before each); returns (the last result, the
+    serving processes' peak RSS in MiB)."""
+    fresh = FreshMounts(backend, image, mountpoint, opener, prepare)
     try:
         result = benchmark.pedantic(lambda: action(fresh.current.path), setup=fresh.setup,
                                     rounds=rounds)

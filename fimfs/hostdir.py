@@ -61,6 +61,7 @@ the upper's root).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -84,6 +85,22 @@ _OWN_ACCESS = {stat.S_IFDIR: 0o700, stat.S_IFREG: 0o600}
 
 #: A record: the logical uid, gid and mode (None: the mode on disk).
 Record = tuple[int, int, int | None]
+
+
+#: Filesystems whose close(2) never reports a write error (writeback errors reach
+#: fsync), by statfs(2) f_type: ext2/3/4, xfs, btrfs, tmpfs, f2fs, bcachefs, zfs.
+#: Closing a duplicate descriptor there (flush) tells nothing.
+LOCAL_FILESYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0xF2F52010,
+                               0xCA451A4E, 0x2FC12FC1})
+
+
+def _filesystem_type(path: str) -> int | None:
+    """statfs(2)'s f_type of the filesystem holding ``path`` (its first field), or None."""
+    buf = ctypes.create_string_buffer(256)  # larger than any struct statfs
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value)
 
 
 def _process_umask() -> int:
@@ -192,6 +209,7 @@ class HostDir(Filesystem):
         self._warned = False  # about an upper that cannot store owners
         # Real owners whose files may carry the xattr: only they could have written it.
         self._recorders = recorders(os.stat(self.root)) if owner_xattr else frozenset()
+        self.flush_reports_errors = _filesystem_type(self.root) not in LOCAL_FILESYSTEMS
 
     def _host(self, path: str) -> str:
         parts = split_path(path)

@@ -410,6 +410,10 @@ class Union(Filesystem):
     def handles_need_release(self) -> bool:  # type: ignore[override]
         return any(layer.handles_need_release for layer in self._layers)
 
+    @property
+    def flush_reports_errors(self) -> bool:  # type: ignore[override]
+        return any(layer.flush_reports_errors for layer in self._layers)
+
     def release(self, path: str, fh: int) -> None:
         inner, i = divmod(fh, self._n)
         self._layers[i].release(path, inner)

@@ -102,6 +102,11 @@ class Filesystem:
     #: release() frees state of the handle (an fd, a table entry). A layer whose handles
     #: are plain numbers sets False, and a read-only mount then spares the callback.
     handles_need_release = True
+    #: flush() can report an error to the close(2) that caused it (a network
+    #: filesystem's deferred write errors). Without, a writable mount registers no flush
+    #: callback: libfuse answers the first FLUSH with ENOSYS and the kernel sends no
+    #: more, one round trip less at every close of a file opened for writing.
+    flush_reports_errors = False
     #: open() keeps no state and ``read_spans(path, size, offset, NO_HANDLE)`` reads a
     #: file by its path alone. A read-only mount then answers the first OPEN with ENOSYS,
     #: after which the kernel sends no OPEN nor RELEASE for any file (and keeps files'

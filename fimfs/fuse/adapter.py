@@ -67,6 +67,8 @@ class FuseOperations:
         self._dir_handles = itertools.count(1)
         self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
         self._listings: dict[int, list[tuple[str, Attr | None]]] = {}
+        if not fs.flush_reports_errors:
+            self.flush = None  # type: ignore[assignment,method-assign]  # see vfs
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Called by libfuse once the kernel connection is set up: the mount is live.
