@@ -188,3 +188,18 @@ def test_non_utf8_names(fs: HostDir) -> None:
     fs.mkdir("/" + name, 0o755)
     assert fs.readdir("/") == [name]
     assert os.path.isdir(os.path.join(os.fsencode(fs.root), b"bad\xffname"))
+
+
+def test_flush_reports_errors_only_off_local_filesystems(tmp_path: Path) -> None:
+    from fimfs.fuse.adapter import FuseOperations
+    from fimfs.hostdir import LOCAL_FILESYSTEMS, _filesystem_type
+    from fimfs.union import Union
+
+    fs = HostDir(tmp_path)
+    assert fs.flush_reports_errors == (_filesystem_type(str(tmp_path)) not in LOCAL_FILESYSTEMS)
+    assert HostDir("/proc").flush_reports_errors  # not known to be local
+    for reports in (False, True):
+        fs.flush_reports_errors = reports
+        assert Union(fs, []).flush_reports_errors == reports
+        # Without, close(2) sends no FLUSH (libfuse answers ENOSYS once).
+        assert (FuseOperations(Union(fs, [])).flush is None) == (not reports)

@@ -55,7 +55,8 @@ def mount_options(
     the kernel checks permissions. (The kernel read-ahead is raised after mounting,
     see READ_AHEAD_KB: libfuse 3 has no option for it.)
 
-    Not set: ``use_ino``. Pass it when the layer's inode numbers are unique and
+    Not set: ``writeback_cache`` (see "Requests per file written" in
+    docs/architecture.md); ``use_ino``: pass it when the layer's inode numbers are unique and
     stable (a DwarfsImage is); then stat shows them (+1) and hard links share one.
 
     Writable: libfuse's 1 s timeouts (the upper directory may be edited from the host),
