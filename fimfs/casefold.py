@@ -297,33 +297,64 @@ class CaseFold(Wrapper):
         self.inner.removexattr(self._resolve(path), name)
 
     # -- write side: namespace ----------------------------------------------------------
-    def _in_parent(self, path: str, change: Callable[[str], _T]) -> _T:
+    def _in_parent(self, path: str, change: Callable[[str], _T], *, adds: bool = False) -> _T:
         """Apply ``change`` to the real path a namespace change of ``path`` acts on,
-        under its parent's lock, and forget the cached names it may have changed."""
+        under its parent's lock, and forget the cached names it may have changed (a
+        successful addition is recorded in them instead: :meth:`_added`)."""
         parent, name = self._parent(path)
         with self._locked(parent):
             real = self._target(parent, name)
             try:
-                return change(real)
-            finally:
+                result = change(real)
+            except BaseException:
                 self._forget((parent, real))
+                raise
+            if adds:
+                self._added(parent, real)
+            else:
+                self._forget((parent, real))
+            return result
+
+    def _added(self, parent: str, real: str) -> None:
+        """Record the new entry ``real`` in the cached names of ``parent``. Forgetting
+        them made every create in a directory relist it: quadratic (10,000 files took
+        minutes). A name folding like one already there forgets them (twins)."""
+        name = split_parent(real)[1]
+        key = _fold(name)
+        with self._lock:
+            for store in (self._cache, self._loading):
+                store.pop(real, None)
+            self._loading.pop(parent, None)  # a listing in flight may predate the entry
+            entry = self._cache.get(parent)
+            if entry is None:
+                return
+            if key in entry.chosen:
+                self._cache.pop(parent, None)
+                return
+            # in place: a reader holding this map sees a name that now exists
+            entry.chosen[key] = name
+            try:
+                self._cache[parent] = entry._replace(listing=(*entry.listing, name))
+            except ValueError:  # larger than the whole cache
+                self._cache.pop(parent, None)
 
     def create(self, path: str, mode: int, flags: int) -> int:
-        return self._in_parent(path, lambda real: self.inner.create(real, mode, flags))
+        return self._in_parent(path, lambda real: self.inner.create(real, mode, flags),
+                               adds=True)
 
     def mkdir(self, path: str, mode: int) -> None:
-        self._in_parent(path, lambda real: self.inner.mkdir(real, mode))
+        self._in_parent(path, lambda real: self.inner.mkdir(real, mode), adds=True)
 
     def mknod(self, path: str, mode: int, rdev: int) -> None:
-        self._in_parent(path, lambda real: self.inner.mknod(real, mode, rdev))
+        self._in_parent(path, lambda real: self.inner.mknod(real, mode, rdev), adds=True)
 
     def symlink(self, target: str, path: str) -> None:
         """``target`` is the link's content, stored as given (it is resolved when followed)."""
-        self._in_parent(path, lambda real: self.inner.symlink(target, real))
+        self._in_parent(path, lambda real: self.inner.symlink(target, real), adds=True)
 
     def link(self, existing: str, path: str) -> None:
         source = self._resolve(existing)
-        self._in_parent(path, lambda real: self.inner.link(source, real))
+        self._in_parent(path, lambda real: self.inner.link(source, real), adds=True)
 
     def unlink(self, path: str) -> None:
         self._in_parent(path, self.inner.unlink)

@@ -512,3 +512,34 @@ def test_a_listing_older_than_a_change_is_not_cached(tmp_path: Path) -> None:
     _create(fs, "/x", b"same file")
     assert os.listdir(tmp_path) == ["X"]
     fs.close()
+
+
+def test_creates_in_a_listed_directory_do_not_relist_it(tmp_path: Path) -> None:
+    """A create records its name in the cached map (it was dropped, so every create in a
+    directory listed it again: quadratic); the names stay found in any case, listed
+    once each, and a name folding like an existing one opens that one."""
+    inner = HostDir(str(tmp_path))
+    listings: list[str] = []
+    real_readdir = inner.readdir
+
+    def counting_readdir(path: str) -> object:
+        listings.append(path)
+        return real_readdir(path)
+
+    inner.readdir = counting_readdir  # type: ignore[method-assign]
+    fs = CaseFold(inner)
+    try:
+        fs.mkdir("/Dir", 0o755)
+        assert fs.readdir("/dir") == []
+        for i in range(200):
+            _create(fs, f"/dir/File{i}")
+        fs.mkdir("/DIR/Sub", 0o755)
+        fs.symlink("file0", "/dir/Link")
+        assert listings.count("/Dir") == 1
+        assert fs.getattr("/DIR/FILE199").is_reg and fs.getattr("/dir/sub").is_dir
+        names = fs.readdir("/dir")  # readdir itself always lists again
+        assert sorted(names) == sorted([f"File{i}" for i in range(200)] + ["Sub", "Link"])
+        _create(fs, "/dir/file7")  # the same file, whatever the case
+        assert fs.readdir("/dir").count("File7") == 1 and "file7" not in fs.readdir("/dir")
+    finally:
+        fs.close()
