@@ -130,7 +130,8 @@ def test_read_only_mounts_register_no_write_release_or_directory_handle_callback
         assert ro_union.release is None  # every layer's handles are plain numbers
         rw = adapter.operations_for(Union(HostDir(str(tmp_path)), [img]))
         assert type(rw) is adapter.FuseOperations
-        assert callable(rw.release) and callable(rw.flush) and callable(rw.opendir)
+        assert callable(rw.release) and callable(rw.opendir)
+        assert rw.flush is None  # an upper on a local filesystem: its flush reports nothing
     finally:
         img.close()
 

@@ -109,16 +109,16 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.fixture(scope="session")
-def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The static ioctl attacker, readable by the unprivileged user."""
+def _static_program(tmp_path_factory: pytest.TempPathFactory, name: str,
+                    source_text: str) -> Iterator[Path]:
+    """``source_text`` built as a static program in /tmp (readable by the unprivileged
+    user), removed at the end; the test is skipped without a C compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler to build the ioctl attacker")
-    work = tmp_path_factory.mktemp("attack")
-    source = work / "attack.c"
-    source.write_text(_ATTACK_C)
-    out = Path("/tmp") / f"fim-attack-{os.getpid()}"
+        pytest.skip(f"no C compiler to build {name}")
+    source = tmp_path_factory.mktemp(name) / f"{name}.c"
+    source.write_text(source_text)
+    out = Path("/tmp") / f"fim-{name}-{os.getpid()}"
     proc = subprocess.run([cc, "-static", "-O1", "-o", str(out), str(source)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -126,6 +126,12 @@ def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.chmod(out, 0o755)
     yield out
     out.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def attack_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The static ioctl attacker."""
+    yield from _static_program(tmp_path_factory, "attack", _ATTACK_C)
 
 
 def _as_root(runner: Runner, mode: str) -> tuple[str, ...]:
@@ -587,21 +593,9 @@ int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
 
 
 @pytest.fixture(scope="session")
-def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A static program that prints its effective uid (set-user-ID root: 0)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the set-user-ID probe")
-    source = tmp_path_factory.mktemp("euid") / "euid.c"
-    source.write_text(_EUID_C)
-    out = Path("/tmp") / f"fim-euid-{os.getpid()}"
-    proc = subprocess.run([cc, "-static", "-O1", "-o", str(out), str(source)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot build a static program: {proc.stderr.strip()[-200:]}")
-    os.chmod(out, 0o755)
-    yield out
-    out.unlink(missing_ok=True)
+    yield from _static_program(tmp_path_factory, "euid", _EUID_C)
 
 
 def test_set_user_id_files_of_the_container_reach_no_other_user(
