@@ -182,6 +182,8 @@ def test_help_texts_are_the_spec_ones(app: Path) -> None:
     for topic, want in texts.items():
         args = [topic, "ignored", "words"] if topic else []
         got = ok(app, "fim-help", *args)
+        if not topic:  # one more command, fim's own
+            want = want.replace("unshare,version}", "unshare,update,version}")
         if topic == "overlay":  # one more backend, listed
             want = want.replace("<overlayfs|unionfs|bwrap>", "<fimfs|overlayfs|unionfs|bwrap>")
             want = want.replace(

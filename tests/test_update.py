@@ -196,6 +196,7 @@ def test_update_url_set_show_clear(runner: Runner) -> None:
     runner.ok("fim-update", "clear")
     assert runner.run("fim-update", "show").returncode != 0
     assert "fim-update <run>" in runner.ok("fim-help", "update")
+    assert ",unshare,update,version}" in runner.ok("fim-help")
 
 
 def test_a_rebuilt_image_costs_its_new_runtime_not_its_blocks(site: Nginx,

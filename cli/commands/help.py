@@ -3,8 +3,8 @@
 
 Deliberate differences: the general help goes to stdout like the others
 (FlatImage writes it to stderr, spec 18.1 item 17), and ``fim-overlay`` lists
-``fimfs``, fim's own backend and the default. ``fim-help update`` describes fim's
-own ``fim-update`` (delta updates); the general text stays the spec's.
+``fimfs``, fim's own backend and the default. The general text also lists fim's own
+``fim-update`` (delta updates), which ``fim-help update`` describes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ GENERAL = """\
 fim-help : See usage details for specified command
 Usage: fim-help <cmd>
   <cmd> : Name of the command to display help details
-Note: Available commands: fim-{bind,boot,casefold,desktop,env,exec,instance,layer,notify,overlay,perms,recipe,remote,root,unshare,version}
+Note: Available commands: fim-{bind,boot,casefold,desktop,env,exec,instance,layer,notify,overlay,perms,recipe,remote,root,unshare,update,version}
 Example: fim-help bind
 """
 
