@@ -236,7 +236,7 @@ def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: b
     stacked with the upper by bwrap's kernel overlay."""
     from cli import extractcache
     from cli.datadir import remove_work
-    from fimfs.external import bwrap_overlay_args
+    from sandbox import bwrap
 
     hostmount.extract_notice()
     if casefold:
@@ -248,7 +248,7 @@ def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: b
         held.close()
         remove_work(work)
 
-    return _Root(bwrap_overlay_args(held.dirs, upper, work), [], close)
+    return _Root(bwrap.overlay_args(held.dirs, upper, work), [], close)
 
 
 def _mount_external(backend: str, inst: Instance, ident: Identity,
@@ -277,7 +277,10 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
         remove_work(work)  # FlatImage leaves DATA/work/<pid> behind
 
     if stack.root is None:  # bwrap builds the kernel overlay itself
-        return _Root(stack.extra_bwrap_args, stack.mountpoints, close)
+        from sandbox import bwrap
+
+        overlay = bwrap.overlay_args(stack.layer_dirs, stack.upper, stack.work)
+        return _Root(overlay, stack.mountpoints, close)
     return _Root(["--bind", stack.root, "/"], stack.mountpoints, close)
 
 

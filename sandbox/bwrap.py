@@ -105,6 +105,22 @@ class Sandbox:
         self.background = background if background is not None else []
 
 
+def overlay_args(layer_dirs: Sequence[str], upper: str, work: str) -> list[str]:
+    """bwrap's arguments making the kernel overlay of ``layer_dirs`` (bottom first) the root.
+
+    bwrap stacks ``--overlay-src`` directories in the order given, each on top of the
+    previous ones (the last one wins; it reverses them into overlayfs' ``lowerdir``,
+    which lists the top first), so the bottom layer comes first, as in FlatImage.
+    ``work`` must be an empty directory on the filesystem of ``upper``.
+    """
+    if not layer_dirs:
+        raise ValueError("no layers given")
+    args: list[str] = []
+    for d in layer_dirs:
+        args += ["--overlay-src", os.fspath(d)]
+    return [*args, "--overlay", os.fspath(upper), os.fspath(work), "/"]
+
+
 def _identity_args(sb: Sandbox, userns: bool) -> list[str]:
     """``userns``: the sandbox enters a user namespace made for it (host root's, see
     :mod:`sandbox.userns`); otherwise bwrap makes one mapping the caller's uid."""

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import external
+from fimfs import external, servers
 from fimfs.dwarfs.writer import write_image
 from fimfs.errors import FimfsError
 from osutil import mounts
+from sandbox import bwrap
 
 pytestmark = pytest.mark.fuse
 
@@ -268,12 +269,12 @@ def read_fs(fs: object, path: str) -> bytes:
 
 
 def test_bwrap_overlay_args_order() -> None:
-    assert external.bwrap_overlay_args(["/l/0", "/l/1", "/l/2"], "/up", "/wk") == [
+    assert bwrap.overlay_args(["/l/0", "/l/1", "/l/2"], "/up", "/wk") == [
         "--overlay-src", "/l/0", "--overlay-src", "/l/1", "--overlay-src", "/l/2",
         "--overlay", "/up", "/wk", "/",
     ]
-    with pytest.raises(FimfsError):
-        external.bwrap_overlay_args([], "/up", "/wk")
+    with pytest.raises(ValueError, match="no layers"):
+        bwrap.overlay_args([], "/up", "/wk")
 
 
 def test_bwrap_backend(layers: list[tuple[str, int]], dirs: dict[str, Path]) -> None:
@@ -282,9 +283,9 @@ def test_bwrap_backend(layers: list[tuple[str, int]], dirs: dict[str, Path]) -> 
     with external.start("bwrap", layers, str(dirs["upper"]), str(dirs["work"]),
                         str(dirs["run"])) as stack:
         assert stack.root is None
-        assert stack.extra_bwrap_args[-4:] == ["--overlay", str(dirs["upper"]),
-                                               str(dirs["work"]), "/"]
-        argv = [BWRAP_011, *stack.extra_bwrap_args, "--proc", "/proc", "--dev", "/dev",
+        overlay = bwrap.overlay_args(stack.layer_dirs, stack.upper, stack.work)
+        assert overlay[-4:] == ["--overlay", str(dirs["upper"]), str(dirs["work"]), "/"]
+        argv = [BWRAP_011, *overlay, "--proc", "/proc", "--dev", "/dev",
                 # the layers hold no userland: take the host's programs
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
                 "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -397,7 +398,7 @@ def test_program_never_mounts_times_out(layers: list[tuple[str, int]], dirs: dic
     bindir = fake_program(tmp_path, "unionfs-fuse",
                           f"echo $$ > {marker}; echo 'still thinking' >&2; exec sleep 600")
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setattr(external, "READY_TIMEOUT", 1.0)
+    monkeypatch.setattr(servers, "READY_TIMEOUT", 1.0)
     start = time.monotonic()
     with pytest.raises(FimfsError) as e:
         external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),
