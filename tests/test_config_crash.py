@@ -59,7 +59,7 @@ def test_concurrent_editors_lose_no_update(app: Path) -> None:
     rounds = 25
     editors = [
         # A launch that collides with the other editor's write fails to exec with
-        # "Text file busy" (sh: 126) before anything runs: the known window (README),
+        # "Text file busy" (sh: 126) before anything runs: the known window (docs/image-format.md),
         # retried here so that the test is about lost updates only.
         subprocess.Popen(["sh", "-c", f'i=0; while [ $i -lt {rounds} ]; do '
                           f'until "$APP" fim-env add "P{n}_$i=$i" >/dev/null; do '

@@ -167,7 +167,7 @@ def test_signal_reaches_the_host_program(runner: Runner) -> None:
 
 
 def test_exec_into_an_instance_with_pid_unshared(runner: Runner) -> None:
-    """The pid namespace is always unshared (README, "Security model"); `fim-unshare pid`
+    """The pid namespace is always unshared (docs/security.md); `fim-unshare pid`
     is still accepted, and exec into the instance works, inside its pid namespace."""
     runner.ok("fim-unshare", "add", "pid")
     with background(runner, ("fim-exec", "sleep", "30")):

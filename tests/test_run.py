@@ -95,8 +95,8 @@ def test_identity_from_fim_env(runner: Runner) -> None:
 
 def test_user_and_home_from_fim_env(runner: Runner) -> None:
     # upstream's environment/identity.py: custom user, custom home, user with PS1; by
-    # root too (upstream names uid 0 root whatever fim-env says; README, "Deliberate
-    # differences")
+    # root too (upstream names uid 0 root whatever fim-env says; docs/differences.md,
+    # "Identity of a root caller")
     runner.ok("fim-env", "add", "USER=appuser")
     assert runner.ok("fim-exec", "whoami") == "appuser\n"
     assert runner.ok("fim-exec", "cat", "/etc/passwd").startswith(f"appuser:x:{runner.uid}:")
@@ -279,7 +279,7 @@ def test_bwrap_failure_is_one_line(runner: Runner) -> None:
 
 def test_owners_set_inside_are_stored(runner: Runner) -> None:
     """Root inside a normal user's container owns the image; what it sets is stored for
-    root on the host (README, "Owners for unprivileged users")."""
+    root on the host (docs/owners.md)."""
     from cli import image
     from cli.stack import build_stack
 

@@ -1,6 +1,6 @@
 """A real distribution in a container (slow: a debootstrap image, built once per session,
 and Debian's package registry): `fim-root apt-get install` with the network permission,
-as root and as a normal user (one-uid user namespace: README, "Debian images")."""
+as root and as a normal user (one-uid user namespace: docs/building.md)."""
 
 from __future__ import annotations
 

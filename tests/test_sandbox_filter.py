@@ -49,7 +49,7 @@ def test_blocked_ioctls_on_every_architecture(arch: int, numbers: tuple[int, ...
 
 
 def test_unknown_architecture_passes() -> None:
-    """Documented (README, "Security model"): other architectures are not filtered."""
+    """Documented (docs/security.md): other architectures are not filtered."""
     assert _run(seccomp.program(), 54, 0x80000016, (0, seccomp.TIOCSTI)) == seccomp.RET_ALLOW
 
 

@@ -1,6 +1,6 @@
 """What an image someone downloads can reach on the host: each permission and unshare
 option with the switch off (denied) and on (allowed), as root and as a normal user
-(README, "Deliberate differences": no host root, private /tmp, network unshared unless
+(docs/differences.md, "Default means isolated": no host root, private /tmp, network unshared unless
 ``network``, /sys read-only)."""
 
 from __future__ import annotations

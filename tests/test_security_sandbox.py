@@ -1,5 +1,5 @@
 """Attacks of an image someone downloads on the host, each as a regression test (issues
-20 and 21; README, "Security model"): as root and as a normal user, in every mode
+20 and 21; docs/security.md): as root and as a normal user, in every mode
 (plain run, `fim-root`, a stored UID=0). Each asserts that the attacking program really
 ran (it prints a marker first) and that the attack was denied.
 
