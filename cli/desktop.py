@@ -10,7 +10,7 @@ Then, with ``fim-notify on``, ``notify-send`` when the host has it. Failures are
 logged: a run never fails because of its desktop integration. :func:`clean` removes
 the files again (``fim-desktop clean``).
 
-Deliberate differences from FlatImage (README): the MIME type of a name with
+Deliberate differences from FlatImage (docs/desktop.md): the MIME type of a name with
 characters a MIME type cannot hold (a space, ``(``...) spells them ``_``, so the entry
 passes ``desktop-file-validate``; the MIME glob escapes ``*``, ``?``, ``[`` and ``\\``
 in the image's file name; ``Exec``, ``Name``, ``Comment`` and the lists are escaped as

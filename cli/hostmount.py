@@ -1,5 +1,4 @@
-"""How a run mounts the image's layers on this host (issue 21, README "What the host
-needs"):
+"""How a run mounts the image's layers on this host (issue 21, docs/hosts.md):
 
 * ``fuse``: the usual way: root mounts FUSE itself, a normal user through the setuid
   ``fusermount3``;

@@ -1,4 +1,4 @@
-"""`fim-layer create` and `fim-layer commit` (spec 2.10, 10.5; README "Layers").
+"""`fim-layer create` and `fim-layer commit` (spec 2.10, 10.5; docs/layers.md).
 
 `create` writes a directory as a DwarFS layer with the spec's input set (regular
 files, symlinks, directories; devices, FIFOs, sockets and directories that cannot be

@@ -58,7 +58,7 @@ def _expanded_env(ctx: Context, warn: bool = False) -> dict[str, str]:
 
 def settable(name: str, value: str) -> bool:
     """Whether ``name=value`` can be a variable: a name not empty, without ``=``, and no
-    NUL anywhere. An image's author can store anything (README, "Security model"); bwrap
+    NUL anywhere. An image's author can store anything (docs/security.md); bwrap
     reads the environment NUL-separated, so a NUL would add bwrap options of the
     image's choosing."""
     return bool(name) and "=" not in name and "\0" not in name and "\0" not in value
@@ -73,8 +73,8 @@ def identity(ctx: Context, root: bool, shell_default: str,
     """Who runs inside (spec 9): root mode is 0/0/root//root; otherwise fim-env UID/GID
     when numeric, else the caller's; names and home from fim-env, the caller's
     environment, then the passwd database. A root caller outside root mode is ``root``
-    with ``/root`` unless fim-env names a USER or HOME (README, "Deliberate
-    differences": upstream ignores them whenever the uid is 0)."""
+    with ``/root`` unless fim-env names a USER or HOME (docs/differences.md,
+    "Identity of a root caller": upstream ignores them whenever the uid is 0)."""
     from sandbox.bwrap import Identity
 
     env = _expanded_env(ctx)
@@ -177,7 +177,7 @@ class _Root:
 
 def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """A normal user's sandbox maps only the caller's uid: the mount presents every file
-    as the caller's and stores the owners the container sets (README, "Owners")."""
+    as the caller's and stores the owners the container sets (docs/owners.md)."""
     if os.getuid() == 0:
         return None, None
     return (os.getuid(), os.getgid()), (ident.uid, ident.gid)
@@ -500,7 +500,7 @@ def _runtime_base_tmpfs(app_bin: str) -> list[str]:
 
 
 def _container_env(ctx: Context, app_bin: str) -> dict[str, str]:
-    """The program's environment (spec 3.4, README "Security model"): the caller's
+    """The program's environment (spec 3.4, docs/security.md): the caller's
     (with the FIM_* of spec 7.2; the frozen runtime's own variables were undone by
     cli.frozen_main), then fim-env, TERM and the PATH of spec 7.2."""
     caller = dict(os.environ)

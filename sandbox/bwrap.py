@@ -2,15 +2,15 @@
 turned into an argument vector (:func:`argv`), so the whole sandbox can be checked
 without running it.
 
-What every container gets (docs/architecture.md, "The sandbox"; README, "Deliberate
-differences"): the root given by the caller (the stack's mount, or bwrap's own
+What every container gets (docs/architecture.md, "Running a container";
+docs/differences.md): the root given by the caller (the stack's mount, or bwrap's own
 overlay arguments), a minimal ``/dev``, its own ``/proc``, ``/sys`` read-only, a
 private ``/tmp`` (tmpfs), the runtime directory read-only at its host path (the
 bundled bash lives there), the generated ``/etc/passwd`` and bashrc, then the user's
 binds, the permission arguments and the unshare arguments. Unlike FlatImage there is
 no bind of the host root and no shared host ``/tmp`` or ``/sys``.
 
-What bwrap itself is given (README, "Security model"): its own environment is not the
+What bwrap itself is given (docs/security.md): its own environment is not the
 container's (bwrap is a host process: a stored ``LD_PRELOAD`` must not load into it);
 the container's whole environment goes in as ``--clearenv`` and ``--setenv`` through
 ``--args FD`` (not on the command line, where any host user's ``ps`` shows it). Always a
@@ -278,7 +278,7 @@ def has_controlling_terminal() -> bool:
     session (hence a process group) of its own: ``kill(0, SIG)`` inside signals the
     caller's process group, host processes included (the run, the script that started
     it, the other commands of its pipeline), whatever the pid namespace. With one it
-    shares the caller's group, for job control (README, "Security model")."""
+    shares the caller's group, for job control (docs/security.md)."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:

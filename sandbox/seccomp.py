@@ -12,7 +12,7 @@ truncates it to an ``unsigned int``, so a request with high bits set is the same
 Architectures: x86_64 (with its i386 and x32 system calls), i386, aarch64 (with its
 32-bit arm ones) and arm. A process of any other architecture passes the filter
 unchanged (the kernel's ``dev.tty.legacy_tiocsti=0`` is then the only guard); the
-README says so ("Security model").
+docs/security.md says so.
 """
 
 from __future__ import annotations

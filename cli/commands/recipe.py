@@ -6,7 +6,7 @@ A recipe is ``<remote>/<dist>/latest/<name>.json`` (``fim-remote``; ``<dist>`` i
 manager (apt-get, apk or pacman, whichever the image has) as root inside, with the
 ``network`` permission for that run only, and applies the last ``desktop`` section.
 
-Deliberate differences from FlatImage (README): downloads use Python's urllib (HTTP and
+Deliberate differences from FlatImage (docs/desktop.md): downloads use Python's urllib (HTTP and
 HTTPS only, a timeout and a size limit, one-line errors) and reach the cache only when
 they are a valid recipe (a 404 leaves no empty file); a recipe name must be a plain
 name (letters, digits, ``.``, ``_``, ``+``, ``-``; never a path), checked before any
