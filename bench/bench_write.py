@@ -7,20 +7,27 @@ Workloads, each on a fresh mount with an empty upper and dropped caches:
 - 1 GiB: `dd bs=1M count=1024 conv=fsync` (fsync reaches the upper's disk);
 - rm -rf: the untarred tree removed (untarred untimed first).
 
+``test_requests`` counts what fim's daemon is asked (libfuse's request log, ``-o
+debug``): the kernel's requests by opcode and the calls libfuse makes into fim, which
+include its own getattr after CREATE, MKDIR and SETATTR. Exact, unlike the times.
+
 Run (root, for the kernel overlay): flock /tmp/fim-bench.lock .venv/bin/pytest bench/bench_write.py
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bench.mounts import measure_fresh, mounted_stack, require_stack
+from bench.mounts import FIM, measure_fresh, mounted_stack, require_stack
 
 BACKENDS = ["fim", "fuse-overlayfs", "kernel-overlay"]
 ROUNDS = int(os.environ.get("FIM_BENCH_WRITE_ROUNDS", "3"))  # the 2-core VM is shared
@@ -101,3 +108,35 @@ def test_write_1g_fsync(benchmark, backend, layer, tmp_path, record) -> None:  #
 def test_rm_rf(benchmark, backend, layer, stdlib_tar, tmp_path, record) -> None:  # noqa: ANN001
     _measure(benchmark, backend, layer, tmp_path, _rm, prepare=_untar(stdlib_tar))
     record("rm -rf stdlib s", backend, benchmark.stats.stats.median)
+
+
+#: A kernel request in libfuse's debug log, and a call libfuse makes into the filesystem.
+_REQUEST = re.compile(r"^unique: \d+, opcode: (\w+)", re.M)
+_CALL = re.compile(r"^(getattr|create|utimens|chmod|chown|mkdir|write|release)\[", re.M)
+
+
+@pytest.mark.parametrize("workload", ["untar", "touch"])
+def test_requests(workload, layer, stdlib_tar, tmp_path, record) -> None:  # noqa: ANN001
+    """The requests of one run of the workload on a fresh fim mount (see the module)."""
+    mp, upper, log = tmp_path / "mp", tmp_path / "upper", tmp_path / "debug.log"
+    mp.mkdir()
+    upper.mkdir()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*FIM, "mount", "--foreground", "-o", "debug", "--upper",
+                                 str(upper), "--layer", str(layer[0]), str(mp)],
+                                stdout=out, stderr=out)
+    try:
+        while not os.path.ismount(mp):
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.01)
+        (_untar(stdlib_tar) if workload == "untar" else _touch)(mp)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+        proc.wait(60)
+    text = log.read_text()
+    requests, calls = Counter(_REQUEST.findall(text)), Counter(_CALL.findall(text))
+    print(f"\n{workload}: requests {dict(requests.most_common())}\n"
+          f"{workload}: calls into fim {dict(calls.most_common())}")
+    for name in ("LOOKUP", "GETATTR", "CREATE", "SETATTR", "WRITE", "GETXATTR", "FLUSH"):
+        record(f"{workload} {name} requests", "fim", requests[name])
+    record(f"{workload} getattr calls", "fim", calls["getattr"])

@@ -11,12 +11,13 @@ import errno
 import itertools
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fimfs.fuse.aliases import Aliases
-from fimfs.fuse.binding import path_invalidator
+from fimfs.fuse.binding import direct_write, path_invalidator
 from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans
 
 log = logging.getLogger("fimfs.fuse")
@@ -67,6 +68,8 @@ class FuseOperations:
         self._dir_handles = itertools.count(1)
         self._aliases: Aliases | None = None  # writable mounts on libfuse 3 (see init)
         self._listings: dict[int, list[tuple[str, Attr | None]]] = {}
+        self._writers: set[int] = set()  # open direct-write handles (see direct_write)
+        self._unchecked: set[int] = set()  # of those, the ones whose file may keep privileges
         if not fs.flush_reports_errors:
             self.flush = None  # type: ignore[assignment,method-assign]  # see vfs
 
@@ -149,7 +152,11 @@ class FuseOperations:
         return self.fs.readlink(path)
 
     def open(self, path: str, flags: int) -> int:
-        return self.fs.open(path, flags)
+        fh = self.fs.open(path, flags)
+        if direct_write(flags):
+            self._writers.add(fh)
+            self._unchecked.add(fh)
+        return fh
 
     def unchanging(self, fh: int) -> bool:
         """See :meth:`fimfs.vfs.Filesystem.unchanging` (the binding sets keep_cache)."""
@@ -163,6 +170,8 @@ class FuseOperations:
         return self.fs.read_spans(path, size, offset, fh)
 
     def release(self, path: str, fh: int) -> int:
+        self._writers.discard(fh)
+        self._unchecked.discard(fh)
         self.fs.release(path, fh)
         return 0
 
@@ -194,9 +203,18 @@ class FuseOperations:
 
     # -- write side ----------------------------------------------------------
     def create(self, path: str, mode: int, flags: int) -> int:
-        return self.fs.create(path, mode, flags)
+        fh = self.fs.create(path, mode, flags)
+        if direct_write(flags):
+            self._writers.add(fh)
+            # Without O_EXCL the file may have existed, with its own mode and xattrs.
+            if not flags & os.O_EXCL or mode & (stat.S_ISUID | stat.S_ISGID):
+                self._unchecked.add(fh)
+        return fh
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        if fh in self._unchecked:
+            self._drop_privileges(path)
+            self._unchecked.discard(fh)
         n = self.fs.write(path, data, offset, fh)
         self._changed(path)
         return n
@@ -255,7 +273,31 @@ class FuseOperations:
         self._changed(existing, itself=True)  # the kernel keeps its old nlink otherwise
         return 0
 
+    def _drop_privileges(self, path: str) -> None:
+        """What the kernel does before a write by an unprivileged process, and leaves to
+        the filesystem on a direct write (see :func:`direct_write`): clear set-user-ID,
+        set-group-ID with group execute (without it the bit marks mandatory locking),
+        and file capabilities. Done for every writer, root included: libfuse does not
+        say whether the kernel asked for it (FUSE_WRITE_KILL_SUIDGID)."""
+        mode = self.fs.getattr(path).mode
+        if mode & stat.S_ISUID or mode & _SGID_EXEC == _SGID_EXEC:
+            self.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+        try:
+            self.fs.getxattr(path, _CAPABILITY)
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.ENOTSUP):
+                return
+            raise
+        self.removexattr(path, _CAPABILITY)  # refused (EPERM) unless the daemon may: no write
+
+    def _may_gain_privileges(self) -> None:
+        """A file got set-ID bits or capabilities: every open direct writer checks again
+        at its next write (which file a handle writes is known only then)."""
+        self._unchecked.update(self._writers)
+
     def chmod(self, path: str, mode: int) -> int:
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            self._may_gain_privileges()
         self.fs.chmod(path, mode)
         self._changed(path)
         return 0
@@ -289,6 +331,8 @@ class FuseOperations:
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        if name == _CAPABILITY:
+            self._may_gain_privileges()
         self.fs.setxattr(path, name, value, options)
         self._changed(path)
         return 0
@@ -297,6 +341,10 @@ class FuseOperations:
         self.fs.removexattr(path, name)
         self._changed(path)
         return 0
+
+
+_CAPABILITY = "security.capability"
+_SGID_EXEC = stat.S_ISGID | stat.S_IXGRP
 
 
 #: The operations a read-only mount never needs (the kernel refuses writes on an

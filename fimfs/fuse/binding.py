@@ -69,6 +69,20 @@ def path_invalidator() -> Callable[[str], None] | None:
     return invalidate
 
 
+def direct_write(flags: int) -> bool:
+    """Whether an open with these flags bypasses the kernel's page cache (FOPEN_DIRECT_IO).
+
+    Write-only opens do: a write(2) through the page cache first asks the filesystem
+    for ``security.capability`` (a GETXATTR round trip per write(2): the kernel can
+    only skip it where the filesystem negotiated FUSE_HANDLE_KILLPRIV_V2, which
+    libfuse 3.14 cannot), while a direct write sends the WRITE alone and leaves
+    clearing set-ID bits and capabilities to the filesystem (the adapter does it at
+    a handle's first write). A write-only descriptor can be neither read nor
+    mapped, so the page cache serves it nothing; the kernel drops the cached pages a
+    direct write overwrites, so other openers' reads stay coherent."""
+    return flags & os.O_ACCMODE == os.O_WRONLY
+
+
 def load_mfusepy() -> ModuleType:
     """Import mfusepy, preferring libfuse 3; any failure becomes a one-line FimfsError."""
     if "mfusepy" in sys.modules:
@@ -230,7 +244,9 @@ class _Overrides:
         # (keep_cache), on a writable mount too.
         fi = fip.contents
         fi.fh = self.operations.open(_decode(path), fi.flags)
-        if fi.flags & os.O_ACCMODE == os.O_RDONLY:
+        if direct_write(fi.flags):
+            fi.direct_io = 1
+        elif fi.flags & os.O_ACCMODE == os.O_RDONLY:
             if self.has_noflush:
                 fi.noflush = 1
             if self.operations.unchanging(fi.fh):
@@ -241,6 +257,8 @@ class _Overrides:
         # mfusepy inspects the operation's signature at every CREATE (~30 µs).
         fi = fip.contents
         fi.fh = self.operations.create(_decode(path), mode, fi.flags)
+        if direct_write(fi.flags):
+            fi.direct_io = 1
         return 0
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
