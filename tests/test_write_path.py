@@ -82,7 +82,8 @@ def test_first_write_drops_set_id_bits_and_capabilities(
     as such (without it the bit means mandatory locking and stays), and so does
     ``security.capability``; bits set while a writer is open go at its next write."""
     mp, upper, _ = debug_mount
-    modes = {"suid": 0o4755, "sgid": 0o2755, "sgid-nox": 0o2745, "plain": 0o755}
+    modes = {"suid": 0o4755, "sgid": 0o2755, "sgid-nox": 0o2745, "both-nox": 0o6745,
+             "plain": 0o755}
     for name, mode in modes.items():
         (upper / name).write_bytes(b"#!/bin/sh\n")
         os.chmod(upper / name, mode)
@@ -92,7 +93,8 @@ def test_first_write_drops_set_id_bits_and_capabilities(
         with open(mp / name, "ab") as f:
             f.write(b"true\n")
     got = {name: stat.S_IMODE(os.stat(mp / name).st_mode) for name in modes}
-    assert got == {"suid": 0o755, "sgid": 0o755, "sgid-nox": 0o2745, "plain": 0o755}
+    assert got == {"suid": 0o755, "sgid": 0o755, "sgid-nox": 0o2745, "both-nox": 0o2745,
+                   "plain": 0o755}
     assert "security.capability" not in os.listxattr(upper / "plain")
     with open(mp / "plain", "ab", buffering=0) as f:
         f.write(b"a")

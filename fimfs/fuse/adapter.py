@@ -280,8 +280,9 @@ class FuseOperations:
         and file capabilities. Done for every writer, root included: libfuse does not
         say whether the kernel asked for it (FUSE_WRITE_KILL_SUIDGID)."""
         mode = self.fs.getattr(path).mode
-        if mode & stat.S_ISUID or mode & _SGID_EXEC == _SGID_EXEC:
-            self.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+        kill = (mode & stat.S_ISUID) | (stat.S_ISGID if mode & _SGID_EXEC == _SGID_EXEC else 0)
+        if kill:
+            self.chmod(path, stat.S_IMODE(mode) & ~kill)
         try:
             self.fs.getxattr(path, _CAPABILITY)
         except OSError as e:
