@@ -7,7 +7,7 @@ Two daemons per instance, one protocol:
 * the **guest daemon** runs inside the sandbox (started in the background by the
   launch line) and serves ``fim-instance exec ID PROGRAM ARGS`` from the host.
 
-Transport (README, "Instances and the portal"): one Unix stream socket per daemon in
+Transport (docs/portal.md): one Unix stream socket per daemon in
 ``INST/portal/`` (directory 0700, socket 0600), ``host.sock`` and ``guest.sock``. A
 connection carries one request. Every message is a frame: a 4-byte big-endian length
 (at most :data:`MAX_FRAME`) then that many bytes of a UTF-8 JSON object with

@@ -1,4 +1,4 @@
-"""The portal's protocol: names, limits and frames (README, "Instances and the portal").
+"""The portal's protocol: names, limits and frames (docs/portal.md).
 
 A frame is a 4-byte big-endian length (at most :data:`MAX_FRAME`) then that many
 bytes of a UTF-8 JSON object with ``"v": 1`` and a ``"type"``; descriptors travel
