@@ -54,7 +54,7 @@ def _env(app: Path, **extra: str) -> dict[str, str]:
             "FIM_LAYERS": str(app.parent / "corpus.dwarfs"), **extra}
 
 
-#: The start-up phases of a run (cli.timing marks), in order: (label, from, to); "spawn"
+#: The start-up phases of a run (app.timing marks), in order: (label, from, to); "spawn"
 #: and "exit" are the bench's own clock readings around the process.
 PHASES = [
     ("launcher, runtime check, interpreter start", "spawn", "python"),
@@ -90,7 +90,7 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm,
     against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`,
     and where the time of a run goes (cold and warm, from the run's own marks)."""
-    from cli import image, runtime
+    from app import image, runtime
 
     for unpacked in runtime.app_dirs(image.read_layout(str(app)).build_id, os.getuid(),
                                      os.environ):

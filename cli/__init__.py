@@ -1,7 +1,7 @@
-"""cli: the application (the single-file image, its config, the fim-* commands and `fim`).
+"""cli: the command lines over the application core (:mod:`app`).
 
-Two command families live here: :mod:`cli.tool` is `fim`, the developer tool run on
-the host; :mod:`cli.commands` are the ``fim-*`` commands run inside a built image.
-:mod:`cli.image` is the single-file image format itself (its errors are
-:class:`cli.image.FimImageError`); :mod:`cli.tool.image_file` is the `fim image` subcommand.
+Three programs live here: :mod:`cli.boot` is what runs when an image is executed (it
+starts a session and dispatches to the ``fim-*`` commands of :mod:`cli.commands`);
+:mod:`cli.tool` is `fim`, the developer tool run on the host; :mod:`cli.build` builds
+images and their runtimes. Each parses arguments, calls :mod:`app`, and prints.
 """

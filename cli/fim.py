@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli.errors import FimError
+from app.errors import FimError
 
 #: The tool modules and the subcommands each registers.
 _TOOLS = {
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        from cli.log import silence_stdout
+        from app.log import silence_stdout
 
         silence_stdout()
         return 141  # what a shell reports for a writer killed by SIGPIPE

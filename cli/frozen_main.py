@@ -37,7 +37,7 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.stderr.write("C::launcher::usage: fim IMAGE [ARGS...] (started by the image)\n")
         sys.exit(125)
-    from cli import timing
+    from app import timing
 
     timing.mark("python", _entered)
     from cli.boot import main

@@ -1,6 +1,6 @@
 """The fallback overlay backends that are other programs (``fim-overlay set ...``).
 
-The in-process stack (``cli/stack.py``: one FUSE mount serving
+The in-process stack (``app/stack.py``: one FUSE mount serving
 ``CaseFold(Union(HostDir(upper), [DwarfsImage, ...]))``) is the default. The
 backends here are what FlatImage itself does (docs/flatimage-cli.md, 11.2):
 

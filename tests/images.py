@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import config, image, runtime
+from app import config, image, runtime
 
 IMAGE_NAME = "app.flatimage"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -120,7 +120,7 @@ def run(app: Path, *args: str, env: dict[str, str] | None = None,
                                   timeout=60)
         except OSError as exc:
             # Linux does not execute a file while it is open for writing: an edit running
-            # at this very moment (the writer holds it for microseconds; cli.image).
+            # at this very moment (the writer holds it for microseconds; app.image).
             if exc.errno != errno.ETXTBSY:
                 raise
             time.sleep(0.01)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cli import image, runtime
+from app import image, runtime
 from cli.build import rootfs
 from cli.tool.build import compression_level
 from tests.images import run

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
+from app import image
 from tests.images import fails, make_layer, ok, run
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import config
+from app import config
 from tests.images import fails, ok, stored
 
 

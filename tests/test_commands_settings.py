@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
+from app import image
 from tests.images import (
     fails,
     ok,

@@ -1,10 +1,10 @@
-"""cli.expand: only $NAME and ${NAME} are expanded; nothing can run a host command."""
+"""app.expand: only $NAME and ${NAME} are expanded; nothing can run a host command."""
 
 from __future__ import annotations
 
 import pytest
 
-from cli.expand import expand
+from app.expand import expand
 
 ENV = {"HOME": "/home/u", "META": "NAME", "A_1": "x y", "EMPTY": ""}
 

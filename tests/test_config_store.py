@@ -1,4 +1,4 @@
-"""cli.config: the two-slot store in the reserved space — round trips, crash points, torn
+"""app.config: the two-slot store in the reserved space — round trips, crash points, torn
 writes, limits, and the format documented in the module docstring."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import config, image
-from cli.config import Bind, Boot, Config, ConfigError, ConfigTooLarge, Desktop
+from app import config, image
+from app.config import Bind, Boot, Config, ConfigError, ConfigTooLarge, Desktop
 
 LAUNCHER = "exit 0\n"
 
@@ -221,7 +221,7 @@ def test_names_are_the_sandboxs() -> None:
 
 
 def test_outside_the_slots_contents_the_reserved_space_stays_zero(tmp_path: Path) -> None:
-    """A shorter configuration zeroes what its slot held past it (cli.update assumes
+    """A shorter configuration zeroes what its slot held past it (app.update assumes
     zeros there)."""
     layout = new(tmp_path)
     for value in ("x" * 5000, "y" * 4000, "short", "shorter"):

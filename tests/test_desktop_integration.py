@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from cli import desktop, log
-from cli.config import Config, Desktop
+from app import desktop, log
+from app.config import Config, Desktop
 
 ENTRY = """\
 [Desktop Entry]

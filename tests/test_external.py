@@ -205,7 +205,7 @@ def test_close_after_mounts_vanished(layers: list[tuple[str, int]],
 
 def test_fuse_overlayfs_upper_read_by_fim(layers: list[tuple[str, int]],
                                           dirs: dict[str, Path]) -> None:
-    from cli.stack import build_stack
+    from app.stack import build_stack
 
     need("fuse-overlayfs")
     with external.start("overlayfs", layers, str(dirs["upper"]), str(dirs["work"]),
@@ -235,7 +235,7 @@ def test_fuse_overlayfs_upper_read_by_fim(layers: list[tuple[str, int]],
 
 def test_fim_upper_read_by_fuse_overlayfs(layers: list[tuple[str, int]],
                                           dirs: dict[str, Path]) -> None:
-    from cli.stack import build_stack
+    from app.stack import build_stack
 
     need("fuse-overlayfs")
     fs = build_stack([p for p, _ in layers], dirs["upper"])
@@ -505,7 +505,7 @@ def test_owner_options(layers: list[tuple[str, int]], dirs: dict[str, Path],
 def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
                                        dirs: dict[str, Path]) -> None:
     """Files cross between unionfs-fuse and fim both ways; deletions do not (documented)."""
-    from cli.stack import build_stack
+    from app.stack import build_stack
 
     need("unionfs-fuse")
     with external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import FimError
+from app.extract import extract_tree
 from cli import fim
-from cli.errors import FimError
 from cli.tool import extract as extract_mod
-from cli.tool.extract import extract_tree
 from fimfs.vfs import Attr, Filesystem, fs_error
 
 from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_dir

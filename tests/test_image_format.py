@@ -1,4 +1,4 @@
-"""cli.image: the single-file layout, layer discovery, crash-safe appends, the launcher,
+"""app.image: the single-file layout, layer discovery, crash-safe appends, the launcher,
 `fim image new|info`. The helpers the image tests share are in tests/images.py."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cli import image, runtime
+from app import image, runtime
+from app.image import FimImageError
 from cli.build import payload
-from cli.image import FimImageError
 from tests.containers import isolated
 from tests.images import (
     IMAGE_NAME,

@@ -39,7 +39,7 @@ _APP: dict[tuple[str, str], str] = {}
 
 def app_dir(runner: Runner) -> str:
     """FIM_DIR_APP of the runner's image (one per build: keyed by the build id)."""
-    from cli import image
+    from app import image
 
     key = (runner.who, image.read_layout(str(runner.app)).build_id)
     if key not in _APP:

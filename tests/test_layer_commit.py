@@ -1,6 +1,6 @@
 """`fim-layer create` and `fim-layer commit` without running a container (spec 2.10,
 10): the upper directory is filled by hand as the union leaves it, and the layers are
-read back in-process (cli.stack), so these are quick. End-to-end runs: test_layer_run.py."""
+read back in-process (app.stack), so these are quick. End-to-end runs: test_layer_run.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
-from cli.stack import build_stack
+from app import image
+from app.stack import build_stack
 from fimfs import whiteout
 from fimfs.dwarfs import DwarfsImage
 from tests.images import fails, ok, run
@@ -72,7 +72,7 @@ def view(app: Path) -> dict[str, str]:
 
 
 def _discover(app: Path) -> list:
-    from cli.layers import discover
+    from app.layers import discover
 
     layout = image.read_layout(str(app))
     return discover(layout, str(data(app) / "layers"), {})
@@ -311,7 +311,7 @@ def test_commit_is_refused_while_an_instance_runs(app: Path) -> None:
     write(upper(app) / "z", "z")
     fd = os.open(data(app) / "instances.lock", os.O_RDONLY | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # what every run holds (cli.layercommit)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what every run holds (app.layercommit)
         fails(app, "fim-layer", "commit", "binary", message="Another instance of this image")
     finally:
         os.close(fd)

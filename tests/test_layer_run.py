@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from cli import image
+from app import image
 from fimfs.dwarfs import DwarfsImage
 from tests.containers import Runner, fim_mounts, image_pid, kill_group, wait_for
 
@@ -161,7 +161,7 @@ def test_a_run_waits_for_a_commit(runner: Runner) -> None:
     runner.ok("fim-exec", "true")  # the data directory and its lock file exist
     fd = os.open(runner.data / "instances.lock", os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # what a commit holds (cli.layercommit)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a commit holds (app.layercommit)
         proc = runner.start("fim-exec", "echo", "ran")
         try:
             proc.communicate(timeout=2)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import build_stack
+from app.stack import build_stack
 from fimfs.hostdir import OWNER_XATTR, HostDir
 from tests.test_owners import USER, User, _bwrap, _layer, shared, user  # noqa: F401
 

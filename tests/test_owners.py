@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import build_stack
+from app.stack import build_stack
 from fimfs import fuse
 from fimfs.casefold import CaseFold
 from fimfs.hostdir import OWNER_XATTR, HostDir

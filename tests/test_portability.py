@@ -1,5 +1,5 @@
-"""The pure parts of running on any host: where an image keeps its data (cli.datadir),
-the extraction cache (cli.extractcache), which bwrap, and the one-line explanations.
+"""The pure parts of running on any host: where an image keeps its data (app.datadir),
+the extraction cache (app.extractcache), which bwrap, and the one-line explanations.
 The end-to-end host matrix is tests/test_hosts.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import datadir
+from app import datadir
 
 
 def test_beside_when_writable(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_prune_work_keeps_live_runs(tmp_path: Path) -> None:
 def test_host_bwrap_only_under_apparmor_restriction() -> None:
     """Ubuntu's AppArmor allows user namespaces to /usr/bin/bwrap only (mocked: this
     host has no AppArmor)."""
-    from cli import hostmount
+    from app import hostmount
 
     restricted = {hostmount.APPARMOR_USERNS: "1"}.get
     assert hostmount.host_bwrap(0, restricted) is None
@@ -80,7 +80,7 @@ def test_explain_blocked_user_namespaces() -> None:
 
 
 def test_extract_cache_prunes_least_recently_used(tmp_path: Path) -> None:
-    from cli import extractcache
+    from app import extractcache
 
     for age, key in enumerate(("old", "mid", "new")):
         (tmp_path / key / "d").mkdir(parents=True)
@@ -93,7 +93,7 @@ def test_extract_cache_prunes_least_recently_used(tmp_path: Path) -> None:
 
 
 def test_extract_cache_digest(tmp_path: Path) -> None:
-    from cli import extractcache
+    from app import extractcache
 
     f = tmp_path / "f"
     f.write_bytes(b"head" + b"layer" + b"tail")
@@ -111,7 +111,7 @@ def test_extract_cache_digest_of_a_url(tmp_path: Path, monkeypatch: pytest.Monke
     import http.server
     import threading
 
-    from cli import extractcache
+    from app import extractcache
 
     (tmp_path / "www").mkdir()
     f = tmp_path / "www" / "layer"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
+from app import image
 from cli.build import frozen
 from tests import containers
 
@@ -88,7 +88,7 @@ def test_bundled_tools(root: Path, frozen_image: Path) -> None:
     deps = ok(root, "/app.flatimage", "fim-version", "deps")
     for name in ("bwrap", "libfuse", "python"):
         assert f'"{name}": {{' in deps
-    # the first private runtime directory (cli/rundir.py) of root in that root
+    # the first private runtime directory (app/rundir.py) of root in that root
     app = f"/tmp/fim-0/app/{image.read_layout(str(frozen_image)).build_id}"
     assert ok(root, f"{app}/bin/bwrap", "--version").startswith("bubblewrap ")
     assert os.path.isfile(f"{root}{app}/bin/_internal/libfuse3.so.3")

@@ -317,7 +317,7 @@ def test_two_processes_share_the_cache(served: tuple[Nginx, Path], tmp_path: Pat
     ("http://h/a:5/b", ["http://h/a", "5/b"]),  # a colon in a path is a separator
 ])
 def test_fim_layers_keeps_the_colons_of_urls(value: str, elements: list[str]) -> None:
-    from cli.layers import split_list
+    from app.layers import split_list
 
     assert split_list(value) == elements
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
+from app import image
 from tests.containers import BASE_PATH, USER, Runner, ensure_user, open_dev_fuse
 from tests.http_servers import Nginx, PlainServer
 from tests.images import fim, make_layer

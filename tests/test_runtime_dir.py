@@ -1,4 +1,4 @@
-"""Where the launcher unpacks the runtime (cli/rundir.py, the launcher of
+"""Where the launcher unpacks the runtime (app/rundir.py, the launcher of
 cli/build/frozen.py): a directory private to the user, never one another user made or
 can write, and one where programs can run (issue 20 item 8, issue 21).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import image
+from app import image
 from tests.containers import BASE_PATH, USER, Runner, ensure_user, isolated, workspace_runner
 
 ATTACKER = "nobody"
@@ -181,7 +181,7 @@ def test_the_callers_variables_reach_the_program(runner: Runner) -> None:
 
 
 def test_private_checks_with_lstat(tmp_path: Path) -> None:
-    from cli import rundir
+    from app import rundir
 
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
@@ -201,7 +201,7 @@ def test_private_checks_with_lstat(tmp_path: Path) -> None:
 
 
 def test_candidates_in_order(tmp_path: Path) -> None:
-    from cli import rundir
+    from app import rundir
 
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)

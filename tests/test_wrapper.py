@@ -1,5 +1,5 @@
 """Views over a Filesystem (fimfs.wrapper): every capability flag of the vfs survives
-every view and every stack cli.stack builds; what a view does not override is the
+every view and every stack app.stack builds; what a view does not override is the
 inner filesystem's."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import build_stack
+from app.stack import build_stack
 from fimfs.casefold import CaseFold
 from fimfs.dwarfs.writer import write_image
 from fimfs.owners import OwnerView

@@ -32,13 +32,13 @@ import sys
 import tarfile
 import tempfile
 
-from cli.errors import FimError
+from app.errors import FimError
 
 _GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
           "librt.so", "libresolv.so")
 _HIDDEN_IMPORTS = ("mfusepy", "zstandard", "lz4.frame", "lz4.block", "xxhash",
                    "brotli", "tqdm", "urllib3",
-                   # desktop icons (cli.desktop): Pillow with the formats an icon may be
+                   # desktop icons (app.desktop): Pillow with the formats an icon may be
                    "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin")
 _EXCLUDED = ("tkinter", "unittest", "pydoc", "PyInstaller", "pytest", "hypothesis",
              # unused; included, its runtime hook alone costs every start ~5 ms
@@ -55,8 +55,8 @@ _DEPS = {
 
 LAUNCHER = """\
 # A fim image: this launcher, the portable runtime it unpacks and runs, the
-# configuration, then DwarFS layers (the layout is described in cli/image.py of fim).
-# The runtime goes to BASE/app/BUILD, BASE private to the user (cli/rundir.py of fim).
+# configuration, then DwarFS layers (the layout is described in app/image.py of fim).
+# The runtime goes to BASE/app/BUILD, BASE private to the user (app/rundir.py of fim).
 # Its variables start with _: exported ones of the caller reach the program unchanged.
 fail() { echo "C::launcher::$*" >&2; exit 125; }
 { read -r _; read -r _ _ _off _size _ _ _ _build; } < "$0" || fail "Could not read $0"

@@ -7,7 +7,7 @@ image if it still exists (it has fim's dependencies), else the first
 ``python3`` on PATH (enough for the configuration commands, which use only the
 standard library). The launcher's bootstrap extracts the zip once per build id
 into ``APP/lib`` (``APP`` = FIM_DIR_APP, ``BASE/app/<build-id>`` in a directory private
-to the user: cli/rundir.py), its ``bin/`` (the static bash that starts programs in the
+to the user: app/rundir.py), its ``bin/`` (the static bash that starts programs in the
 sandbox) into ``APP/bin``, and calls :func:`cli.boot.main`.
 
 The other kind, ``frozen``, is the portable runtime (cli/build/frozen.py): fim frozen
@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 
-from cli.runtime import BUILD_INFO, source_root
+from app.runtime import BUILD_INFO, source_root
 
-PACKAGES = ("cli", "fimfs", "sandbox", "osutil")
+PACKAGES = ("app", "cli", "fimfs", "sandbox", "osutil")
 
-# Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of cli/rundir.py
-# (where the runtime goes). It reads the header line (see cli/image.py: fields 3, 4 and
+# Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of app/rundir.py
+# (where the runtime goes). It reads the header line (see app/image.py: fields 3, 4 and
 # 8 after splitting on blanks are P_OFF, P_SIZE and BUILD), extracts the payload into a
 # directory private to the user unless a previous run did, and starts the application.
 _BOOTSTRAP = """
@@ -76,7 +76,7 @@ sys.exit(main(image, args))
 
 _LAUNCHER = """\
 # A fim image: this launcher, the application it starts, the configuration,
-# then DwarFS layers (the layout is described in cli/image.py of fim).
+# then DwarFS layers (the layout is described in app/image.py of fim).
 py=%(python)s
 [ -x "$py" ] || py=$(command -v python3) || {
   echo "C::launcher::python3 is needed to run this image and was not found" >&2
@@ -137,7 +137,7 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
 
 def find_bash() -> str:
     """Debian's static bash, which every image carries as ``APP/bin/bash`` (spec 3.1)."""
-    from cli.errors import FimError
+    from app.errors import FimError
 
     for path in ("/bin/bash-static", "/usr/bin/bash-static"):
         if os.path.isfile(path):
@@ -146,8 +146,8 @@ def find_bash() -> str:
 
 
 def _bootstrap() -> str:
-    """The bootstrap: cli/rundir.py (standard library only), then :data:`_BOOTSTRAP`."""
-    from cli import rundir
+    """The bootstrap: app/rundir.py (standard library only), then :data:`_BOOTSTRAP`."""
+    from app import rundir
 
     with open(rundir.__file__, encoding="utf-8") as f:
         return f.read() + _BOOTSTRAP

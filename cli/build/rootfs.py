@@ -16,7 +16,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 
-from cli.errors import FimError
+from app.errors import FimError
 
 # directory -> mode; created when missing
 SKELETON_DIRS = {

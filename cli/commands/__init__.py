@@ -5,8 +5,8 @@ These run *inside* a built image (``./app.flatimage fim-env ...``), dispatched b
 with :mod:`cli.tool`, the ``fim`` developer tool that runs on the host and works on
 DwarFS layers and image files from the outside.
 
-Each module has ``run(ctx, args) -> int`` (``ctx`` is a :class:`cli.boot.Context`,
-``args`` the words after the command) and raises :class:`cli.log.UsageError`
-for a refused command line or :class:`cli.log.CommandError` when the command
+Each module has ``run(ctx, args) -> int`` (``ctx`` is a :class:`app.session.Context`,
+``args`` the words after the command) and raises :class:`app.log.UsageError`
+for a refused command line or :class:`app.log.CommandError` when the command
 fails; messages and outputs follow docs/flatimage-cli.md.
 """

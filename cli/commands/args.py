@@ -7,12 +7,12 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from cli import config
-from cli.log import CommandError
+from app import config
+from app.log import CommandError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 NO_SPACE = "Not enough space to fit json data"
 

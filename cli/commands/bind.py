@@ -8,14 +8,14 @@ as plain binds, spec 18.1 item 2), and bindings keep their numeric order
 
 from __future__ import annotations
 
-from cli import log
+from app import log
+from app.config import BIND_TYPES, Bind
+from app.log import UsageError
 from cli.commands.args import editing, keyword, pretty_json
-from cli.config import BIND_TYPES, Bind
-from cli.log import UsageError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

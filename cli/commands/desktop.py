@@ -2,7 +2,7 @@
 in the image.
 
 The files themselves are written into the host's XDG data directory at the start of
-every run and removed by ``clean`` (cli.desktop). Deliberate differences from
+every run and removed by ``clean`` (app.desktop). Deliberate differences from
 FlatImage: a remote icon is downloaded with Python (no wget needed), a JPEG icon can
 be dumped (upstream refuses it, spec 18.1 item 7), names are XML-escaped in the
 MIME XML, and control characters in the name or a category, or a ``;`` in a category,
@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 
+from app.config import INTEGRATIONS, Desktop
+from app.desktop import clean, entry, mimetype, problem
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import editing, keyword, pretty_json, print_lines
-from cli.config import INTEGRATIONS, Desktop
-from cli.desktop import clean, entry, mimetype, problem
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 ICON_LIMIT = 1 << 20  # an icon must be smaller than 1 MiB
 _ICON_TYPES = {".svg": "svg", ".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}
@@ -69,7 +69,7 @@ def _parse_setup(doc: object) -> tuple[Desktop, object]:
 
 def _refuse(desktop: Desktop, failed: str) -> None:
     """Settings that cannot be written safely (control characters, a ``/`` in the name, a
-    category with ``;``: cli.desktop.problem) are an error, whether given to ``setup`` or
+    category with ``;``: app.desktop.problem) are an error, whether given to ``setup`` or
     found stored in the image."""
     reason = problem(desktop)
     if reason is not None:

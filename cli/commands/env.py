@@ -1,7 +1,7 @@
 """`fim-env add|set|del|list|clear`: variables given to every sandboxed program.
 
 ``list`` shows ``KEY=VALUE`` with ``$NAME``/``${NAME}`` expanded from the
-environment (cli/expand.py; never a command substitution). Deliberate
+environment (app/expand.py; never a command substitution). Deliberate
 differences from FlatImage: ``set`` checks its arguments before it empties the
 store (an invalid ``set`` changes nothing), the last of repeated keys wins, an
 empty key is invalid, and values with spaces are listed whole.
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
-from cli import log
+from app import log
+from app.expand import expand
+from app.log import UsageError, trailing
 from cli.commands.args import editing, keyword, print_lines
-from cli.expand import expand
-from cli.log import UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def _assignments(args: list[str]) -> dict[str, str]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 
-from cli import log
+from app import log
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import keyword, print_lines
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

@@ -1,21 +1,21 @@
 """`fim-layer`: the layers an image stacks (spec 2.10): `list`, `add`, and `create` and
-`commit` (cli.layercommit)."""
+`commit` (app.layercommit)."""
 
 from __future__ import annotations
 
 import os
 
-from cli import log
+from app import log
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import keyword, print_lines
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def _list(ctx: Context) -> None:
-    from cli.layers import discover
+    from app.layers import discover
 
     layers_dir = os.path.join(os.environ["FIM_DIR_DATA"], "layers")
     print_lines(f"{i}:{la.offset}:{la.size}:{la.path}"
@@ -23,7 +23,7 @@ def _list(ctx: Context) -> None:
 
 
 def _add(ctx: Context, source: str) -> None:
-    from cli import image
+    from app import image
 
     image.check_writable(ctx.layout.path)
     try:
@@ -39,7 +39,7 @@ def _add(ctx: Context, source: str) -> None:
 def _add_url(ctx: Context, url: str) -> None:
     """Download the layer at ``url`` into DATA/tmp (by ranges, progress on a TTY), then
     append it as a file would be."""
-    from cli import image
+    from app import image
 
     layer = image.remote(url)
     tmp = os.path.join(os.environ["FIM_DIR_DATA"], "tmp", f"layer-{os.getpid()}.download")
@@ -71,7 +71,7 @@ def _commit(ctx: Context, args: list[str]) -> None:
         path, extra = extra[0], extra[1:]
     if extra:
         raise trailing("fim-layer commit", extra)
-    from cli import image, layercommit
+    from app import image, layercommit
 
     if mode == "BINARY":
         image.check_writable(ctx.layout.path)
@@ -94,7 +94,7 @@ def run(ctx: Context, args: list[str]) -> int:
         if len(args) != 3:
             raise UsageError("create requires exactly two arguments "
                              "(/path/to/dir /path/to/file.layer)")
-        from cli import layercommit
+        from app import layercommit
 
         layercommit.create(args[1], args[2])
     elif op == "COMMIT":

@@ -2,18 +2,18 @@
 
 ``fimfs`` (fim's in-process stack) is known besides FlatImage's three and is
 the default; ``show`` prints the backend in effect (FIM_OVERLAY, then the
-stored one, then the casefold fallback; see cli.boot.overlay_backend).
+stored one, then the casefold fallback; see app.session.overlay_backend).
 """
 
 from __future__ import annotations
 
+from app.config import OVERLAYS
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import editing, keyword
-from cli.config import OVERLAYS
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

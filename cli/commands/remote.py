@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from cli import log
+from app import log
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import editing, keyword
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 _NO_SPACE = "Not enough space to fit remote URL"
 #: The recipe repository FlatImage's official images ship with (spec 2.16); `fim build`

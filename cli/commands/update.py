@@ -1,16 +1,16 @@
 """`fim-update set URL|show|clear|run`: where the image's next version lives, and the
-delta update to it (cli.update). Like AppImage's update information, the URL is stored
+delta update to it (app.update). Like AppImage's update information, the URL is stored
 in the image's configuration."""
 
 from __future__ import annotations
 
-from cli import log
+from app import log
+from app.log import CommandError, UsageError, trailing
 from cli.commands.args import editing, keyword
-from cli.log import CommandError, UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 _NO_SPACE = "Not enough space to fit update URL"
 
@@ -24,7 +24,7 @@ def _set(ctx: Context, url: str) -> None:
 
 
 def _run(ctx: Context) -> None:
-    from cli import update
+    from app import update
 
     url = ctx.config.update
     if url is None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from app.log import UsageError, trailing
 from cli.commands.args import keyword, pretty_json
-from cli.log import UsageError, trailing
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
+    from app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

@@ -13,15 +13,13 @@ DwarFS reader is imported only when an image is opened).
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from cli.errors import FimError
+from app.errors import FimError
 
 if TYPE_CHECKING:
     from fimfs.dwarfs import DwarfsImage
-    from fimfs.vfs import Filesystem
 
 #: ``-o`` options understood by :func:`open_dwarfs`.
 IMAGE_OPTIONS = ("offset", "cachesize")
@@ -129,29 +127,3 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def read_chunks(fs: Filesystem, path: str, size: int) -> Iterator[bytes]:
-    """The ``size`` bytes of the regular file ``path``, in reads of up to 1 MiB
-    (:func:`fimfs.paths.read_chunks`).
-
-    A read error or data that ends early is a FimError naming ``path``.
-    """
-    from fimfs import paths
-
-    try:
-        fh = fs.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise FimError(f"{path}: {exc.strerror or exc}") from exc
-    try:
-        offset = 0
-        try:
-            for data in paths.read_chunks(fs, path, fh, size):
-                offset += len(data)
-                yield data
-        except OSError as exc:
-            raise FimError(f"{path}: read error: {exc.strerror or exc}") from exc
-        if offset < size:
-            raise FimError(f"{path}: data ends at byte {offset} of {size}")
-    finally:
-        fs.release(path, fh)

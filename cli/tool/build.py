@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from cli.errors import FimError
+from app.errors import FimError
 from cli.tool import size_arg
 from osutil import files
 
@@ -83,7 +83,7 @@ def _step(message: str) -> None:
 
 def _write_layer(root: str, layer: str, *, root_owned: bool) -> None:
     """The DwarFS layer of ``root``; ``root_owned`` stores every entry as 0:0."""
-    from cli.tool.create import ProgressBar
+    from app.progress import ProgressBar
     from fimfs.dwarfs.options import WriteOptions
     from fimfs.dwarfs.writer import write_image
 
@@ -116,7 +116,7 @@ def _sha256sum(path: str) -> str:
 def _finish(args: argparse.Namespace, layer: str, dist: str) -> int:
     """Write the image around ``layer``, with the official recipe remote set as
     upstream's build does (spec 2.16), and its checksum file."""
-    from cli import config, image
+    from app import config, image
     from cli.build import payload
     from cli.commands.remote import OFFICIAL
 

@@ -10,10 +10,11 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from cli.errors import FimError
+from app.errors import FimError
+from app.progress import ProgressBar
 
 if TYPE_CHECKING:
-    from fimfs.dwarfs.writer import Progress, WriteStats
+    from fimfs.dwarfs.writer import WriteStats
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,38 +78,6 @@ def _options(args: argparse.Namespace):  # noqa: ANN202 - WriteOptions, imported
         raise FimError(f"{args.header}: {e.strerror}") from None
     except ValueError as e:
         raise FimError(str(e), 2) from None
-
-
-class ProgressBar:
-    """tqdm progress on a TTY: entries while scanning, bytes while hashing and writing."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.phase = ""
-
-    def __call__(self, p: Progress) -> None:
-        from tqdm import tqdm
-
-        if p.phase != self.phase:
-            self.close()
-            self.phase = p.phase
-            if p.phase == "scan":
-                self.bar = tqdm(desc="scanning", unit=" entries", leave=False)
-            else:
-                self.bar = tqdm(desc="hashing" if p.phase == "hash" else "writing",
-                                total=p.bytes_total or None, unit="B", unit_scale=True,
-                                unit_divisor=1024, leave=False)
-        bar = self.bar
-        bar.n = p.files if p.phase == "scan" else p.bytes
-        if p.phase == "write":
-            bar.set_postfix_str(f"{p.files}/{p.files_total} files, ratio {p.ratio:.1%}",
-                                refresh=False)
-        bar.update(0)  # redraws when tqdm's refresh interval has passed
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _summary(s: WriteStats) -> str:

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from cli import image
+    from app import image
     from cli.build import payload
 
     rt = payload.build()
@@ -44,7 +44,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from cli import config, image
+    from app import config, image
 
     layout = image.read_layout(args.image)
     cfg = config.load(layout)

@@ -9,8 +9,9 @@ import sys
 from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
-from cli.errors import FimError
-from cli.tool import add_image_args, image_path, open_dwarfs, read_chunks
+from app.errors import FimError
+from app.extract import read_chunks
+from cli.tool import add_image_args, image_path, open_dwarfs
 from fimfs.paths import join, resolve, type_name
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 ``fim mount IMAGE MOUNTPOINT`` shows one image as it is, read-only.
 ``fim mount --layer A --layer B [--upper DIR] [--casefold] MOUNTPOINT`` serves the
-container stack of :mod:`cli.stack` (later layers on top; writable into DIR).
+container stack of :mod:`app.stack` (later layers on top; writable into DIR).
 The images are opened by the process that serves the mount (after the fork in
 background mode), so their block caches and prefetch threads live where they are used.
 """
@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cli.errors import FimError
+from app.errors import FimError
 from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
 from fimfs.remote import is_url
 
@@ -183,8 +183,8 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
 
 
 def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
-    """`fim mount --layer ... MOUNTPOINT`: the stack of cli.stack."""
-    from cli.stack import build_stack, check_sources
+    """`fim mount --layer ... MOUNTPOINT`: the stack of app.stack."""
+    from app.stack import build_stack, check_sources
 
     if args.mountpoint is not None:
         raise FimError("give either IMAGE or --layer, not both", 2)

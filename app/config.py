@@ -1,6 +1,6 @@
 """The typed configuration stored in an image's reserved space, edited in place, crash safe.
 
-The reserved space (R_SIZE bytes at R_OFF, see cli/image.py) holds two slots of
+The reserved space (R_SIZE bytes at R_OFF, see app/image.py) holds two slots of
 R_SIZE/2 bytes. A slot::
 
     0    8   b"FIMCONF\\x01"
@@ -21,7 +21,7 @@ the lock. Until the new header is complete the old slot wins, so a kill -9 or a
 power cut at any instant leaves the old or the new configuration. Readers take the
 shared lock, so they never see a slot being written. A configuration larger than a
 slot is refused before anything is written. The file is open for writing only during
-each write (cli.image.write_at): Linux cannot execute a file while it is.
+each write (app.image.write_at): Linux cannot execute a file while it is.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cli.image import (
+from app.image import (
     FimImageError,
     Layout,
     check_writable,
@@ -44,7 +44,7 @@ from cli.image import (
     remote_read,
     write_at,
 )
-from cli.log import CommandError
+from app.log import CommandError
 from sandbox.permissions import PERMISSIONS, UNSHARE
 
 OVERLAYS = ("fimfs", "bwrap", "overlayfs", "unionfs")  # fimfs: fim's in-process stack
@@ -257,7 +257,7 @@ def _write(fd: int, layout: Layout, cfg: Config, slot: int, generation: int) -> 
         raise ConfigTooLarge(size, slot_capacity(layout))
     offset = _slot_offset(layout, slot)
     # zeros over what the slot's last configuration held past this one: outside the
-    # slots' contents the reserved space stays zero (cli.update assumes so)
+    # slots' contents the reserved space stays zero (app.update assumes so)
     old = os.pread(fd, _HEADER.size, offset)
     stale = 0
     if len(old) == _HEADER.size:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cli.errors import FimError
+from app.errors import FimError
 from fimfs.remote import is_url
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ behind. xattrs other than the overlay's are not stored: DwarFS 2.5 has none.
 
 Crash safety, in this order: the layer is written to ``DATA/tmp/layer.tmp`` (a
 temporary name until complete, fsynced); then placed: appended to the image
-(:func:`cli.image.append_layer`: recorded only once its bytes are durable, a torn
+(:func:`app.image.append_layer`: recorded only once its bytes are durable, a torn
 append is ignored with a warning and overwritten by the next one) or linked under
 its final name (a copy, fsync and link across filesystems: never a partial file under
 that name); only then is the upper directory cleared. The clearing first removes a
@@ -35,14 +35,14 @@ import stat
 import sys
 import time
 
-from cli import log
-from cli.log import CommandError
+from app import log
+from app.log import CommandError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from cli.boot import Context
+    from app.session import Context
 
 LEVEL_VARIABLE = "FIM_COMPRESSION_LEVEL"
 DEFAULT_LEVEL = 7
@@ -160,7 +160,7 @@ def build(source: str, output: str, *, upper: bool = False) -> set[bytes]:
     opened: list[tuple[bytes, int]] = []
     bar = None
     if sys.stderr.isatty():
-        from cli.tool.create import ProgressBar
+        from app.progress import ProgressBar
 
         bar = ProgressBar()
     try:
@@ -360,7 +360,7 @@ def commit(ctx: Context, mode: str, path: str | None = None) -> None:
 
 
 def _commit(ctx: Context, mode: str, path: str | None) -> None:
-    from cli import image
+    from app import image
 
     data = os.environ["FIM_DIR_DATA"]
     root = os.path.join(data, "root")

@@ -14,16 +14,16 @@ import os
 import pwd
 import signal
 
-from cli import hostmount, log, timing
-from cli.expand import expand
-from cli.log import Fatal, UsageError
+from app import hostmount, log, timing
+from app.expand import expand
+from app.log import Fatal
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import BinaryIO
 
-    from cli.boot import Context
+    from app.session import Context
     from sandbox.bwrap import Identity, Sandbox
 
 #: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
@@ -41,7 +41,7 @@ def root_mode(ctx: Context, wants_root: bool) -> bool:
 
 
 def _expanded_env(ctx: Context, warn: bool = False) -> dict[str, str]:
-    """fim-env, with ``$NAME`` expanded from the caller's environment (cli.expand),
+    """fim-env, with ``$NAME`` expanded from the caller's environment (app.expand),
     without the entries no environment can hold (:func:`settable`; ``warn``: one error
     line for each)."""
     env = dict(os.environ)
@@ -118,7 +118,7 @@ class Instance:
         """Make the directory (run_program prunes the instances of killed runs once the
         mount daemon has started)."""
         try:
-            # APP is in a directory private to the user (cli.rundir): so is instance/
+            # APP is in a directory private to the user (app.rundir): so is instance/
             os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
             os.mkdir(self.path, 0o700)
             os.mkdir(self.mount, 0o700)
@@ -185,13 +185,13 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
                  layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
-    """The in-process stack (cli.stack) on the instance's mount point, served by a
+    """The in-process stack (app.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself while the run goes on preparing the
     sandbox (:meth:`_Root.wait` before bwrap starts)."""
     import functools
 
-    from cli.layers import log_overlay
-    from cli.stack import build_stack
+    from app.layers import log_overlay
+    from app.stack import build_stack
     from fimfs.errors import FimfsError
     from fimfs.fuse import mount, umount
 
@@ -232,10 +232,10 @@ def _work_dir() -> str:
 
 
 def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
-    """Without FUSE: the layers extracted into the per-user cache (cli.extractcache),
+    """Without FUSE: the layers extracted into the per-user cache (app.extractcache),
     stacked with the upper by bwrap's kernel overlay."""
-    from cli import extractcache
-    from cli.datadir import remove_work
+    from app import extractcache
+    from app.datadir import remove_work
     from sandbox import bwrap
 
     hostmount.extract_notice()
@@ -258,7 +258,7 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
     native dwarfs may serve them (FIM_DWARFS=native)."""
     import functools
 
-    from cli.layers import log_overlay
+    from app.layers import log_overlay
     from fimfs import external
 
     owner, _ = _owners(ident)
@@ -271,7 +271,7 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
                            gid=None if owner is None else owner[1])
     log_overlay((directory, None) for directory in stack.layer_dirs)
     def close() -> None:
-        from cli.datadir import remove_work
+        from app.datadir import remove_work
 
         stack.close()
         remove_work(work)  # FlatImage leaves DATA/work/<pid> behind
@@ -292,9 +292,9 @@ _DEBUG_NAMES = {"fimfs": "FIMFS", "overlayfs": "FUSE_OVERLAYFS", "unionfs": "UNI
 def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     """The container's root with the backend of this run (spec 11); a backend whose
     program is missing falls back to fim's own stack with one warning."""
-    from cli.boot import casefold_active
-    from cli.errors import FimError
-    from cli.layers import discover, log_mounting
+    from app.errors import FimError
+    from app.layers import discover, log_mounting
+    from app.session import casefold_active
     from fimfs.errors import FimfsError
 
     found = discover(ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)
@@ -336,7 +336,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
 def _remount_in_userns(ctx: Context, inst: Instance, ident: Identity,
                        layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """fusermount3 failed (a setuid helper the host does not honour): the same mount
-    again, in a user namespace of the run's own (cli.hostmount)."""
+    again, in a user namespace of the run's own (app.hostmount)."""
     from fimfs.errors import FimfsError
 
     hostmount.enter_userns()
@@ -493,7 +493,7 @@ def _child_pid(status: BinaryIO) -> int | None:
 
 def _runtime_base_tmpfs(app_bin: str) -> list[str]:
     """A tmpfs inside at the runtime's base directory when it is not under /tmp (a noexec
-    or squatted /tmp: cli.rundir), so that the mount points bwrap makes for the runtime
+    or squatted /tmp: app.rundir), so that the mount points bwrap makes for the runtime
     and instance binds are made there, not in the image's writable layer at every run."""
     base = os.path.dirname(os.path.dirname(os.path.dirname(app_bin)))  # BASE/app/BUILD/bin
     return [] if base.startswith("/tmp/") else ["--tmpfs", base]
@@ -564,7 +564,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
 
     The mount daemon is started as early as the stack can be described; what only the
     sandbox needs (its modules included) is prepared while the daemon opens the layers."""
-    from cli.layercommit import hold_run_lock
+    from app.layercommit import hold_run_lock
 
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
@@ -580,8 +580,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
         timing.mark("mounting")
-        from cli.datadir import prune_work
-        from cli.desktop import integrate
+        from app.datadir import prune_work
+        from app.desktop import integrate
         from sandbox import bwrap, janitor, portal
 
         janitor.prune(os.path.dirname(inst.path))  # the instances of killed runs
@@ -622,10 +622,3 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         inst.remove()
         timing.mark("cleaned")
     return code
-
-
-def run(ctx: Context, args: list[str]) -> int:
-    """`fim-exec PROGRAM ARGS...` and `fim-root PROGRAM ARGS...` (spec 2.3)."""
-    if not args:
-        raise UsageError(f"Incorrect number of arguments for {ctx.command}")
-    return run_program(ctx, args, wants_root=ctx.command == "fim-root")

@@ -54,7 +54,7 @@ def digest(path: str, offset: int, size: int) -> str:
 
 
 def _chunks(path: str, offset: int, size: int) -> Iterator[bytes]:
-    from cli.image import is_url, remote_read
+    from app.image import is_url, remote_read
 
     done = 0
     with contextlib.nullcontext() if is_url(path) else open(path, "rb") as f:
@@ -118,7 +118,7 @@ def _extract(path: str, offset: int, size: int, tree: str) -> None:
     written is ever used); progress on a terminal."""
     from contextlib import closing
 
-    from cli.tool.extract import extract_tree
+    from app.extract import extract_tree
     from fimfs.dwarfs import DwarfsImage
 
     cache, key = os.path.split(tree)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 
-from cli import image, log
-from cli.expand import expand
+from app import image, log
+from app.expand import expand
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from cli.image import Layout
+    from app.image import Layout
 
 
 class Found:
@@ -84,7 +84,7 @@ def split_list(value: str) -> list[str]:
 
 def _from_variable(value: str, environ: Mapping[str, str]) -> Iterator[str]:
     """The files and URLs FIM_LAYERS names (spec 10.2; ``$VAR`` expansion only, see
-    cli.expand)."""
+    app.expand)."""
     for element in split_list(expand(value, environ)):
         if image.is_url(element) or os.path.isfile(element):
             yield element

@@ -2,7 +2,7 @@
 
 The launcher unpacks the runtime payload (made by :mod:`cli.build.payload`) once per
 build id into ``BASE/app/<build-id>/`` (FIM_DIR_APP), ``BASE`` being a directory
-private to the user (:mod:`cli.rundir`: ``/tmp/fim-UID``, else ``$XDG_RUNTIME_DIR/fim``,
+private to the user (:mod:`app.rundir`: ``/tmp/fim-UID``, else ``$XDG_RUNTIME_DIR/fim``,
 else ``~/.cache/fim``): ``bin/`` (the static bash that starts programs in the sandbox;
 with the frozen runtime also fim itself and bwrap) and, for the python runtime,
 ``lib/`` (fim's packages). ``build.json`` holds the version, commit, build time and
@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from cli import rundir
+from app import rundir
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:

@@ -6,15 +6,15 @@
   containers): the run enters a user and mount namespace of its own
   (:mod:`sandbox.userns`), where libfuse mounts without the helper;
 * ``extract``: no usable ``/dev/fuse``: the layers are extracted into a per-user cache
-  (:mod:`cli.extractcache`) and stacked by bwrap's kernel overlay.
+  (:mod:`app.extractcache`) and stacked by bwrap's kernel overlay.
 """
 
 from __future__ import annotations
 
 import os
 
-from cli import log
-from cli.log import Fatal
+from app import log
+from app.log import Fatal
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:

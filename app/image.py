@@ -9,7 +9,7 @@ Layout (all offsets in bytes from the start of the file)::
     128      ...     the rest of the launcher: /bin/sh code that never returns
     P_OFF    P_SIZE  the runtime payload (cli/build/payload.py); P_OFF = 128 + launcher size
     ...              zero bytes up to R_OFF, the next multiple of 4096
-    R_OFF    R_SIZE  the reserved space: the config (cli/config.py); R_SIZE is a
+    R_OFF    R_SIZE  the reserved space: the config (app/config.py); R_SIZE is a
                      multiple of 4096 fixed at build time (default 4 MiB)
     R_OFF+R_SIZE     layer 0: u64 LE size S0, then S0 bytes of a DwarFS image
                      layer 1: u64 LE size S1, then S1 bytes ...
@@ -17,7 +17,7 @@ Layout (all offsets in bytes from the start of the file)::
 ``DIST`` is the distribution of the base layer (``FIM_DIST``); ``BUILD`` names
 the payload (16 hex digits of its SHA-256), so images that carry the same
 payload share one extraction directory ``BASE/app/BUILD`` per user (``BASE`` a
-directory private to the user: cli/rundir.py). The header line
+directory private to the user: app/rundir.py). The header line
 is a shell comment, so the launcher stays a valid script; the shell never reads
 past the launcher's final ``exec``.
 
@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from cli.log import CommandError
+from app.log import CommandError
 from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up

@@ -12,7 +12,7 @@ file is assembled in order, beside the image, from:
   of a local layer;
 - zeros (*assumed*) for the padding before the reserved space (by the format) and for
   the reserved space outside the slots' contents (a new image's is zero-filled, and
-  cli.config zeroes what a shorter configuration no longer covers);
+  app.config zeroes what a shorter configuration no longer covers);
 - the server for everything else (the launcher, the slots' contents, new sections).
 
 The result must have the SHA-256 published in ``URL.sha256sum`` (what `fim build`
@@ -31,8 +31,8 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 
-from cli import config, image
-from cli.log import CommandError
+from app import config, image
+from app.log import CommandError
 from osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
