@@ -126,12 +126,12 @@ class _Extractor:
             root.names = self._names(src)
             while stack:
                 top = stack[-1]
-                name = next(top.names, None)
-                if name is None:
+                following = next(top.names, None)
+                if following is None:
                     self._finish_dir(top)
                     os.close(stack.pop().fd)
                     continue
-                child = self._entry(top, name)
+                child = self._entry(top, following)
                 if child is not None:
                     stack.append(child)
             return self.stats

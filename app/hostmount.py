@@ -43,8 +43,8 @@ def enter_userns() -> None:
     try:
         userns.enter()
     except OSError as exc:
-        raise Fatal(f"fusermount3 is missing or unusable and {userns.blocked_reason(exc.errno)}"
-                    ) from None
+        reason = userns.blocked_reason(exc.errno or 0)
+        raise Fatal(f"fusermount3 is missing or unusable and {reason}") from None
     if not can_mount_directly():  # AppArmor's restriction: a namespace without capabilities
         from sandbox.bwrap import explain_failure
 

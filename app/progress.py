@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fimfs.dwarfs.writer import Progress
@@ -12,7 +12,7 @@ class ProgressBar:
     """tqdm progress on a TTY: entries while scanning, bytes while hashing and writing."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: Any = None  # a tqdm, imported when first drawn
         self.phase = ""
 
     def __call__(self, p: Progress) -> None:

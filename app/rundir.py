@@ -91,7 +91,7 @@ def choose(build: str, environ: Mapping[str, str], unpacked: Callable[[str], boo
             if executable(base) and unpacked(app):
                 return app
         usable.append(base)
-    skipped = []
+    skipped: list[str] = []
     for base in usable:
         if not claim(base):
             warn(_refused(base))

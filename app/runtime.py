@@ -22,11 +22,23 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 BUILD_INFO = "build.json"
+#: fim's packages under :func:`source_root`: what a runtime payload carries.
+PACKAGES = ("app", "cli", "fimfs", "sandbox", "osutil")
 
 
 def source_root() -> str:
     """The directory holding the packages (the payload's lib/ when run from an image)."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_bash() -> str:
+    """Debian's static bash, which every image carries as ``APP/bin/bash`` (spec 3.1)."""
+    from app.errors import FimError
+
+    for path in ("/bin/bash-static", "/usr/bin/bash-static"):
+        if os.path.isfile(path):
+            return path
+    raise FimError("images bundle a static bash: apt-get install bash-static")
 
 
 def build_info() -> dict[str, object]:

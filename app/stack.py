@@ -30,7 +30,7 @@ LayerSource = StrPath | tuple[StrPath, int] | tuple[StrPath, int, int]
 def _split(layer: LayerSource, offset: int | None) -> tuple[StrPath, int | None, int | None]:
     if not isinstance(layer, tuple):
         return layer, offset, None
-    return (layer[0], layer[1], layer[2] if len(layer) > 2 else None)  # type: ignore[misc]
+    return (layer[0], layer[1], layer[2] if len(layer) > 2 else None)
 
 
 def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:
@@ -111,7 +111,7 @@ def build_stack(
                 os.fspath(upper), owner_xattr=logical, create_owner=inside)
         except (FimfsError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise FimError(f"upper directory {os.fsdecode(upper)}: {reason}") from exc
+            raise FimError(f"upper directory {upper!s}: {reason}") from exc
     except BaseException:
         for fs in opened:
             fs.close()

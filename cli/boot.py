@@ -95,7 +95,7 @@ def main(image: str, argv: list[str], host: Host | None = None) -> int:
     """Run the image at ``image`` (a path, or a URL with ``host``) with the command line
     ``argv``; the exit code."""
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(errors="surrogateescape")  # type: ignore[attr-defined]
+        stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     log.configure(_levels(argv))
     try:
         code = _dispatch(image, argv, host)

@@ -35,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
     `fim mount` ~6 ms). The width is found the same way: $COLUMNS, the terminal, 80."""
 
     def _get_formatter(self) -> argparse.HelpFormatter:
-        return self.formatter_class(prog=self.prog, width=_columns() - 2)
+        formatter: type[argparse.HelpFormatter] = self.formatter_class  # type: ignore[assignment]
+        return formatter(prog=self.prog, width=_columns() - 2)
 
 
 def _columns() -> int:

@@ -219,7 +219,7 @@ def test_launch_line_with_a_background_command(tmp_path: Path) -> None:
     bwrap's pid), a builtin still runs, a missing program is still 127."""
     import shutil
 
-    from cli.build.payload import find_bash
+    from app.runtime import find_bash
     from sandbox.bwrap import RUN_PROGRAM, launch_line
 
     assert launch_line([]) == RUN_PROGRAM

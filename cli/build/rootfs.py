@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from typing import IO, Any
 
 from app.errors import FimError
 
@@ -149,18 +150,18 @@ def extract_tarball(path: str, dest: str) -> None:
     keeping owners (as root), modes, times and device nodes (as root). Members with
     absolute paths or ``..``, or under a symbolic link, are refused."""
     with open(path, "rb") as raw:
-        if raw.read(4) == _ZSTD_MAGIC:
+        zstd = raw.read(4) == _ZSTD_MAGIC
+        raw.seek(0)
+        if zstd:
             import zstandard
 
-            raw.seek(0)
-            stream = zstandard.ZstdDecompressor().stream_reader(raw)
-            mode = "r|"
+            stream: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw)
         else:
-            raw.seek(0)
-            stream, mode = raw, "r|*"
+            stream = raw
         try:
-            with tarfile.open(fileobj=stream, mode=mode) as tf:
-                extra = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+            with tarfile.open(fileobj=stream, mode="r|" if zstd else "r|*") as tf:
+                extra: dict[str, Any] = (
+                    {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {})
                 tf.extractall(dest, members=_safe_members(tf, dest), numeric_owner=True,
                               **extra)
         except tarfile.TarError as exc:

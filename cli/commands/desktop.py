@@ -21,6 +21,8 @@ from cli.commands.args import editing, keyword, pretty_json, print_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from app.session import Context
 
 ICON_LIMIT = 1 << 20  # an icon must be smaller than 1 MiB
@@ -51,8 +53,9 @@ def _read_setup(path: str) -> object:
         raise CommandError("Failed to deserialize json", _SETUP_FAILED) from None
 
 
-def _parse_setup(doc: object) -> tuple[Desktop, object]:
-    """The settings of a setup document and its raw ``icon`` field (None when absent)."""
+def _parse_setup(doc: Any) -> tuple[Desktop, object]:
+    """The settings of a setup document (parsed JSON, any shape) and its raw ``icon``
+    field (None when absent)."""
     try:
         name, categories = doc["name"], doc["categories"]
         integrations = doc.get("integrations", [])
@@ -64,7 +67,7 @@ def _parse_setup(doc: object) -> tuple[Desktop, object]:
         desktop = Desktop(name, sorted(set(categories)), _integrations(integrations))
     except (ValueError, TypeError, KeyError, AttributeError):
         raise CommandError("Failed to deserialize json", _SETUP_FAILED) from None
-    return desktop, doc.get("icon")  # type: ignore[union-attr]
+    return desktop, doc.get("icon")
 
 
 def _refuse(desktop: Desktop, failed: str) -> None:

@@ -44,8 +44,8 @@ def run(ctx: Context, args: list[str]) -> int:
             raise trailing("fim-env", args[1:])
         if op == "LIST":
             env = dict(os.environ)
-            pairs = sorted((expand(k, env), expand(v, env)) for k, v in ctx.config.env.items())
-            print_lines(f"{key}={value}" for key, value in pairs)
+            shown = sorted((expand(k, env), expand(v, env)) for k, v in ctx.config.env.items())
+            print_lines(f"{key}={value}" for key, value in shown)
         else:
             with editing(ctx) as cfg:
                 cfg.env.clear()

@@ -13,7 +13,7 @@ import argparse
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from app.errors import FimError
 from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
@@ -203,8 +203,9 @@ def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
         layers,
         upper,
         args.casefold,
-        cache_bytes=options.get("cachesize"),
-        offset=options.get("offset"),
+        # _parse_option made both ints (offset=auto: None)
+        cache_bytes=cast("int | None", options.get("cachesize")),
+        offset=cast("int | None", options.get("offset")),
         owner=args.owner,
         inside=args.inside,
     )

@@ -63,7 +63,7 @@ def host_app() -> str:
 
     from app import rundir
     from app.errors import FimError
-    from cli.build.payload import find_bash
+    from app.runtime import find_bash
 
     bash = find_bash()
     st = os.stat(bash)
