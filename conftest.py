@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from osutil import mounts
+from fim.osutil import mounts
 
 NATIVE_BIN = Path(__file__).resolve().parent.parent / "shared" / "native" / "bin"
 if NATIVE_BIN.is_dir() and str(NATIVE_BIN) not in os.environ.get("PATH", "").split(os.pathsep):

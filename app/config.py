@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from app.image import (
+from fim.app.image import (
     FimImageError,
     Layout,
     check_writable,
@@ -44,8 +44,8 @@ from app.image import (
     remote_read,
     write_at,
 )
-from app.log import CommandError
-from sandbox.permissions import PERMISSIONS, UNSHARE
+from fim.app.log import CommandError
+from fim.sandbox.permissions import PERMISSIONS, UNSHARE
 
 OVERLAYS = ("fimfs", "bwrap", "overlayfs", "unionfs")  # fimfs: fim's in-process stack
 DEFAULT_OVERLAY = "fimfs"

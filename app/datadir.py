@@ -152,7 +152,7 @@ def remove_work(path: str) -> None:
 
 def prune_work(data_dir: str) -> None:
     """Remove the work directories of runs that are gone (killed before their end)."""
-    from sandbox.instance import alive
+    from fim.sandbox.instance import alive
 
     work = os.path.join(data_dir, "work")
     try:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import subprocess
 
-from app import log
-from osutil import files
+from fim.app import log
+from fim.osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.config import Config, Desktop
-    from app.session import Context
+    from fim.app.config import Config, Desktop
+    from fim.app.session import Context
 
 ICON_SIZES = (16, 22, 24, 32, 48, 64, 96, 128, 256)
 _MIME_SUBTYPE_CHARS = frozenset(
@@ -349,7 +349,7 @@ def integrate(ctx: Context) -> None:
 
 
 def _integrate(ctx: Context) -> None:
-    from app.image import is_url
+    from fim.app.image import is_url
 
     if is_url(ctx.image):  # `fim run URL`: no file for a menu entry to start
         log.emit("D", "No desktop integration for a remote image", "desktop.py")

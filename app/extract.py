@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app.errors import FimError
-from fimfs.paths import join
+from fim.app.errors import FimError
+from fim.fimfs.paths import join
 
 if TYPE_CHECKING:
-    from fimfs.vfs import Attr, Filesystem
+    from fim.fimfs.vfs import Attr, Filesystem
 
 _HOLE_GRAIN = 64 << 10  # zero runs of this size (aligned) become holes in the output
 _ZEROS = bytes(_HOLE_GRAIN)
@@ -36,7 +36,7 @@ def read_chunks(fs: Filesystem, path: str, size: int) -> Iterator[bytes]:
 
     A read error or data that ends early is a FimError naming ``path``.
     """
-    from fimfs import paths
+    from fim.fimfs import paths
 
     try:
         fh = fs.open(path, os.O_RDONLY)

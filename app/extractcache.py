@@ -54,7 +54,7 @@ def digest(path: str, offset: int, size: int) -> str:
 
 
 def _chunks(path: str, offset: int, size: int) -> Iterator[bytes]:
-    from app.image import is_url, remote_read
+    from fim.app.image import is_url, remote_read
 
     done = 0
     with contextlib.nullcontext() if is_url(path) else open(path, "rb") as f:
@@ -118,8 +118,8 @@ def _extract(path: str, offset: int, size: int, tree: str) -> None:
     written is ever used); progress on a terminal."""
     from contextlib import closing
 
-    from app.extract import extract_tree
-    from fimfs.dwarfs import DwarfsImage
+    from fim.app.extract import extract_tree
+    from fim.fimfs.dwarfs import DwarfsImage
 
     cache, key = os.path.split(tree)
     for name in os.listdir(cache):  # of killed runs: the caller holds the key's lock

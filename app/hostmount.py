@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from app import log
-from app.log import Fatal
+from fim.app import log
+from fim.app.log import Fatal
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ FUSE, USERNS, EXTRACT = "fuse", "userns", "extract"
 
 def choose() -> str:
     """The way this run mounts, from what the host offers."""
-    from fimfs.fuse.mounttable import fuse_device_usable, helper_usable
+    from fim.fimfs.fuse.mounttable import fuse_device_usable, helper_usable
 
     if not fuse_device_usable():
         return EXTRACT
@@ -37,8 +37,8 @@ def choose() -> str:
 def enter_userns() -> None:
     """Enter the run's own user and mount namespace; a one-line Fatal when the host
     blocks user namespaces."""
-    from fimfs.fuse.mounttable import can_mount_directly
-    from sandbox import userns
+    from fim.fimfs.fuse.mounttable import can_mount_directly
+    from fim.sandbox import userns
 
     try:
         userns.enter()
@@ -46,7 +46,7 @@ def enter_userns() -> None:
         reason = userns.blocked_reason(exc.errno or 0)
         raise Fatal(f"fusermount3 is missing or unusable and {reason}") from None
     if not can_mount_directly():  # AppArmor's restriction: a namespace without capabilities
-        from sandbox.bwrap import explain_failure
+        from fim.sandbox.bwrap import explain_failure
 
         raise Fatal("fusermount3 is missing or unusable and the user namespace of this run "
                     f"has no capabilities: {explain_failure(os.getuid())}")

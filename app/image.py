@@ -46,12 +46,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from app.log import CommandError
-from osutil import files
+from fim.app.log import CommandError
+from fim.osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from fimfs.remote import RemoteFile
+    from fim.fimfs.remote import RemoteFile
 
 SHEBANG = b"#!/bin/sh\n"
 MAGIC = b"#FI\x01 fim"
@@ -153,8 +153,8 @@ def remote(url: str) -> RemoteFile:
     and process: its first request tells size and identity)."""
     f = _remotes.get(url)
     if f is None:
-        from fimfs.errors import FimfsError
-        from fimfs.remote import RemoteFile
+        from fim.fimfs.errors import FimfsError
+        from fim.fimfs.remote import RemoteFile
 
         try:
             f = RemoteFile(url)

@@ -35,14 +35,14 @@ import stat
 import sys
 import time
 
-from app import log
-from app.log import CommandError
+from fim.app import log
+from fim.app.log import CommandError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from app.session import Context
+    from fim.app.session import Context
 
 LEVEL_VARIABLE = "FIM_COMPRESSION_LEVEL"
 DEFAULT_LEVEL = 7
@@ -144,9 +144,9 @@ def _keeper(upper: bool, skipped: set[bytes],
 def build(source: str, output: str, *, upper: bool = False) -> set[bytes]:
     """Write ``source`` as a DwarFS layer to ``output`` with the spec's messages; the
     paths left out. ``upper``: ``source`` is an upper directory (module docstring)."""
-    from fimfs.dwarfs.options import WriteOptions
-    from fimfs.dwarfs.writer import write_image
-    from fimfs.errors import FimfsError
+    from fim.fimfs.dwarfs.options import WriteOptions
+    from fim.fimfs.dwarfs.writer import write_image
+    from fim.fimfs.errors import FimfsError
 
     log.info("Gathering files to compress...")
     if not os.path.lexists(source):
@@ -160,7 +160,7 @@ def build(source: str, output: str, *, upper: bool = False) -> set[bytes]:
     opened: list[tuple[bytes, int]] = []
     bar = None
     if sys.stderr.isatty():
-        from app.progress import ProgressBar
+        from fim.app.progress import ProgressBar
 
         bar = ProgressBar()
     try:
@@ -277,7 +277,7 @@ def _remove(remove: Callable[[bytes], None], path: bytes, what: str) -> bool:
 
 def _unopaque(path: bytes) -> bool:
     """Remove the opacity of the upper directory ``path``; False if it stays opaque."""
-    from fimfs import whiteout
+    from fim.fimfs import whiteout
 
     for name in whiteout.OPAQUE_XATTRS:
         try:
@@ -360,7 +360,7 @@ def commit(ctx: Context, mode: str, path: str | None = None) -> None:
 
 
 def _commit(ctx: Context, mode: str, path: str | None) -> None:
-    from app import image
+    from fim.app import image
 
     data = os.environ["FIM_DIR_DATA"]
     root = os.path.join(data, "root")

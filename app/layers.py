@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 
-from app import image, log
-from app.expand import expand
+from fim.app import image, log
+from fim.app.expand import expand
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from app.image import Layout
+    from fim.app.image import Layout
 
 
 class Found:

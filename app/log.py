@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from app.errors import FimError
+from fim.app.errors import FimError
 
 EXIT_FAILURE = 125  # every fim-level failure of an image exits with this
 LEVELS = "DIWEC"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fimfs.dwarfs.writer import Progress
+    from fim.fimfs.dwarfs.writer import Progress
 
 
 class ProgressBar:

@@ -14,17 +14,17 @@ import os
 import pwd
 import signal
 
-from app import hostmount, log, timing
-from app.expand import expand
-from app.log import Fatal
+from fim.app import hostmount, log, timing
+from fim.app.expand import expand
+from fim.app.log import Fatal
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import BinaryIO
 
-    from app.session import Context
-    from sandbox.bwrap import Identity, Sandbox
+    from fim.app.session import Context
+    from fim.sandbox.bwrap import Identity, Sandbox
 
 #: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
 #: to the program's process group directly; the run itself ignores them).
@@ -75,7 +75,7 @@ def identity(ctx: Context, root: bool, shell_default: str,
     environment, then the passwd database. A root caller outside root mode is ``root``
     with ``/root`` unless fim-env names a USER or HOME (docs/differences.md,
     "Identity of a root caller": upstream ignores them whenever the uid is 0)."""
-    from sandbox.bwrap import Identity
+    from fim.sandbox.bwrap import Identity
 
     env = _expanded_env(ctx)
     shell = env.get("SHELL") or shell_default
@@ -167,7 +167,7 @@ class _Root:
 
     def wait(self) -> None:
         """Return once the root is mounted (its daemon may still be opening the layers)."""
-        from fimfs.errors import FimfsError
+        from fim.fimfs.errors import FimfsError
 
         try:
             self._ready()
@@ -190,10 +190,10 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     sandbox (:meth:`_Root.wait` before bwrap starts)."""
     import functools
 
-    from app.layers import log_overlay
-    from app.stack import build_stack
-    from fimfs.errors import FimfsError
-    from fimfs.fuse import mount, umount
+    from fim.app.layers import log_overlay
+    from fim.app.stack import build_stack
+    from fim.fimfs.errors import FimfsError
+    from fim.fimfs.fuse import mount, umount
 
     owner, inside = _owners(ident)
     log_overlay((path, offset) for path, offset, _ in layers)
@@ -210,7 +210,7 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
         try:
             umount(inst.mount)
         except Exception:  # busy (a process of the sandbox lingers) or already gone
-            from sandbox import janitor
+            from fim.sandbox import janitor
 
             janitor.detach(inst.mount)
 
@@ -218,8 +218,8 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
 
 
 def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
-    from fimfs.dwarfs import DwarfsImage
-    from fimfs.owners import OwnerView
+    from fim.fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.owners import OwnerView
 
     return OwnerView(DwarfsImage.from_path(path, offset=offset, size=size), uid, gid)
 
@@ -234,9 +234,9 @@ def _work_dir() -> str:
 def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """Without FUSE: the layers extracted into the per-user cache (app.extractcache),
     stacked with the upper by bwrap's kernel overlay."""
-    from app import extractcache
-    from app.datadir import remove_work
-    from sandbox import bwrap
+    from fim.app import extractcache
+    from fim.app.datadir import remove_work
+    from fim.sandbox import bwrap
 
     hostmount.extract_notice()
     if casefold:
@@ -258,8 +258,8 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
     native dwarfs may serve them (FIM_DWARFS=native)."""
     import functools
 
-    from app.layers import log_overlay
-    from fimfs import external
+    from fim.app.layers import log_overlay
+    from fim.fimfs import external
 
     owner, _ = _owners(ident)
     work = _work_dir()
@@ -271,13 +271,13 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
                            gid=None if owner is None else owner[1])
     log_overlay((directory, None) for directory in stack.layer_dirs)
     def close() -> None:
-        from app.datadir import remove_work
+        from fim.app.datadir import remove_work
 
         stack.close()
         remove_work(work)  # FlatImage leaves DATA/work/<pid> behind
 
     if stack.root is None:  # bwrap builds the kernel overlay itself
-        from sandbox import bwrap
+        from fim.sandbox import bwrap
 
         overlay = bwrap.overlay_args(stack.layer_dirs, stack.upper, stack.work)
         return _Root(overlay, stack.mountpoints, close)
@@ -292,10 +292,10 @@ _DEBUG_NAMES = {"fimfs": "FIMFS", "overlayfs": "FUSE_OVERLAYFS", "unionfs": "UNI
 def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     """The container's root with the backend of this run (spec 11); a backend whose
     program is missing falls back to fim's own stack with one warning."""
-    from app.errors import FimError
-    from app.layers import discover, log_mounting
-    from app.session import casefold_active
-    from fimfs.errors import FimfsError
+    from fim.app.errors import FimError
+    from fim.app.layers import discover, log_mounting
+    from fim.app.session import casefold_active
+    from fim.fimfs.errors import FimfsError
 
     found = discover(ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)
     if not found:
@@ -318,7 +318,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
                               "fimfs", "run.py")
                 backend = "fimfs"
         if backend != "fimfs":
-            from fimfs.external import BackendMissing
+            from fim.fimfs.external import BackendMissing
 
             try:
                 return _mount_external(backend, inst, ident, layers, upper, casefold,
@@ -337,7 +337,7 @@ def _remount_in_userns(ctx: Context, inst: Instance, ident: Identity,
                        layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
     """fusermount3 failed (a setuid helper the host does not honour): the same mount
     again, in a user namespace of the run's own (app.hostmount)."""
-    from fimfs.errors import FimfsError
+    from fim.fimfs.errors import FimfsError
 
     hostmount.enter_userns()
     try:
@@ -368,7 +368,7 @@ class _Forwarder:
 
     def _forward(self, sig: int, _frame: object) -> None:
         if self.pid is None and self.init is not None:
-            from sandbox.bwrap import program_pid
+            from fim.sandbox.bwrap import program_pid
 
             self.pid = program_pid(self.init)
         if self.pid is not None:
@@ -395,7 +395,7 @@ class _Pipes:
     another identity gets bwrap's one-uid namespace, which bwrap can switch to)."""
 
     def __init__(self, root_inside: bool) -> None:
-        from sandbox import seccomp
+        from fim.sandbox import seccomp
 
         self.status_r, self.status_w = os.pipe()
         self.started_r, self.started_w = os.pipe()
@@ -403,7 +403,7 @@ class _Pipes:
         self.seccomp = _memfd("fim-seccomp", seccomp.program())
         self.userns: int | None = None
         if root_inside and os.getuid() == 0:
-            from sandbox import userns
+            from fim.sandbox import userns
 
             try:
                 self.userns = userns.identity_namespace()
@@ -445,7 +445,7 @@ def _run_bwrap(args: list[str], pipes: _Pipes) -> int:
     container's environment is in its hidden arguments)."""
     import subprocess  # here, after the mount daemon's fork: it costs a start ~5 ms
 
-    from sandbox.bwrap import explain_failure
+    from fim.sandbox.bwrap import explain_failure
 
     with _Forwarder() as fwd:
         try:
@@ -460,13 +460,13 @@ def _run_bwrap(args: list[str], pipes: _Pipes) -> int:
             child = fwd.init = _child_pid(status)
             code = proc.wait()
     if not pipes.started():
-        from sandbox.userns import can_create
+        from fim.sandbox.userns import can_create
 
         log.emit("C", explain_failure(os.getuid(), can_unshare=can_create), "run.py")
         return log.EXIT_FAILURE
     assert child is not None
     if code < 0:  # bwrap itself was killed (a terminal's SIGINT reaches its group too)
-        from osutil import procs
+        from fim.osutil import procs
 
         procs.wait_gone(child)  # the program, whose bwrap died
         return 128 - code
@@ -513,8 +513,8 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
              app_bin: str, root_args: list[str]) -> Sandbox:
     """The sandbox description: pid and IPC namespaces always (IPC shared with the
     xorg permission: MIT-SHM), the network one unless the permission."""
-    from sandbox import permissions
-    from sandbox.bwrap import Bind, Sandbox
+    from fim.sandbox import permissions
+    from fim.sandbox.bwrap import Bind, Sandbox
 
     host = permissions.Host(os.environ)
     perm_args, messages = permissions.permission_args(ctx.config.permissions, host,
@@ -546,7 +546,7 @@ def _root_up(root_fs: _Root, sb: Sandbox) -> _Root:
     """The root, mounted (:meth:`_Root.up`); a Fatal when the image's symbolic links
     would lead a mount point of the sandbox out of it (bwrap would create it on the
     host: sandbox.bwrap.escaping_mount_point)."""
-    from sandbox.bwrap import escaping_mount_point
+    from fim.sandbox.bwrap import escaping_mount_point
 
     mounted = root_fs.up()
     escaping = escaping_mount_point(sb)
@@ -564,7 +564,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
 
     The mount daemon is started as early as the stack can be described; what only the
     sandbox needs (its modules included) is prepared while the daemon opens the layers."""
-    from app.layercommit import hold_run_lock
+    from fim.app.layercommit import hold_run_lock
 
     app_bin = os.environ["FIM_DIR_APP_BIN"]
     shell = os.path.join(app_bin, "bash")
@@ -580,9 +580,9 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         timing.mark("mount")
         root_fs = _mount_root(ctx, inst, ident)
         timing.mark("mounting")
-        from app.datadir import prune_work
-        from app.desktop import integrate
-        from sandbox import bwrap, janitor, portal
+        from fim.app.datadir import prune_work
+        from fim.app.desktop import integrate
+        from fim.sandbox import bwrap, janitor, portal
 
         janitor.prune(os.path.dirname(inst.path))  # the instances of killed runs
         prune_work(os.environ["FIM_DIR_DATA"])  # and their work directories

@@ -15,25 +15,26 @@ import json
 import os
 import sys
 
-from app import rundir
+from fim.app import rundir
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 BUILD_INFO = "build.json"
-#: fim's packages under :func:`source_root`: what a runtime payload carries.
+#: The packages under ``fim`` in :func:`source_root`: what a runtime payload carries.
 PACKAGES = ("app", "cli", "fimfs", "sandbox", "osutil")
 
 
 def source_root() -> str:
-    """The directory holding the packages (the payload's lib/ when run from an image)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The directory holding the ``fim`` package (the payload's lib/ when run from an
+    image)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def find_bash() -> str:
     """Debian's static bash, which every image carries as ``APP/bin/bash`` (spec 3.1)."""
-    from app.errors import FimError
+    from fim.app.errors import FimError
 
     for path in ("/bin/bash-static", "/usr/bin/bash-static"):
         if os.path.isfile(path):

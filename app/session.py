@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 
-from app import log
-from app.log import Fatal
+from fim.app import log
+from fim.app.log import Fatal
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from app.config import Config
-    from app.image import Layout
+    from fim.app.config import Config
+    from fim.app.image import Layout
 
 #: FIM_DIR_GLOBAL and FIM_DIR_RUNTIME keep the spec's paths: they name the sandbox's
 #: view (its /tmp is private); the runtime itself is in a directory private to the
@@ -50,7 +50,7 @@ def casefold_active(cfg: Config, environ: Mapping[str, str]) -> bool:
 def overlay_backend(cfg: Config, environ: Mapping[str, str]) -> str:
     """The backend of this run: FIM_OVERLAY if it names one, else the stored one; bwrap's
     kernel overlay cannot casefold, so with casefold it becomes unionfs (and warns)."""
-    from app.config import OVERLAYS
+    from fim.app.config import OVERLAYS
 
     wanted = environ.get("FIM_OVERLAY", "")
     backend = wanted if wanted in OVERLAYS else cfg.overlay
@@ -62,8 +62,8 @@ def overlay_backend(cfg: Config, environ: Mapping[str, str]) -> str:
 
 def _export(image: str, data_dir: str, app: str | None) -> None:
     """The FIM_* variables of spec 7.2 that exist before a sandbox is started."""
-    from app.image import is_url
-    from app.runtime import app_dir
+    from fim.app.image import is_url
+    from fim.app.runtime import app_dir
 
     app = app or app_dir()
     pid = str(os.getpid())
@@ -85,8 +85,8 @@ def _export(image: str, data_dir: str, app: str | None) -> None:
 def locate(image: str, build: dict[str, object] | None) -> tuple[str, Layout, dict[str, object]]:
     """The image's real path (or URL), layout and build constants, exported (spec 8.1
     steps 1-2)."""
-    from app import runtime
-    from app.image import is_url, read_layout
+    from fim.app import runtime
+    from fim.app.image import is_url, read_layout
 
     path = image if is_url(image) else os.path.realpath(image)
     build = build or runtime.build_info()
@@ -105,7 +105,7 @@ def locate(image: str, build: dict[str, object] | None) -> tuple[str, Layout, di
 def prepare(command: str, path: str, layout: Layout, build: dict[str, object],
              host: Host | None) -> Context:
     """The data directory, the other FIM_* variables, the configuration (spec 8.1 step 3)."""
-    from app import config, datadir
+    from fim.app import config, datadir
 
     if host is not None and host.data and not os.environ.get("FIM_DIR_DATA"):
         data_dir, fallback = host.data, False

@@ -15,11 +15,11 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from app.errors import FimError
-from fimfs.remote import is_url
+from fim.app.errors import FimError
+from fim.fimfs.remote import is_url
 
 if TYPE_CHECKING:
-    from fimfs.vfs import Filesystem
+    from fim.fimfs.vfs import Filesystem
 
 StrPath = str | os.PathLike
 #: A layer: a DwarFS file, or ``(file, offset)`` / ``(file, offset, size)`` for one
@@ -88,11 +88,11 @@ def build_stack(
     how a host root reads the owners and modes an unprivileged run stored.
     Both None: the real owners, as they are on disk.
     """
-    from fimfs.casefold import CaseFold
-    from fimfs.dwarfs import DwarfsImage
-    from fimfs.errors import FimfsError
-    from fimfs.hostdir import HostDir
-    from fimfs.union import Union
+    from fim.fimfs.casefold import CaseFold
+    from fim.fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.errors import FimfsError
+    from fim.fimfs.hostdir import HostDir
+    from fim.fimfs.union import Union
 
     check_sources(layers, upper)
     kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
@@ -120,7 +120,7 @@ def build_stack(
     if casefold:
         stack = CaseFold(stack)
     if owner is not None:
-        from fimfs.owners import OwnerView
+        from fim.fimfs.owners import OwnerView
 
         stack = OwnerView(stack, owner[0], owner[1], inside=inside)
     return stack

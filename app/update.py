@@ -31,14 +31,14 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 
-from app import config, image
-from app.log import CommandError
-from osutil import files
+from fim.app import config, image
+from fim.app.log import CommandError
+from fim.osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from fimfs.dwarfs.sections import Section
-    from fimfs.remote import RemoteFile
+    from fim.fimfs.dwarfs.sections import Section
+    from fim.fimfs.remote import RemoteFile
 
 SUMS_SUFFIX = ".sha256sum"
 #: Bytes fetched per request of a large remote part.
@@ -68,8 +68,8 @@ class Result:
 
 def published_sum(url: str) -> str:
     """The SHA-256 in ``URL.sha256sum`` (sha256sum's format: digest, then the name)."""
-    from fimfs.errors import FimfsError
-    from fimfs.remote import get
+    from fim.fimfs.errors import FimfsError
+    from fim.fimfs.remote import get
 
     try:
         text = get(url + SUMS_SUFFIX, 4096).decode("ascii", "replace")
@@ -95,8 +95,8 @@ def _section_key(s: Section) -> tuple[object, ...]:
 
 def _local_sections(layout: image.Layout) -> dict[tuple[object, ...], int]:
     """Every checksummed section of the local layers, by header: its offset."""
-    from fimfs.dwarfs import sections
-    from fimfs.errors import FimfsError
+    from fim.fimfs.dwarfs import sections
+    from fim.fimfs.errors import FimfsError
 
     table: dict[tuple[object, ...], int] = {}
     f = sections.ImageFile(layout.path)
@@ -119,8 +119,8 @@ def _remote_sections(rf: RemoteFile, layer: image.Layer) -> list[Section] | None
     for the blocks the index lists), or None if it cannot be read as DwarFS."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fimfs.dwarfs import sections
-    from fimfs.errors import FimfsError
+    from fim.fimfs.dwarfs import sections
+    from fim.fimfs.errors import FimfsError
 
     try:
         listed = sections.read_layout(rf, layer.offset, layer.size).sections
@@ -251,7 +251,7 @@ def _fetch_assumed(pieces: list[Piece], rf: RemoteFile, out_fd: int,
 def run(layout: image.Layout, url: str) -> Result:
     """Update the image at ``layout`` to the version at ``url`` (see the module
     docstring); the old image stays whenever anything fails."""
-    from fimfs.remote import progress
+    from fim.fimfs.remote import progress
 
     path = layout.path
     old_fd = image.open_image_fd(path)

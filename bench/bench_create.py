@@ -20,7 +20,7 @@ import pytest
 
 from bench import corpus
 
-FIM = [sys.executable, "-m", "cli.fim", "create"]
+FIM = [sys.executable, "-m", "fim.cli.fim", "create"]
 # backend -> argv builder; "fim" (the default level 7) is what the others are compared to
 BUILDERS = {
     "fim": lambda src, out: [*FIM, src, out],

@@ -27,7 +27,7 @@ SIZE = 100 << 20
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("portal") / "app.flatimage"
-    subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o", str(out),
+    subprocess.run([sys.executable, "-m", "fim.cli.fim", "build", "blueprint", "-o", str(out),
                     "--runtime", "frozen"], check=True, capture_output=True)
     return out
 

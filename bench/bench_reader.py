@@ -51,7 +51,7 @@ def images(cache_dir: Path) -> dict[str, Path]:
     squash = cache_dir / f"{dwarfs.stem}.squashfs"
     if not squash.exists() or squash.stat().st_mtime < dwarfs.stat().st_mtime:
         subprocess.run(["rm", "-rf", str(tree)], check=True)
-        subprocess.run([sys.executable, "-m", "cli.fim", "extract", str(dwarfs), str(tree)],
+        subprocess.run([sys.executable, "-m", "fim.cli.fim", "extract", str(dwarfs), str(tree)],
                        check=True)
         subprocess.run(["mksquashfs", str(tree), str(squash), "-comp", "zstd", "-noappend",
                         "-quiet", "-no-progress"], check=True, stdout=subprocess.DEVNULL)

@@ -39,7 +39,7 @@ def _median(values: list[float]) -> float:
 
 
 def _fim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", *args], capture_output=True,
                           text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -92,7 +92,7 @@ def test_run_url(site: tuple[Nginx, str], tmp_path: Path, record) -> None:  # no
     size = app.stat().st_size
     url = f"{server.url}/app.flatimage"
     env = _env(tmp_path)
-    remote = [sys.executable, "-m", "cli.fim", "run", url, "fim-exec", "cat", target]
+    remote = [sys.executable, "-m", "fim.cli.fim", "run", url, "fim-exec", "cat", target]
     before = server.bytes_sent()
     first = _timed(remote, env)
     first_bytes = server.bytes_sent() - before
@@ -153,7 +153,7 @@ def _random_reads(fs, files: list[tuple[str, int]], n: int, seed: int) -> None: 
 @pytest.mark.parametrize("where", ["fim", "remote-cold", "remote-warm"])
 def test_random_4k_reads(site: tuple[Nginx, str], tmp_path: Path, benchmark, record,  # noqa: ANN001
                          monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    from fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.dwarfs import DwarfsImage
 
     server, _ = site
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.bwrap import find_bwrap
+from fim.sandbox.bwrap import find_bwrap
 
 BACKENDS = ["fimfs", "overlayfs", "unionfs", "bwrap"]
 ROUNDS = 5
@@ -39,12 +39,12 @@ def _median(values: list[float]) -> float:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("run")
     out = d / "app.flatimage"
-    subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o", str(out),
+    subprocess.run([sys.executable, "-m", "fim.cli.fim", "build", "blueprint", "-o", str(out),
                     "--runtime", "frozen"], check=True, capture_output=True)
     tree = d / "tree" / "usr" / "share"
     tree.mkdir(parents=True)
     shutil.copytree("/usr/share/doc", tree / "corpus", symlinks=True)
-    subprocess.run([sys.executable, "-m", "cli.fim", "create", str(d / "tree"),
+    subprocess.run([sys.executable, "-m", "fim.cli.fim", "create", str(d / "tree"),
                     str(d / "corpus.dwarfs")], check=True, capture_output=True)
     return out
 
@@ -90,7 +90,7 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm,
     against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`,
     and where the time of a run goes (cold and warm, from the run's own marks)."""
-    from app import image, runtime
+    from fim.app import image, runtime
 
     for unpacked in runtime.app_dirs(image.read_layout(str(app)).build_id, os.getuid(),
                                      os.environ):

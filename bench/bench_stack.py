@@ -80,7 +80,7 @@ def stack(cache_dir: Path) -> dict:
     layers = []
     for tree in (a, b):
         image = base / f"{tree.name}.dwarfs"
-        subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "4", str(tree),
+        subprocess.run([sys.executable, "-m", "fim.cli.fim", "create", "-l", "4", str(tree),
                         str(image)], check=True, stdout=subprocess.DEVNULL)
         layers.append(str(image))
     info = {"layers": layers, "files": files,
@@ -193,7 +193,7 @@ def root_layers(cache_dir: Path) -> list[Path]:
             (tree / "usr-share-doc" / d.name).mkdir(parents=True)
             (tree / "usr-share-doc" / d.name / "copyright").write_text(f"replaced {d.name}\n")
             (tree / "usr-share-doc" / d.name / "NEWS.fim").write_text("added\n" * 100)
-        subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "4", str(tree),
+        subprocess.run([sys.executable, "-m", "fim.cli.fim", "create", "-l", "4", str(tree),
                         str(small)], check=True, stdout=subprocess.DEVNULL)
     return [corpus, small]
 

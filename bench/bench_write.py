@@ -42,7 +42,7 @@ def layer(cache_dir: Path) -> list[Path]:
         tree = cache_dir / "write" / "base"
         (tree / "etc").mkdir(parents=True, exist_ok=True)
         (tree / "etc" / "hostname").write_text("fim\n")
-        subprocess.run([sys.executable, "-m", "cli.fim", "create", str(tree), str(image)],
+        subprocess.run([sys.executable, "-m", "fim.cli.fim", "create", str(tree), str(image)],
                        check=True, stdout=subprocess.DEVNULL)
     return [image]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-FIM = [sys.executable, "-m", "cli.fim"]
+FIM = [sys.executable, "-m", "fim.cli.fim"]
 
 
 def _wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:

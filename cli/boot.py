@@ -13,9 +13,9 @@ import importlib
 import os
 import sys
 
-from app import log, session, timing
-from app.log import CommandError, Fatal, UsageError
-from app.session import Host
+from fim.app import log, session, timing
+from fim.app.log import CommandError, Fatal, UsageError
+from fim.app.session import Host
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -23,24 +23,24 @@ if TYPE_CHECKING:
 
 # Every command FlatImage's parser knows; None: known, but this build cannot run it yet.
 COMMANDS: dict[str, str | None] = {
-    "fim-bind": "cli.commands.bind",
-    "fim-boot": "cli.commands.boot_program",
-    "fim-casefold": "cli.commands.switch",
-    "fim-desktop": "cli.commands.desktop",
-    "fim-env": "cli.commands.env",
-    "fim-exec": "cli.commands.exec",
-    "fim-help": "cli.commands.help",
-    "fim-instance": "cli.commands.instance",
-    "fim-layer": "cli.commands.layer",
-    "fim-notify": "cli.commands.switch",
-    "fim-overlay": "cli.commands.overlay",
-    "fim-perms": "cli.commands.namesets",
-    "fim-recipe": "cli.commands.recipe",
-    "fim-remote": "cli.commands.remote",
-    "fim-root": "cli.commands.exec",
-    "fim-unshare": "cli.commands.namesets",
-    "fim-update": "cli.commands.update",
-    "fim-version": "cli.commands.version",
+    "fim-bind": "fim.cli.commands.bind",
+    "fim-boot": "fim.cli.commands.boot_program",
+    "fim-casefold": "fim.cli.commands.switch",
+    "fim-desktop": "fim.cli.commands.desktop",
+    "fim-env": "fim.cli.commands.env",
+    "fim-exec": "fim.cli.commands.exec",
+    "fim-help": "fim.cli.commands.help",
+    "fim-instance": "fim.cli.commands.instance",
+    "fim-layer": "fim.cli.commands.layer",
+    "fim-notify": "fim.cli.commands.switch",
+    "fim-overlay": "fim.cli.commands.overlay",
+    "fim-perms": "fim.cli.commands.namesets",
+    "fim-recipe": "fim.cli.commands.recipe",
+    "fim-remote": "fim.cli.commands.remote",
+    "fim-root": "fim.cli.commands.exec",
+    "fim-unshare": "fim.cli.commands.namesets",
+    "fim-update": "fim.cli.commands.update",
+    "fim-version": "fim.cli.commands.version",
 }
 QUIET_COMMANDS = ("fim-exec", "fim-root")  # like the boot command: only C lines
 
@@ -72,7 +72,7 @@ def _dispatch(image: str, argv: list[str], host: Host | None) -> int:
         raise Fatal(*exc.messages, "Failed to start the image") from exc
     timing.mark("configured")
     if not command.startswith("fim-"):
-        from app import run
+        from fim.app import run
 
         return run.run_program(ctx, run.boot_program(ctx, argv), wants_root=False)
     module = COMMANDS[command]

@@ -14,17 +14,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.errors import FimError
+from fim.app.errors import FimError
 
 #: The tool modules and the subcommands each registers.
 _TOOLS = {
-    "cli.tool.inspect": ("ls", "cat", "info", "check"),
-    "cli.tool.extract": ("extract",),
-    "cli.tool.mount": ("mount", "umount"),
-    "cli.tool.image_file": ("image",),
-    "cli.tool.build": ("build",),
-    "cli.tool.create": ("create",),
-    "cli.tool.run": ("run",),
+    "fim.cli.tool.inspect": ("ls", "cat", "info", "check"),
+    "fim.cli.tool.extract": ("extract",),
+    "fim.cli.tool.mount": ("mount", "umount"),
+    "fim.cli.tool.image_file": ("image",),
+    "fim.cli.tool.build": ("build",),
+    "fim.cli.tool.create": ("create",),
+    "fim.cli.tool.run": ("run",),
 }
 
 
@@ -87,7 +87,7 @@ def _report(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `fim` with ``argv`` (default: the process arguments); returns the exit code."""
-    from fimfs.errors import FimfsError
+    from fim.fimfs.errors import FimfsError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv else None)
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        from app.log import silence_stdout
+        from fim.app.log import silence_stdout
 
         silence_stdout()
         return 141  # what a shell reports for a writer killed by SIGPIPE

@@ -31,16 +31,16 @@ if __name__ == "__main__":
     # the portal's dispatcher and guest daemon inside the sandbox (sandbox.portal)
     mode = os.environ.pop("FIM_PORTAL_MODE", None)
     if mode is not None:
-        from sandbox import portal
+        from fim.sandbox import portal
 
         sys.exit(portal.main(mode, sys.argv[1:]))
     if len(sys.argv) < 2:
         sys.stderr.write("C::launcher::usage: fim IMAGE [ARGS...] (started by the image)\n")
         sys.exit(125)
-    from app import timing
+    from fim.app import timing
 
     timing.mark("python", _entered)
-    from cli.boot import main
+    from fim.cli.boot import main
 
     timing.mark("imported")
     code = main(sys.argv[1], sys.argv[2:])

@@ -59,10 +59,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, TypeVar
 
-from fimfs.lru import SizedLRU
-from fimfs.paths import join, split_parent
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, fs_error, split_path
-from fimfs.wrapper import Wrapper
+from fim.fimfs.lru import SizedLRU
+from fim.fimfs.paths import join, split_parent
+from fim.fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, fs_error, split_path
+from fim.fimfs.wrapper import Wrapper
 
 #: Upper bound of the directory cache, in names (a name costs roughly 200 bytes).
 DEFAULT_CACHE_NAMES = 1 << 18

@@ -16,7 +16,7 @@ from . import whiteout as wh
 from .paths import read_chunks
 from .vfs import Attr, Filesystem
 
-log = logging.getLogger("fimfs.union")
+log = logging.getLogger("fim.fimfs.union")
 
 #: Bytes copied per read during copy-up; an all-zero chunk is skipped (left as a hole).
 COPY_CHUNK = 1 << 20

@@ -41,10 +41,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fimfs import fuse, servers
-from fimfs.errors import FimfsError
-from fimfs.remote import is_url
-from fimfs.vfs import Filesystem
+from fim.fimfs import fuse, servers
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.remote import is_url
+from fim.fimfs.vfs import Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def dwarfs_argv(image: str, offset: int, size: int, mountpoint: str, *,
 
 def image_size(path: str, offset: int) -> int:
     """The size of the DwarFS image at ``offset`` in ``path`` (what dwarfs' ``imagesize`` wants)."""
-    from fimfs.dwarfs import sections
+    from fim.fimfs.dwarfs import sections
 
     f = sections.open_source(path)
     try:
@@ -151,7 +151,7 @@ def image_size(path: str, offset: int) -> int:
 
 def default_open_layer(path: str, offset: int, size: int | None = None) -> Filesystem:
     """fim's DwarFS reader on the image at ``offset`` in ``path`` (``size`` bytes)."""
-    from fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.dwarfs import DwarfsImage
 
     return DwarfsImage.from_path(path, offset=offset, size=size)
 
@@ -348,8 +348,8 @@ def _bind(opener: OpenLayer, path: str, offset: int,
 
 def _casefold_over(directory: str) -> Callable[[], Filesystem]:
     def source() -> Filesystem:
-        from fimfs.casefold import CaseFold
-        from fimfs.hostdir import HostDir
+        from fim.fimfs.casefold import CaseFold
+        from fim.fimfs.hostdir import HostDir
 
         return CaseFold(HostDir(directory))
 

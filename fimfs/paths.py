@@ -12,10 +12,10 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from fimfs.vfs import fs_error
+from fim.fimfs.vfs import fs_error
 
 if TYPE_CHECKING:
-    from fimfs.vfs import Attr, Filesystem
+    from fim.fimfs.vfs import Attr, Filesystem
 
 #: Symlinks followed in one resolution before ELOOP (what Linux allows).
 MAX_SYMLINK_HOPS = 40

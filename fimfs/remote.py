@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from osutil import files
+from fim.osutil import files
 
 from .errors import FimfsError
 

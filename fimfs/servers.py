@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fimfs import fuse
-from fimfs.errors import FimfsError
-from fimfs.fuse.lifecycle import adopt_stdio
-from fimfs.vfs import Filesystem
+from fim.fimfs import fuse
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.fuse.lifecycle import adopt_stdio
+from fim.fimfs.vfs import Filesystem
 
 log = logging.getLogger(__name__)
 

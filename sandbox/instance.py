@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from sandbox import portal
+from fim.sandbox import portal
 
 
 class Instance(NamedTuple):

@@ -18,8 +18,8 @@ import shutil
 import signal
 from collections.abc import Sequence
 
-from osutil import mounts, procs
-from sandbox.instance import alive
+from fim.osutil import mounts, procs
+from fim.sandbox.instance import alive
 
 
 def detach(mountpoint: str) -> None:

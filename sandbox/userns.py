@@ -121,7 +121,7 @@ def can_create() -> bool:
 
 def blocked_reason(err: int) -> str:
     """One line naming why a user namespace could not be made (``err``: unshare's errno)."""
-    from sandbox.bwrap import explain_failure
+    from fim.sandbox.bwrap import explain_failure
 
     if err == errno.EINVAL:
         return "cannot create a user namespace: the process has threads"

@@ -50,7 +50,7 @@ def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed")
     out = tmp_path_factory.mktemp("debian") / "debian.flatimage"
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "debian", "--variant",
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", "build", "debian", "--variant",
                            "minbase", "-o", str(out)], capture_output=True, text=True,
                           timeout=3600)
     assert proc.returncode == 0, proc.stderr

@@ -39,7 +39,7 @@ def build_frozen_blueprint(directory: Path) -> Path:
     # PyInstaller's cache of this checkout: the per-user one is rewritten by any other
     # build at the same time (an empty index: "SyntaxError" in load_py_data_struct)
     env = {**os.environ, "PYINSTALLER_CONFIG_DIR": str(CACHE / "pyinstaller")}
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", "build", "blueprint", "-o",
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", "build", "blueprint", "-o",
                            str(out), "--runtime", "frozen"],
                           capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr

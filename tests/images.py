@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app import config, image, runtime
+from fim.app import config, image, runtime
 
 IMAGE_NAME = "app.flatimage"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -23,7 +23,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 def fim(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the `fim` tool; fails the test if it fails."""
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", *args], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from fimfs.vfs import Filesystem
+from fim.fimfs.vfs import Filesystem
 
 TESTDATA = Path(os.environ.get("FIM_TESTDATA",
                                Path(__file__).resolve().parents[2] / "shared" / "testdata"))

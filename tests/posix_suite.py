@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-FIM = [sys.executable, "-m", "cli.fim"]
+FIM = [sys.executable, "-m", "fim.cli.fim"]
 T0 = 1_600_000_000  # whole seconds: DwarFS keeps second resolution by default
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from app import image, runtime
-from cli.build import rootfs
-from cli.tool.build import compression_level
+from fim.app import image, runtime
+from fim.cli.build import rootfs
+from fim.cli.tool.build import compression_level
 from tests.images import run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.fim", "build", *args],
+    return subprocess.run([sys.executable, "-m", "fim.cli.fim", "build", *args],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
 
@@ -41,7 +41,7 @@ def extract_layer(img: Path, dest: Path) -> Path:
     """The one layer of ``img`` restored into ``dest``."""
     layers = image.list_layers(image.read_layout(str(img)))
     assert len(layers) == 1
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", "extract", "-o",
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", "extract", "-o",
                            f"offset={layers[0].offset}", str(img), str(dest)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.casefold import CaseFold
-from fimfs.dwarfs import DwarfsImage
-from fimfs.dwarfs.writer import write_image
-from fimfs.hostdir import HostDir
-from fimfs.union import Union
-from fimfs.vfs import RENAME_NOREPLACE, Filesystem
+from fim.fimfs.casefold import CaseFold
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.dwarfs.writer import write_image
+from fim.fimfs.hostdir import HostDir
+from fim.fimfs.union import Union
+from fim.fimfs.vfs import RENAME_NOREPLACE, Filesystem
 
 ROUNDS = 200  # of simultaneous creations
 NON_UTF8 = b"caf\xe9"  # Latin-1 "café": not valid UTF-8

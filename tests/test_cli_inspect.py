@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import fim
-from cli.tool import inspect as inspect_mod
+from fim.cli import fim
+from fim.cli.tool import inspect as inspect_mod
 
 from .manifest import BAD_IMAGES, DWARFS, MANIFEST_NAMES, image_path, load
 from .test_extract import DEFAULT, FIM, TreeFS, _attr, d, f

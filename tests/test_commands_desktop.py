@@ -179,8 +179,8 @@ def test_setup_errors(app: Path, tmp_path: Path) -> None:
 def test_hostile_stored_settings_are_refused(app: Path) -> None:
     """An author wrote the desktop settings into the reserved space directly, bypassing
     setup: dump and clean refuse them (runs write nothing: test_desktop_integration)."""
-    from app import config, image
-    from app.config import Desktop
+    from fim.app import config, image
+    from fim.app.config import Desktop
 
     with config.edit(image.read_layout(str(app))) as cfg:
         cfg.desktop = Desktop("Evil", ["Network\nExec=/bin/sh"], ["ENTRY"])

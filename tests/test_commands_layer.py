@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app import image
+from fim.app import image
 from tests.images import fails, make_layer, ok, run
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app import config
+from fim.app import config
 from tests.images import fails, ok, stored
 
 

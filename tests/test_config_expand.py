@@ -1,10 +1,10 @@
-"""app.expand: only $NAME and ${NAME} are expanded; nothing can run a host command."""
+"""fim.app.expand: only $NAME and ${NAME} are expanded; nothing can run a host command."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.expand import expand
+from fim.app.expand import expand
 
 ENV = {"HOME": "/home/u", "META": "NAME", "A_1": "x y", "EMPTY": ""}
 

@@ -1,4 +1,4 @@
-"""app.config: the two-slot store in the reserved space — round trips, crash points, torn
+"""fim.app.config: the two-slot store in the reserved space — round trips, crash points, torn
 writes, limits, and the format documented in the module docstring."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app import config, image
-from app.config import Bind, Boot, Config, ConfigError, ConfigTooLarge, Desktop
+from fim.app import config, image
+from fim.app.config import Bind, Boot, Config, ConfigError, ConfigTooLarge, Desktop
 
 LAUNCHER = "exit 0\n"
 
@@ -214,7 +214,7 @@ def test_a_read_only_image_cannot_be_edited(tmp_path: Path) -> None:
 
 def test_names_are_the_sandboxs() -> None:
     """One table of permission and unshare names: the sandbox's, in its order."""
-    from sandbox import permissions
+    from fim.sandbox import permissions
 
     assert config.PERMISSIONS is permissions.PERMISSIONS
     assert config.UNSHARE is permissions.UNSHARE

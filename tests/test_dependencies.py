@@ -24,12 +24,12 @@ def imported(source: str, package: tuple[str, ...]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name.removeprefix("fim.").split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: within the module's own library
                 found.add(package[0])
             elif node.module:
-                found.add(node.module.split(".")[0])
+                found.add(node.module.removeprefix("fim.").split(".")[0])
     return found
 
 

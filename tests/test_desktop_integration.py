@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from app import desktop, log
-from app.config import Config, Desktop
+from fim.app import desktop, log
+from fim.app.config import Config, Desktop
 
 ENTRY = """\
 [Desktop Entry]

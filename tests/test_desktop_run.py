@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app import image
+from fim.app import image
 from tests.containers import Runner
 from tests.test_desktop_integration import png
 from tests.test_recipe import Remote, recipe, serve
@@ -206,7 +206,7 @@ def test_hostile_stored_settings_write_no_file(runner: Runner) -> None:
     """An image whose author wrote a newline and ``Exec=`` into a stored category (the
     reserved space, bypassing setup): the run goes on, no file is written, one line says
     why (issue 20 item 6)."""
-    from app import config
+    from fim.app import config
 
     with config.edit(image.read_layout(str(runner.app))) as cfg:
         cfg.desktop = config.Desktop("Evil", ["Network\nExec=/bin/sh -c pwned"],

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fimfs.dwarfs import DwarfsImage, sections
-from fimfs.errors import FimfsError
+from fim.fimfs.dwarfs import DwarfsImage, sections
+from fim.fimfs.errors import FimfsError
 
 from .manifest import BAD_IMAGES, image_path
 
@@ -58,7 +58,7 @@ def _limited() -> None:
 
 
 def _fim_check(path) -> tuple[int, str, str]:
-    p = subprocess.run([sys.executable, "-m", "cli.fim", "check", "--full", str(path)],
+    p = subprocess.run([sys.executable, "-m", "fim.cli.fim", "check", "--full", str(path)],
                        capture_output=True, text=True, timeout=5, preexec_fn=_limited)
     return p.returncode, p.stdout, p.stderr
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fimfs.dwarfs import DwarfsImage
+from fim.fimfs.dwarfs import DwarfsImage
 
 from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_fs
 

@@ -4,7 +4,7 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from fimfs.dwarfs import DwarfsImage
+from fim.fimfs.dwarfs import DwarfsImage
 
 from .manifest import image_path
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from cli import fim
-from fimfs.dwarfs import DwarfsImage
-from fimfs.errors import UnsupportedError
+from fim.cli import fim
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.errors import UnsupportedError
 
 from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_dir, view_fs
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from fimfs.dwarfs import DwarfsImage, sections
+from fim.fimfs.dwarfs import DwarfsImage, sections
 
 from .manifest import compare, image_path, load, view_fs
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import external, servers
-from fimfs.dwarfs.writer import write_image
-from fimfs.errors import FimfsError
-from osutil import mounts
-from sandbox import bwrap
+from fim.fimfs import external, servers
+from fim.fimfs.dwarfs.writer import write_image
+from fim.fimfs.errors import FimfsError
+from fim.osutil import mounts
+from fim.sandbox import bwrap
 
 pytestmark = pytest.mark.fuse
 
@@ -205,7 +205,7 @@ def test_close_after_mounts_vanished(layers: list[tuple[str, int]],
 
 def test_fuse_overlayfs_upper_read_by_fim(layers: list[tuple[str, int]],
                                           dirs: dict[str, Path]) -> None:
-    from app.stack import build_stack
+    from fim.app.stack import build_stack
 
     need("fuse-overlayfs")
     with external.start("overlayfs", layers, str(dirs["upper"]), str(dirs["work"]),
@@ -235,7 +235,7 @@ def test_fuse_overlayfs_upper_read_by_fim(layers: list[tuple[str, int]],
 
 def test_fim_upper_read_by_fuse_overlayfs(layers: list[tuple[str, int]],
                                           dirs: dict[str, Path]) -> None:
-    from app.stack import build_stack
+    from fim.app.stack import build_stack
 
     need("fuse-overlayfs")
     fs = build_stack([p for p, _ in layers], dirs["upper"])
@@ -361,7 +361,7 @@ def test_native_missing_falls_back(layers: list[tuple[str, int]], dirs: dict[str
     path = [d for d in os.environ.get("PATH", "").split(":")
             if d and not os.path.exists(os.path.join(d, "dwarfs"))]
     monkeypatch.setenv("PATH", ":".join(path))
-    with caplog.at_level("WARNING", logger="fimfs.external"), external.start(
+    with caplog.at_level("WARNING", logger="fim.fimfs.external"), external.start(
             "unionfs", layers, str(dirs["upper"]), str(dirs["work"]), str(dirs["run"]),
             native=True) as stack:
         assert (Path(stack.root) / "etc/hostname").read_text() == "top\n"
@@ -411,7 +411,7 @@ def test_program_never_mounts_times_out(layers: list[tuple[str, int]], dirs: dic
 
 
 def test_layer_fails_tears_down(layers: list[tuple[str, int]], dirs: dict[str, Path]) -> None:
-    from fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.dwarfs import DwarfsImage
 
     need("fuse-overlayfs")
 
@@ -464,7 +464,7 @@ def test_servers_die_with_caller(layers: list[tuple[str, int]], dirs: dict[str, 
     need(external.PROGRAMS[backend])
     script = textwrap.dedent(f"""
         import signal, sys, time
-        from fimfs import external
+        from fim.fimfs import external
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by children: must be undone
         s = external.start({backend!r}, {layers!r}, {str(dirs['upper'])!r},
                            {str(dirs['work'])!r}, {str(dirs['run'])!r}, casefold=True)
@@ -505,7 +505,7 @@ def test_owner_options(layers: list[tuple[str, int]], dirs: dict[str, Path],
 def test_unionfs_upper_shared_with_fim(layers: list[tuple[str, int]],
                                        dirs: dict[str, Path]) -> None:
     """Files cross between unionfs-fuse and fim both ways; deletions do not (documented)."""
-    from app.stack import build_stack
+    from fim.app.stack import build_stack
 
     need("unionfs-fuse")
     with external.start("unionfs", layers, str(dirs["upper"]), str(dirs["work"]),

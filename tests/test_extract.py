@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import FimError
-from app.extract import extract_tree
-from cli import fim
-from cli.tool import extract as extract_mod
-from fimfs.vfs import Attr, Filesystem, fs_error
+from fim.app.errors import FimError
+from fim.app.extract import extract_tree
+from fim.cli import fim
+from fim.cli.tool import extract as extract_mod
+from fim.fimfs.vfs import Attr, Filesystem, fs_error
 
 from .manifest import DWARFS, MANIFEST_NAMES, compare, image_path, load, view_dir
 

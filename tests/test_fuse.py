@@ -1,4 +1,4 @@
-"""fimfs.fuse: the Filesystem -> FUSE adapter and the mount lifecycle, through real mounts.
+"""fim.fimfs.fuse: the Filesystem -> FUSE adapter and the mount lifecycle, through real mounts.
 
 ``TreeFS`` / ``WritableTreeFS`` below are test doubles for the adapter: small
 in-memory Filesystems with a few deliberately faulty entries. They exercise the
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import fuse
-from fimfs.errors import FimfsError, ImageError
-from fimfs.fuse.binding import libfuse_version
-from fimfs.vfs import Attr, Filesystem, StatFs, fs_error, split_path
+from fim.fimfs import fuse
+from fim.fimfs.errors import FimfsError, ImageError
+from fim.fimfs.fuse.binding import libfuse_version
+from fim.fimfs.vfs import Attr, Filesystem, StatFs, fs_error, split_path
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_600_000_000_123_456_789
@@ -294,7 +294,7 @@ def rw_mount(fuse_mountpoint: Path) -> Iterator[Path]:
 
 FOREGROUND_SCRIPT = """
 import sys
-from fimfs import fuse
+from fim.fimfs import fuse
 from tests.test_fuse import TreeFS
 fuse.mount(TreeFS(), sys.argv[1])
 """
@@ -514,8 +514,8 @@ def test_rename_flags_are_honoured_or_refused(rw_mount: Path) -> None:
 def test_casefold_unlink_through_another_spelling_is_seen_at_once(
     fuse_mountpoint: Path, tmp_path: Path
 ) -> None:
-    from fimfs.casefold import CaseFold
-    from fimfs.hostdir import HostDir
+    from fim.fimfs.casefold import CaseFold
+    from fim.fimfs.hostdir import HostDir
 
     (tmp_path / "upper").mkdir()
     fuse.mount(lambda: CaseFold(HostDir(str(tmp_path / "upper"))), str(fuse_mountpoint),
@@ -731,7 +731,7 @@ def test_import_does_not_load_libfuse() -> None:
 def test_stat_packer_writes_every_field_where_ctypes_puts_it() -> None:
     import ctypes
 
-    from fimfs.fuse import binding
+    from fim.fimfs.fuse import binding
 
     mfusepy = binding.load_mfusepy()
     fill = binding._stat_packer(mfusepy.c_stat, mfusepy.c_timespec)
@@ -752,7 +752,7 @@ def test_stat_packer_follows_another_architectures_field_order() -> None:
     the packer lays its values out by the fields' offsets, not by its own order."""
     import ctypes
 
-    from fimfs.fuse import binding
+    from fim.fimfs.fuse import binding
 
     class Timespec(ctypes.Structure):
         _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_long)]
@@ -781,7 +781,7 @@ def test_stat_packer_follows_another_architectures_field_order() -> None:
 def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
     import types
 
-    from fimfs.fuse import binding
+    from fim.fimfs.fuse import binding
 
     class Upstream:
         def _wrapper(self) -> None: ...
@@ -803,7 +803,7 @@ def test_binding_refuses_an_mfusepy_without_the_patched_methods() -> None:
 
 
 def test_callbacks_turn_bugs_into_eio_and_keep_errnos(caplog: pytest.LogCaptureFixture) -> None:
-    from fimfs.fuse.binding import call
+    from fim.fimfs.fuse.binding import call
 
     fs = TreeFS()
     ops = fuse.FuseOperations(fs)
@@ -875,7 +875,7 @@ def test_mount_options() -> None:
 
 
 def test_cli_arguments() -> None:
-    from cli.fim import build_parser
+    from fim.cli.fim import build_parser
 
     parser = build_parser()
     args = parser.parse_args(
@@ -889,7 +889,7 @@ def test_cli_arguments() -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.fim import main
+    from fim.cli.fim import main
 
     assert main(["umount", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"fim: {tmp_path} is not a mount point\n"
@@ -903,7 +903,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_mount_serves_an_image(
     name: str, fuse_mountpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cli.fim import main
+    from fim.cli.fim import main
     from tests.manifest import compare, image_path, load, view_dir
 
     try:
@@ -923,7 +923,7 @@ def test_cli_mount_serves_an_image(
 def test_cli_mount_reports_a_bad_image(
     fuse_mountpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cli.fim import main
+    from fim.cli.fim import main
 
     bad = tmp_path / "bad.img"
     bad.write_bytes(b"this is not an image" * 100)

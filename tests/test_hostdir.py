@@ -1,4 +1,4 @@
-"""fimfs.hostdir.HostDir: a host directory as a writable Filesystem, as a plain object."""
+"""fim.fimfs.hostdir.HostDir: a host directory as a writable Filesystem, as a plain object."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.hostdir import HostDir
+from fim.fimfs.hostdir import HostDir
 
 T1 = 1_500_000_000_123_456_789
 T2 = 1_600_000_000_987_654_321
@@ -191,9 +191,9 @@ def test_non_utf8_names(fs: HostDir) -> None:
 
 
 def test_flush_reports_errors_only_off_local_filesystems(tmp_path: Path) -> None:
-    from fimfs.fuse.adapter import FuseOperations
-    from fimfs.hostdir import LOCAL_FILESYSTEMS, _filesystem_type
-    from fimfs.union import Union
+    from fim.fimfs.fuse.adapter import FuseOperations
+    from fim.fimfs.hostdir import LOCAL_FILESYSTEMS, _filesystem_type
+    from fim.fimfs.union import Union
 
     fs = HostDir(tmp_path)
     assert fs.flush_reports_errors == (_filesystem_type(str(tmp_path)) not in LOCAL_FILESYSTEMS)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.build import frozen
+from fim.cli.build import frozen
 from tests import containers
 
 pytestmark = [

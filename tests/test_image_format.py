@@ -1,4 +1,4 @@
-"""app.image: the single-file layout, layer discovery, crash-safe appends, the launcher,
+"""fim.app.image: the single-file layout, layer discovery, crash-safe appends, the launcher,
 `fim image new|info`. The helpers the image tests share are in tests/images.py."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from app import image, runtime
-from app.image import FimImageError
-from cli.build import payload
+from fim.app import image, runtime
+from fim.app.image import FimImageError
+from fim.cli.build import payload
 from tests.containers import isolated
 from tests.images import (
     IMAGE_NAME,
@@ -182,7 +182,7 @@ def test_fim_image_new_and_info(tmp_path: Path, layers: list[Path]) -> None:
 def test_fim_image_new_refuses_a_bad_layer(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"x" * 100)
-    proc = subprocess.run([sys.executable, "-m", "cli.fim", "image", "new",
+    proc = subprocess.run([sys.executable, "-m", "fim.cli.fim", "image", "new",
                            str(tmp_path / "out"), "--layer", str(bogus)],
                           capture_output=True, text=True)
     assert proc.returncode == 125 and "is not a DwarFS image" in proc.stderr
@@ -193,7 +193,7 @@ def test_payload_is_extracted_once_per_build(app: Path) -> None:
     lib = unpacked(app) / "lib"
     ok(app, "fim-version", "short")
     first = lib.stat().st_ino
-    assert (lib / "cli" / "boot.py").is_file() and (lib / runtime.BUILD_INFO).is_file()
+    assert (lib / "fim" / "cli" / "boot.py").is_file() and (lib / runtime.BUILD_INFO).is_file()
     ok(app, "fim-version", "short")
     assert lib.stat().st_ino == first
 
@@ -260,7 +260,7 @@ def test_passes_over_a_runtime_directory_another_user_made(tmp_path: Path) -> No
     assert proc.stderr == (f"W::launcher::Not using {base}: not a private directory of uid "
                            f"{os.getuid()} (another user's, a symbolic link, or writable by "
                            "others)\n"), proc
-    assert (cache / "fim" / "app" / layout.build_id / "lib" / "cli" / "boot.py").is_file()
+    assert (cache / "fim" / "app" / layout.build_id / "lib" / "fim" / "cli" / "boot.py").is_file()
 
 
 def test_noexec_tmp_unpacks_into_the_cache(tmp_path: Path) -> None:

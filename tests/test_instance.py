@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from sandbox import portal
+from fim.sandbox import portal
 from tests.containers import Runner, image_pid, kill_group, pty_session, wait_for
 
 pytestmark = pytest.mark.fuse
@@ -39,7 +39,7 @@ _APP: dict[tuple[str, str], str] = {}
 
 def app_dir(runner: Runner) -> str:
     """FIM_DIR_APP of the runner's image (one per build: keyed by the build id)."""
-    from app import image
+    from fim.app import image
 
     key = (runner.who, image.read_layout(str(runner.app)).build_id)
     if key not in _APP:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from app import image
-from app.stack import build_stack
-from fimfs import whiteout
-from fimfs.dwarfs import DwarfsImage
+from fim.app import image
+from fim.app.stack import build_stack
+from fim.fimfs import whiteout
+from fim.fimfs.dwarfs import DwarfsImage
 from tests.images import fails, ok, run
 
 
@@ -72,7 +72,7 @@ def view(app: Path) -> dict[str, str]:
 
 
 def _discover(app: Path) -> list:
-    from app.layers import discover
+    from fim.app.layers import discover
 
     layout = image.read_layout(str(app))
     return discover(layout, str(data(app) / "layers"), {})

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from app import image
-from fimfs.dwarfs import DwarfsImage
+from fim.app import image
+from fim.fimfs.dwarfs import DwarfsImage
 from tests.containers import Runner, fim_mounts, image_pid, kill_group, wait_for
 
 pytestmark = pytest.mark.fuse

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fimfs.dwarfs import DwarfsImage, lookahead
-from fimfs.dwarfs.lookahead import TreeOrder
+from fim.fimfs.dwarfs import DwarfsImage, lookahead
+from fim.fimfs.dwarfs.lookahead import TreeOrder
 
 from .manifest import image_path
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fimfs.lru import SizedLRU
+from fim.fimfs.lru import SizedLRU
 
 
 def test_evicts_least_recently_used_until_the_new_value_fits() -> None:

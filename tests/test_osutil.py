@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from osutil import files, mounts, procs
+from fim.osutil import files, mounts, procs
 
 
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:

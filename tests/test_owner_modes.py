@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from app.stack import build_stack
-from fimfs.hostdir import OWNER_XATTR, HostDir
+from fim.app.stack import build_stack
+from fim.fimfs.hostdir import OWNER_XATTR, HostDir
 from tests.test_owners import USER, User, _bwrap, _layer, shared, user  # noqa: F401
 
 FAKE_EUID = 54321  # not root, and nobody's
@@ -184,9 +184,9 @@ def test_no_user_xattrs_means_real_modes(up: Path, monkeypatch: pytest.MonkeyPat
 
 VFS_SCRIPT = r"""
 import json, os, stat, sys
-from fimfs.dwarfs import DwarfsImage
-from fimfs.hostdir import HostDir
-from fimfs.union import Union
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.hostdir import HostDir
+from fim.fimfs.union import Union
 
 up, layer = sys.argv[1:3]
 u = Union(HostDir(up, owner_xattr=True, create_owner=(0, 0)), [DwarfsImage.from_path(layer)])
@@ -237,7 +237,7 @@ print(json.dumps(out))
 
 def _private_layer(dest: Path) -> Path:
     """A layer with a root-owned 0700 directory holding a 0000 file."""
-    from fimfs.dwarfs.writer import write_image
+    from fim.fimfs.dwarfs.writer import write_image
 
     src = dest / "private"
     (src / "priv").mkdir(parents=True)
@@ -309,7 +309,7 @@ def test_unprivileged_root_inside_mode_0(user: User, shared: Path) -> None:  # n
                      check=False)
     if probe.returncode != 0:
         pytest.skip(f"{USER} cannot create a user namespace: {probe.stderr.strip()}")
-    fim = [user.python, "-m", "cli.fim"]
+    fim = [user.python, "-m", "fim.cli.fim"]
     box = [bwrap, "--unshare-user", "--uid", "0", "--gid", "0", "--bind", str(mp), "/",
            "--proc", "/proc", "--dev", "/dev"]
     out = []

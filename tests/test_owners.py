@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from app.stack import build_stack
-from fimfs import fuse
-from fimfs.casefold import CaseFold
-from fimfs.hostdir import OWNER_XATTR, HostDir
-from fimfs.owners import OwnerView
-from fimfs.union import Union
+from fim.app.stack import build_stack
+from fim.fimfs import fuse
+from fim.fimfs.casefold import CaseFold
+from fim.fimfs.hostdir import OWNER_XATTR, HostDir
+from fim.fimfs.owners import OwnerView
+from fim.fimfs.union import Union
 from tests.containers import open_dev_fuse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def shared(user: User) -> Iterator[Path]:
 
 def _layer(dest: Path) -> Path:
     """A DwarFS layer of a tiny root-owned rootfs (static busybox when the host has one)."""
-    from fimfs.dwarfs.writer import write_image
+    from fim.fimfs.dwarfs.writer import write_image
 
     root = dest / "rootfs"
     for d in ("bin", "etc", "proc", "dev", "tmp"):
@@ -252,9 +252,9 @@ def _layer(dest: Path) -> Path:
 
 VFS_SCRIPT = r"""
 import errno, json, os, stat, sys
-from fimfs.dwarfs import DwarfsImage
-from fimfs.hostdir import OWNER_XATTR, HostDir
-from fimfs.union import Union
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.hostdir import OWNER_XATTR, HostDir
+from fim.fimfs.union import Union
 
 up, layer = sys.argv[1:3]
 u = Union(HostDir(up, owner_xattr=True, create_owner=(0, 0)), [DwarfsImage.from_path(layer)])
@@ -364,14 +364,14 @@ def test_unprivileged_root_inside_changes_etc(user: User, shared: Path) -> None:
                      check=False)
     if probe.returncode != 0:
         pytest.skip(f"{USER} cannot create a user namespace: {probe.stderr.strip()}")
-    user.run(user.python, "-m", "cli.fim", "mount", "--layer", str(layer), "--upper", str(up),
+    user.run(user.python, "-m", "fim.cli.fim", "mount", "--layer", str(layer), "--upper", str(up),
              "--owner", f"{user.uid}:{user.gid}", "--inside", "0:0", str(mp))
     try:
         inside = user.run(bwrap, "--unshare-user", "--uid", "0", "--gid", "0",
                           "--bind", str(mp), "/", "--proc", "/proc", "--dev", "/dev",
                           "sh", "-c", CONTAINER_SCRIPT)
     finally:
-        user.run(user.python, "-m", "cli.fim", "umount", str(mp), check=False)
+        user.run(user.python, "-m", "fim.cli.fim", "umount", str(mp), check=False)
     assert inside.stdout.split() == ["0:0", "0:0:600", "root:*:1::::::"]
     # As root on the host, the same stack without the view shows the stored owners.
     fs = build_stack([layer], up, inside=(0, 0))
@@ -391,7 +391,7 @@ def test_unprivileged_root_inside_changes_etc(user: User, shared: Path) -> None:
 
 
 def test_build_stack_wiring(tmp_path: Path) -> None:
-    from fimfs.dwarfs.writer import write_image
+    from fim.fimfs.dwarfs.writer import write_image
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src/f").write_bytes(b"x")
@@ -438,7 +438,7 @@ def test_refused_chown_without_user_xattrs(upper: Path, monkeypatch: pytest.Monk
 
 
 def test_fim_mount_owner_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.fim import main
+    from fim.cli.fim import main
 
     image, mp = tmp_path / "image", tmp_path / "mp"
     assert main(["mount", "--owner", "1:x", str(image), str(mp)]) == 2

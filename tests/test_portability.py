@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app import datadir
+from fim.app import datadir
 
 
 def test_beside_when_writable(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_prune_work_keeps_live_runs(tmp_path: Path) -> None:
 def test_host_bwrap_only_under_apparmor_restriction() -> None:
     """Ubuntu's AppArmor allows user namespaces to /usr/bin/bwrap only (mocked: this
     host has no AppArmor)."""
-    from app import hostmount
+    from fim.app import hostmount
 
     restricted = {hostmount.APPARMOR_USERNS: "1"}.get
     assert hostmount.host_bwrap(0, restricted) is None
@@ -70,7 +70,7 @@ def test_host_bwrap_only_under_apparmor_restriction() -> None:
 
 
 def test_explain_blocked_user_namespaces() -> None:
-    from sandbox.bwrap import USERNS_BLOCKED, explain_failure
+    from fim.sandbox.bwrap import USERNS_BLOCKED, explain_failure
 
     nothing = lambda _p: None  # noqa: E731
     assert explain_failure(1000, nothing, can_unshare=lambda: False) == USERNS_BLOCKED
@@ -80,7 +80,7 @@ def test_explain_blocked_user_namespaces() -> None:
 
 
 def test_extract_cache_prunes_least_recently_used(tmp_path: Path) -> None:
-    from app import extractcache
+    from fim.app import extractcache
 
     for age, key in enumerate(("old", "mid", "new")):
         (tmp_path / key / "d").mkdir(parents=True)
@@ -93,7 +93,7 @@ def test_extract_cache_prunes_least_recently_used(tmp_path: Path) -> None:
 
 
 def test_extract_cache_digest(tmp_path: Path) -> None:
-    from app import extractcache
+    from fim.app import extractcache
 
     f = tmp_path / "f"
     f.write_bytes(b"head" + b"layer" + b"tail")
@@ -111,7 +111,7 @@ def test_extract_cache_digest_of_a_url(tmp_path: Path, monkeypatch: pytest.Monke
     import http.server
     import threading
 
-    from app import extractcache
+    from fim.app import extractcache
 
     (tmp_path / "www").mkdir()
     f = tmp_path / "www" / "layer"

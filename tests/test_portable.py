@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app import image
-from cli.build import frozen
+from fim.app import image
+from fim.cli.build import frozen
 from tests import containers
 
 pytestmark = [

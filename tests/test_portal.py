@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import portal
+from fim.sandbox import portal
 from tests.containers import wait_for
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -219,8 +219,8 @@ def test_launch_line_with_a_background_command(tmp_path: Path) -> None:
     bwrap's pid), a builtin still runs, a missing program is still 127."""
     import shutil
 
-    from app.runtime import find_bash
-    from sandbox.bwrap import RUN_PROGRAM, launch_line
+    from fim.app.runtime import find_bash
+    from fim.sandbox.bwrap import RUN_PROGRAM, launch_line
 
     assert launch_line([]) == RUN_PROGRAM
     bash = find_bash()

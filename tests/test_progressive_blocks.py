@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.dwarfs import DwarfsImage, codecs, reader, sections, zstdstream
+from fim.fimfs.dwarfs import DwarfsImage, codecs, reader, sections, zstdstream
 
 from .manifest import image_path, load
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.dwarfs import DwarfsImage, reader
-from fimfs.errors import FimfsError
-from fimfs.fuse import adapter, lifecycle, umount
-from fimfs.hostdir import HostDir
-from fimfs.union import Union
-from fimfs.vfs import NO_HANDLE
+from fim.fimfs.dwarfs import DwarfsImage, reader
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.fuse import adapter, lifecycle, umount
+from fim.fimfs.hostdir import HostDir
+from fim.fimfs.union import Union
+from fim.fimfs.vfs import NO_HANDLE
 
 from .manifest import image_path
 
@@ -143,8 +143,8 @@ def big_dir_image(tmp_path: Path) -> Path:
     for i in range(3000):  # several READDIR pages of names
         (tree / f"file-with-a-longish-name-{i:05d}").write_text(str(i))
     out = tmp_path / "big.dwarfs"
-    subprocess.run([sys.executable, "-m", "cli.fim", "create", "-l", "1", str(tmp_path / "tree"),
-                    str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "fim.cli.fim", "create", "-l", "1",
+                    str(tmp_path / "tree"), str(out)], check=True, capture_output=True)
     return out
 
 
@@ -153,7 +153,7 @@ def test_read_only_listings_page_by_path_for_concurrent_readers(big_dir_image: P
                                                                  tmp_path: Path) -> None:
     mp = tmp_path / "mp"
     mp.mkdir()
-    subprocess.run([sys.executable, "-m", "cli.fim", "mount", str(big_dir_image), str(mp)],
+    subprocess.run([sys.executable, "-m", "fim.cli.fim", "mount", str(big_dir_image), str(mp)],
                    check=True)
     try:
         want = sorted(f"file-with-a-longish-name-{i:05d}" for i in range(3000))
@@ -217,7 +217,7 @@ def test_writable_stack_readers_send_no_flush_and_writers_do(tmp_path: Path) -> 
     upper.mkdir()
     log = tmp_path / "debug.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "mount", "--foreground",
+        proc = subprocess.Popen([sys.executable, "-m", "fim.cli.fim", "mount", "--foreground",
                                  "-o", "debug", "--layer", str(image_path("default")),
                                  "--upper", str(upper), str(mp)], stdout=out, stderr=out)
     try:
@@ -251,7 +251,7 @@ def test_read_only_mounts_send_no_open_nor_release(tmp_path: Path) -> None:
     image = image_path("default")
     want = _contents(image)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "mount", "--foreground",
+        proc = subprocess.Popen([sys.executable, "-m", "fim.cli.fim", "mount", "--foreground",
                                  "-o", "debug", str(image), str(mp)], stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
@@ -296,7 +296,7 @@ def test_libfuse_workers_keep_their_thread_state_and_read_exactly(tmp_path: Path
     """Each libfuse worker pins its Python thread state once (not one made and destroyed
     per request), up to the bound; reads through the mount, across blocks and holes, by
     concurrent readers, give the image's bytes."""
-    from fimfs.fuse import binding
+    from fim.fimfs.fuse import binding
 
     path = image_path("small-blocks")
     want = _contents(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app import image
+from fim.app import image
 from tests.images import fails, ok, run, with_reserved_size
 
 DIST = "rootfs"  # the template image's FIM_DIST, in lower case

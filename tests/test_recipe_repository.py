@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.commands.remote import OFFICIAL
+from fim.cli.commands.remote import OFFICIAL
 from tests.containers import Runner
 from tests.test_desktop_run import FAKE_APT, with_dist, xdg_env
 from tests.test_recipe import Remote, serve

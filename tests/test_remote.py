@@ -1,4 +1,4 @@
-"""fimfs.remote against real servers on loopback: nginx (ranges, ETag), Python's
+"""fim.fimfs.remote against real servers on loopback: nginx (ranges, ETag), Python's
 http.server (no ranges), a server that cuts bodies, one that stops mid-run."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import remote
-from fimfs.dwarfs import DwarfsImage
-from fimfs.remote import CHUNK, Cache, RemoteError, RemoteFile
-from fimfs.vfs import NO_HANDLE
+from fim.fimfs import remote
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.remote import CHUNK, Cache, RemoteError, RemoteFile
+from fim.fimfs.vfs import NO_HANDLE
 from tests.http_servers import CuttingServer, Nginx, PlainServer
 from tests.images import fim
 
@@ -256,7 +256,7 @@ def test_a_cut_body_is_retried_then_fails_with_eio(cache: Cache,
         assert info.value.errno == errno.EIO
         assert "connection lost" in str(info.value)
         assert server.requests == 1 + remote.ATTEMPTS
-        failed = [r for r in caplog.records if r.name == "fimfs.remote"]
+        failed = [r for r in caplog.records if r.name == "fim.fimfs.remote"]
         assert len(failed) == 1 and "read failed" in failed[0].getMessage(), failed
         assert time.monotonic() - start < 10
     finally:
@@ -284,7 +284,7 @@ def test_the_cache_stays_within_its_bound(tmp_path: Path) -> None:
 
 _READER = """
 import random, sys
-from fimfs.remote import Cache, RemoteFile
+from fim.fimfs.remote import Cache, RemoteFile
 url, cache, seed = sys.argv[1:]
 f = RemoteFile(url, Cache(cache))
 rng = random.Random(int(seed))
@@ -317,7 +317,7 @@ def test_two_processes_share_the_cache(served: tuple[Nginx, Path], tmp_path: Pat
     ("http://h/a:5/b", ["http://h/a", "5/b"]),  # a colon in a path is a separator
 ])
 def test_fim_layers_keeps_the_colons_of_urls(value: str, elements: list[str]) -> None:
-    from app.layers import split_list
+    from fim.app.layers import split_list
 
     assert split_list(value) == elements
 

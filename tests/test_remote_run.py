@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app import image
+from fim.app import image
 from tests.containers import BASE_PATH, USER, Runner, ensure_user, open_dev_fuse
 from tests.http_servers import Nginx, PlainServer
 from tests.images import fim, make_layer
@@ -83,7 +83,7 @@ class Caller:
     def argv(self, args: tuple[str, ...], env: dict[str, str] | None = None) -> list[str]:
         pairs = [f"{k}={v}" for k, v in self.env(env).items()]
         prefix = ["runuser", "-u", USER, "--"] if self.who == "user" else []
-        return [*prefix, "env", "-i", *pairs, self.python, "-m", "cli.fim", *args]
+        return [*prefix, "env", "-i", *pairs, self.python, "-m", "fim.cli.fim", *args]
 
     def fim(self, *args: str, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -284,7 +284,7 @@ def test_a_long_fetch_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     fim("build", "blueprint", "-o", str(app), "--runtime", "python")
     server = Nginx(www, tmp_path / "nginx")
     try:
-        argv = [sys.executable, "-m", "cli.fim", "run", str(app), "fim-layer", "add",
+        argv = [sys.executable, "-m", "fim.cli.fim", "run", str(app), "fim-layer", "add",
                 f"{server.url}/big.dwarfs"]
         pid, fd = pty.fork()
         if pid == 0:  # pragma: no cover - the child

@@ -280,8 +280,8 @@ def test_bwrap_failure_is_one_line(runner: Runner) -> None:
 def test_owners_set_inside_are_stored(runner: Runner) -> None:
     """Root inside a normal user's container owns the image; what it sets is stored for
     root on the host (docs/owners.md)."""
-    from app import image
-    from app.stack import build_stack
+    from fim.app import image
+    from fim.app.stack import build_stack
 
     runner.ok("fim-root", "sh", "-c", "echo x > /etc/new && chown 0:0 /etc/new && "
               "chmod 600 /etc/hosts")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app import image
+from fim.app import image
 from tests.containers import BASE_PATH, USER, Runner, ensure_user, isolated, workspace_runner
 
 ATTACKER = "nobody"
@@ -181,7 +181,7 @@ def test_the_callers_variables_reach_the_program(runner: Runner) -> None:
 
 
 def test_private_checks_with_lstat(tmp_path: Path) -> None:
-    from app import rundir
+    from fim.app import rundir
 
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
@@ -201,7 +201,7 @@ def test_private_checks_with_lstat(tmp_path: Path) -> None:
 
 
 def test_candidates_in_order(tmp_path: Path) -> None:
-    from app import rundir
+    from fim.app import rundir
 
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)

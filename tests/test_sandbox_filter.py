@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from sandbox import seccomp
-from sandbox.bwrap import Identity, Sandbox, command
+from fim.sandbox import seccomp
+from fim.sandbox.bwrap import Identity, Sandbox, command
 
 
 def _run(program: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> int:

@@ -1,4 +1,4 @@
-"""sandbox.permissions: bwrap arguments of the permissions and unshare options (spec 3.3, 4)."""
+"""fim.sandbox.permissions: bwrap arguments of the permissions and unshare options (spec 3.3, 4)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import pytest
 
-from sandbox.permissions import (
+from fim.sandbox.permissions import (
     GPU_HOST_DIR,
     PERMISSIONS,
     UNSHARE,

@@ -226,7 +226,7 @@ def test_stored_nul_adds_no_bwrap_option(runner: Runner) -> None:
     reads the environment NUL-separated from --args, so what follows a NUL would be
     bwrap options of the image's choosing (here a --setenv; a --bind, --overlay-src...
     alike). Such variables are left out, with one line each."""
-    from app import config, image
+    from fim.app import config, image
 
     with config.edit(image.read_layout(str(runner.app))) as cfg:
         cfg.env["X"] = "a\0--setenv\0INJECTED\0yes"

@@ -63,7 +63,7 @@ _HIDDEN = (
     "libfuse (without hard_remove) renames a file unlinked while open to .fuse_hiddenNNN "
     "and shows that name until the file is released; as close() releases asynchronously, "
     "even 'write, close, unlink' can leave one in a listing. Needs hard_remove in "
-    "fimfs.fuse and, for fstat of such a file, a getattr by handle in the vfs interface"
+    "fim.fimfs.fuse and, for fstat of such a file, a getattr by handle in the vfs interface"
 )
 #: Known departures from overlayfs semantics, expected to fail (strictly: a fix shows up
 #: as XPASS, which fails, so the entry gets removed).

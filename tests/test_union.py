@@ -1,4 +1,4 @@
-"""fimfs.union.Union as a plain object: real host upper directories, real DwarFS lowers.
+"""fim.fimfs.union.Union as a plain object: real host upper directories, real DwarFS lowers.
 
 Covers the overlayfs rules (topmost wins, merge, whiteouts and opaque directories in
 every layer and in both on-disk forms), copy-up, rename of files and directories across
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import copyup
-from fimfs import whiteout as wh
-from fimfs.dwarfs import DwarfsImage
-from fimfs.dwarfs.writer import write_image
-from fimfs.hostdir import HostDir
-from fimfs.union import Union
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
+from fim.fimfs import copyup
+from fim.fimfs import whiteout as wh
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.dwarfs.writer import write_image
+from fim.fimfs.hostdir import HostDir
+from fim.fimfs.union import Union
+from fim.fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem
 from tests.manifest import view_dir, view_fs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="devices, owners and trusted.* need root")

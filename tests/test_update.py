@@ -225,7 +225,7 @@ def test_leftovers_past_the_publishers_configuration_are_fetched(
         runner: Runner, site: Nginx, v2: tuple[Path, int]) -> None:
     """An image written by an older fim may hold bytes of an old configuration outside
     the slots' contents, where the update assumes zeros: fetched then, in place."""
-    from app import image
+    from fim.app import image
 
     served, url = publish(site, v2, f"leftovers-{runner.who}")
     layout = image.read_layout(str(served))

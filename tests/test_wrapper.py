@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.stack import build_stack
-from fimfs.casefold import CaseFold
-from fimfs.dwarfs.writer import write_image
-from fimfs.owners import OwnerView
-from fimfs.vfs import Filesystem, StatFs
+from fim.app.stack import build_stack
+from fim.fimfs.casefold import CaseFold
+from fim.fimfs.dwarfs.writer import write_image
+from fim.fimfs.owners import OwnerView
+from fim.fimfs.vfs import Filesystem, StatFs
 
 #: Enumerated from the vfs, so a flag added there is covered here.
 FLAGS = [name for name, value in vars(Filesystem).items() if isinstance(value, bool)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs.fuse import umount
+from fim.fimfs.fuse import umount
 
 from .containers import Runner
 from .manifest import image_path
@@ -31,7 +31,7 @@ def debug_mount(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     mp.mkdir()
     upper.mkdir()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "mount", "--foreground",
+        proc = subprocess.Popen([sys.executable, "-m", "fim.cli.fim", "mount", "--foreground",
                                  "-o", "debug", "--layer", str(image_path("default")),
                                  "--upper", str(upper), str(mp)], stdout=out, stderr=out)
     try:

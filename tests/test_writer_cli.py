@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from cli import fim
-from fimfs.dwarfs import DwarfsImage, codecs, sections
-from fimfs.dwarfs.options import WriteOptions
-from fimfs.dwarfs.writer import Progress, write_image
-from fimfs.errors import FimfsError
+from fim.cli import fim
+from fim.fimfs.dwarfs import DwarfsImage, codecs, sections
+from fim.fimfs.dwarfs.options import WriteOptions
+from fim.fimfs.dwarfs.writer import Progress, write_image
+from fim.fimfs.errors import FimfsError
 from tests.manifest import compare, manifest_of_dir, view_dir, view_fs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_progress_on_a_terminal(src: Path, tmp_path: Path) -> None:
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     out = tmp_path / "o.dwarfs"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "create", str(src), str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "fim.cli.fim", "create", str(src), str(out)],
                             cwd=REPO, stdin=secondary, stdout=secondary, stderr=secondary)
     os.close(secondary)
     seen = b""
@@ -249,7 +249,7 @@ def test_bad_arguments(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
 
 def fim_cli(*argv: str, caps: bool = False) -> subprocess.CompletedProcess:
     """`fim create` in a child; ``caps`` False drops root's power to ignore permissions."""
-    cmd = [sys.executable, "-m", "cli.fim", "create", *argv]
+    cmd = [sys.executable, "-m", "fim.cli.fim", "create", *argv]
     if not caps:
         drop = "-dac_override,-dac_read_search"
         cmd = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *cmd]
@@ -318,7 +318,7 @@ def test_interrupt_leaves_nothing(sig: int, tmp_path: Path) -> None:
     (s / "data").write_bytes(TEXT * 40)  # lzma -9 takes seconds on this
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.fim", "create", str(s),
+    proc = subprocess.Popen([sys.executable, "-m", "fim.cli.fim", "create", str(s),
                              str(out_dir / "image.dwarfs"), "-l", "9"],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     _wait_for_temp(out_dir, proc)

@@ -12,9 +12,9 @@ from array import array
 
 import pytest
 
-from fimfs.dwarfs import codecs, idl, sections
-from fimfs.dwarfs import frozen_decode as frozen
-from fimfs.dwarfs import frozen_encode as freeze
+from fim.fimfs.dwarfs import codecs, idl, sections
+from fim.fimfs.dwarfs import frozen_decode as frozen
+from fim.fimfs.dwarfs import frozen_encode as freeze
 from tests.manifest import DWARFS
 
 NATIVE = sorted((DWARFS / "native").glob("*.dwarfs"))

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fimfs.dwarfs import DwarfsImage
-from fimfs.dwarfs.filedata import RECURRING, order
-from fimfs.dwarfs.options import WriteOptions
-from fimfs.dwarfs.scan import FileData
-from fimfs.dwarfs.writer import write_image
+from fim.fimfs.dwarfs import DwarfsImage
+from fim.fimfs.dwarfs.filedata import RECURRING, order
+from fim.fimfs.dwarfs.options import WriteOptions
+from fim.fimfs.dwarfs.scan import FileData
+from fim.fimfs.dwarfs.writer import write_image
 from tests.manifest import compare, manifest_of_dir, view_dir, view_fs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="devices and owners need root")
@@ -196,7 +196,7 @@ def test_generated_trees_round_trip(entries: list[Entry], level: int, bits: int,
 # -- FUSE ---------------------------------------------------------------------------------
 
 def _fuse_round_trip(entries: list[Entry], opts: WriteOptions) -> None:
-    from fimfs import fuse
+    from fim.fimfs import fuse
 
     with image_of(entries, opts) as (src, out), tempfile.TemporaryDirectory() as mnt:
         fuse.mount(lambda: DwarfsImage.from_path(out), mnt, foreground=False,

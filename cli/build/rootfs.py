@@ -17,7 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from app.errors import FimError
+from fim.app.errors import FimError
 
 # directory -> mode; created when missing
 SKELETON_DIRS = {

@@ -7,12 +7,12 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from app import config
-from app.log import CommandError
+from fim.app import config
+from fim.app.log import CommandError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 NO_SPACE = "Not enough space to fit json data"
 

@@ -8,14 +8,14 @@ as plain binds, spec 18.1 item 2), and bindings keep their numeric order
 
 from __future__ import annotations
 
-from app import log
-from app.config import BIND_TYPES, Bind
-from app.log import UsageError
-from cli.commands.args import editing, keyword, pretty_json
+from fim.app import log
+from fim.app.config import BIND_TYPES, Bind
+from fim.app.log import UsageError
+from fim.cli.commands.args import editing, keyword, pretty_json
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from app.log import UsageError, trailing
-from cli.commands.args import editing, keyword, pretty_json
+from fim.app.log import UsageError, trailing
+from fim.cli.commands.args import editing, keyword, pretty_json
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 DEFAULT_PROGRAM = "bash"
 

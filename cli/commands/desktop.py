@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 import os
 
-from app.config import INTEGRATIONS, Desktop
-from app.desktop import clean, entry, mimetype, problem
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import editing, keyword, pretty_json, print_lines
+from fim.app.config import INTEGRATIONS, Desktop
+from fim.app.desktop import clean, entry, mimetype, problem
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import editing, keyword, pretty_json, print_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from app.session import Context
+    from fim.app.session import Context
 
 ICON_LIMIT = 1 << 20  # an icon must be smaller than 1 MiB
 _ICON_TYPES = {".svg": "svg", ".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
-from app import log
-from app.expand import expand
-from app.log import UsageError, trailing
-from cli.commands.args import editing, keyword, print_lines
+from fim.app import log
+from fim.app.expand import expand
+from fim.app.log import UsageError, trailing
+from fim.cli.commands.args import editing, keyword, print_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def _assignments(args: list[str]) -> dict[str, str]:

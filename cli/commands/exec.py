@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from app.log import UsageError
-from app.run import run_program
+from fim.app.log import UsageError
+from fim.app.run import run_program
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

@@ -9,11 +9,11 @@ Deliberate differences: the general help goes to stdout like the others
 
 from __future__ import annotations
 
-from app.log import UsageError
+from fim.app.log import UsageError
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 BANNER = "Flatimage - Portable Linux Applications\n"
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 
-from app import log
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import keyword, print_lines
+from fim.app import log
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import keyword, print_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:
-    from sandbox import instance, portal
+    from fim.sandbox import instance, portal
 
     if not args:
         raise UsageError("Missing op for 'fim-instance' (<exec|list>)")

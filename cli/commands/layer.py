@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 
-from app import log
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import keyword, print_lines
+from fim.app import log
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import keyword, print_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def _list(ctx: Context) -> None:
-    from app.layers import discover
+    from fim.app.layers import discover
 
     layers_dir = os.path.join(os.environ["FIM_DIR_DATA"], "layers")
     print_lines(f"{i}:{la.offset}:{la.size}:{la.path}"
@@ -23,7 +23,7 @@ def _list(ctx: Context) -> None:
 
 
 def _add(ctx: Context, source: str) -> None:
-    from app import image
+    from fim.app import image
 
     image.check_writable(ctx.layout.path)
     try:
@@ -39,7 +39,7 @@ def _add(ctx: Context, source: str) -> None:
 def _add_url(ctx: Context, url: str) -> None:
     """Download the layer at ``url`` into DATA/tmp (by ranges, progress on a TTY), then
     append it as a file would be."""
-    from app import image
+    from fim.app import image
 
     layer = image.remote(url)
     tmp = os.path.join(os.environ["FIM_DIR_DATA"], "tmp", f"layer-{os.getpid()}.download")
@@ -71,7 +71,7 @@ def _commit(ctx: Context, args: list[str]) -> None:
         path, extra = extra[0], extra[1:]
     if extra:
         raise trailing("fim-layer commit", extra)
-    from app import image, layercommit
+    from fim.app import image, layercommit
 
     if mode == "BINARY":
         image.check_writable(ctx.layout.path)
@@ -94,7 +94,7 @@ def run(ctx: Context, args: list[str]) -> int:
         if len(args) != 3:
             raise UsageError("create requires exactly two arguments "
                              "(/path/to/dir /path/to/file.layer)")
-        from app import layercommit
+        from fim.app import layercommit
 
         layercommit.create(args[1], args[2])
     elif op == "COMMIT":

@@ -6,13 +6,13 @@ sets them all, spec 18.1 item 1).
 
 from __future__ import annotations
 
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import comma_list, editing, keyword, print_lines
-from sandbox.permissions import PERMISSIONS, UNSHARE
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import comma_list, editing, keyword, print_lines
+from fim.sandbox.permissions import PERMISSIONS, UNSHARE
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 class _Words:

@@ -7,13 +7,13 @@ stored one, then the casefold fallback; see app.session.overlay_backend).
 
 from __future__ import annotations
 
-from app.config import OVERLAYS
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import editing, keyword
+from fim.app.config import OVERLAYS
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import editing, keyword
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 
 def run(ctx: Context, args: list[str]) -> int:

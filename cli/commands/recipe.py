@@ -21,16 +21,16 @@ import json
 import os
 import re
 
-from app import log
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import keyword
-from osutil import files
+from fim.app import log
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import keyword
+from fim.osutil import files
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from app.session import Context
+    from fim.app.session import Context
 
 RECIPE_LIMIT = 1 << 20  # bytes a recipe may have
 TIMEOUT = 30  # seconds, per connection step
@@ -286,9 +286,9 @@ def _info(ctx: Context, names: list[str]) -> int:
 
 def _managers_in(ctx: Context) -> set[str]:
     """The package managers the image has (in its layers or its writable upper)."""
-    from app.errors import FimError
-    from app.layers import discover
-    from app.stack import build_stack
+    from fim.app.errors import FimError
+    from fim.app.layers import discover
+    from fim.app.stack import build_stack
 
     layers = [(f.path, f.offset) for f in discover(ctx.layout, os.environ["FIM_DIR_LAYERS"],
                                                    os.environ)]
@@ -341,7 +341,7 @@ def with_network(ctx: Context) -> Context:
     """``ctx`` with the ``network`` permission added for one run (nothing stored)."""
     import copy
 
-    from app.session import Context
+    from fim.app.session import Context
 
     cfg = copy.copy(ctx.config)
     cfg.permissions = {*ctx.config.permissions, "network"}
@@ -373,7 +373,7 @@ def _install(ctx: Context, names: list[str]) -> int:
     packages = list(dict.fromkeys(p for r in recipes for p in r.packages))
     code = 0
     if packages:
-        from app.run import run_program
+        from fim.app.run import run_program
 
         log.info(f"Installing with {manager}: {' '.join(packages)}")
         code = run_program(with_network(ctx), install_command(manager, packages),
@@ -387,7 +387,7 @@ def _install(ctx: Context, names: list[str]) -> int:
     for recipe in desktops:
         log.info(f"Found desktop integration in recipe '{recipe.name}'")
     if desktops:
-        from cli.commands.desktop import setup
+        from fim.cli.commands.desktop import setup
 
         log.info("Setting up desktop integration from recipe")
         try:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app import log
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import editing, keyword
+from fim.app import log
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import editing, keyword
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 _NO_SPACE = "Not enough space to fit remote URL"
 #: The recipe repository FlatImage's official images ship with (spec 2.16); `fim build`

@@ -6,12 +6,12 @@ takes it as ``off``, spec 18.1 item 8).
 
 from __future__ import annotations
 
-from app.log import UsageError, trailing
-from cli.commands.args import editing, keyword
+from fim.app.log import UsageError, trailing
+from fim.cli.commands.args import editing, keyword
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 _USAGE = "Incorrect number of arguments for '{}' (<on|off>)"
 

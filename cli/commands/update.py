@@ -4,13 +4,13 @@ in the image's configuration."""
 
 from __future__ import annotations
 
-from app import log
-from app.log import CommandError, UsageError, trailing
-from cli.commands.args import editing, keyword
+from fim.app import log
+from fim.app.log import CommandError, UsageError, trailing
+from fim.cli.commands.args import editing, keyword
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from app.session import Context
+    from fim.app.session import Context
 
 _NO_SPACE = "Not enough space to fit update URL"
 
@@ -24,7 +24,7 @@ def _set(ctx: Context, url: str) -> None:
 
 
 def _run(ctx: Context) -> None:
-    from app import update
+    from fim.app import update
 
     url = ctx.config.update
     if url is None:

@@ -16,10 +16,10 @@ import argparse
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from app.errors import FimError
+from fim.app.errors import FimError
 
 if TYPE_CHECKING:
-    from fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.dwarfs import DwarfsImage
 
 #: ``-o`` options understood by :func:`open_dwarfs`.
 IMAGE_OPTIONS = ("offset", "cachesize")
@@ -101,8 +101,8 @@ def image_options(args: argparse.Namespace) -> dict[str, object]:
 
 def open_dwarfs(args: argparse.Namespace) -> DwarfsImage:
     """Open ``args.image`` the way every subcommand does; a bad image is a FimError."""
-    from fimfs.dwarfs import DwarfsImage
-    from fimfs.errors import FimfsError
+    from fim.fimfs.dwarfs import DwarfsImage
+    from fim.fimfs.errors import FimfsError
 
     options = image_options(args)
     kwargs: dict[str, int] = {}

@@ -17,9 +17,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from app.errors import FimError
-from cli.tool import size_arg
-from osutil import files
+from fim.app.errors import FimError
+from fim.cli.tool import size_arg
+from fim.osutil import files
 
 DEFAULT_LEVEL = 7
 
@@ -35,7 +35,7 @@ def compression_level(environ: dict[str, str] | os._Environ[str]) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fim build rootfs|blueprint|debian`."""
-    from cli.build import payload
+    from fim.cli.build import payload
 
     default_runtime = payload.default_kind()
     common = argparse.ArgumentParser(add_help=False)
@@ -83,9 +83,9 @@ def _step(message: str) -> None:
 
 def _write_layer(root: str, layer: str, *, root_owned: bool) -> None:
     """The DwarFS layer of ``root``; ``root_owned`` stores every entry as 0:0."""
-    from app.progress import ProgressBar
-    from fimfs.dwarfs.options import WriteOptions
-    from fimfs.dwarfs.writer import write_image
+    from fim.app.progress import ProgressBar
+    from fim.fimfs.dwarfs.options import WriteOptions
+    from fim.fimfs.dwarfs.writer import write_image
 
     level = compression_level(os.environ)
     owner = 0 if root_owned else None
@@ -116,9 +116,9 @@ def _sha256sum(path: str) -> str:
 def _finish(args: argparse.Namespace, layer: str, dist: str) -> int:
     """Write the image around ``layer``, with the official recipe remote set as
     upstream's build does (spec 2.16), and its checksum file."""
-    from app import config, image
-    from cli.build import payload
-    from cli.commands.remote import OFFICIAL
+    from fim.app import config, image
+    from fim.cli.build import payload
+    from fim.cli.commands.remote import OFFICIAL
 
     _step(f"making the {args.runtime} runtime")
     rt = payload.build(args.runtime)
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace, make: Callable[[argparse.Namespace, str], int
 
 
 def _rootfs_in(args: argparse.Namespace, work: str) -> int:
-    from cli.build import rootfs
+    from fim.cli.build import rootfs
 
     source = args.source
     layer = os.path.join(work, "layer.dwarfs")
@@ -185,7 +185,7 @@ def _rootfs_in(args: argparse.Namespace, work: str) -> int:
 
 
 def _blueprint_in(args: argparse.Namespace, work: str) -> int:
-    from cli.build import blueprint
+    from fim.cli.build import blueprint
 
     root = os.path.join(work, "root")
     os.mkdir(root, 0o755)
@@ -196,7 +196,7 @@ def _blueprint_in(args: argparse.Namespace, work: str) -> int:
 
 
 def _debian_in(args: argparse.Namespace, work: str) -> int:
-    from cli.build import rootfs
+    from fim.cli.build import rootfs
 
     root = os.path.join(work, "root")
     variant = f" ({args.variant})" if args.variant else ""

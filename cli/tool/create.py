@@ -10,11 +10,11 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from app.errors import FimError
-from app.progress import ProgressBar
+from fim.app.errors import FimError
+from fim.app.progress import ProgressBar
 
 if TYPE_CHECKING:
-    from fimfs.dwarfs.writer import WriteStats
+    from fim.fimfs.dwarfs.writer import WriteStats
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace):  # noqa: ANN202 - WriteOptions, imported lazily
-    from fimfs.dwarfs.options import WriteOptions, parse_codec, parse_time_resolution
+    from fim.fimfs.dwarfs.options import WriteOptions, parse_codec, parse_time_resolution
 
     try:
         header = b""
@@ -93,7 +93,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from fimfs.dwarfs.writer import write_image
+    from fim.fimfs.dwarfs.writer import write_image
 
     options = _options(args)
     bar = ProgressBar() if sys.stderr.isatty() else None

@@ -13,10 +13,10 @@ import argparse
 import sys
 from contextlib import closing
 
-from app.errors import FimError
-from app.extract import extract_tree, total_bytes
-from cli.tool import add_image_args, image_path, open_dwarfs
-from fimfs.paths import resolve
+from fim.app.errors import FimError
+from fim.app.extract import extract_tree, total_bytes
+from fim.cli.tool import add_image_args, image_path, open_dwarfs
+from fim.fimfs.paths import resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.tool import size_arg
+from fim.cli.tool import size_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from app import image
-    from cli.build import payload
+    from fim.app import image
+    from fim.cli.build import payload
 
     rt = payload.build()
     image.create(args.output, rt.launcher, rt.payload, reserved_size=args.reserved_size,
@@ -44,7 +44,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from app import config, image
+    from fim.app import config, image
 
     layout = image.read_layout(args.image)
     cfg = config.load(layout)

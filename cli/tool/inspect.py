@@ -9,13 +9,13 @@ import sys
 from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
-from app.errors import FimError
-from app.extract import read_chunks
-from cli.tool import add_image_args, image_path, open_dwarfs
-from fimfs.paths import join, resolve, type_name
+from fim.app.errors import FimError
+from fim.app.extract import read_chunks
+from fim.cli.tool import add_image_args, image_path, open_dwarfs
+from fim.fimfs.paths import join, resolve, type_name
 
 if TYPE_CHECKING:
-    from fimfs.vfs import Attr, Filesystem
+    from fim.fimfs.vfs import Attr, Filesystem
 
 # On a terminal, control characters in names would be interpreted: show them as "?", like ls.
 _TTY_SAFE = bytes(b if 32 <= b != 127 else ord("?") for b in range(256))

@@ -15,12 +15,12 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from app.errors import FimError
-from cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
-from fimfs.remote import is_url
+from fim.app.errors import FimError
+from fim.cli.tool import IMAGE_OPTIONS, add_image_args, image_options, open_dwarfs, size_arg
+from fim.fimfs.remote import is_url
 
 if TYPE_CHECKING:
-    from fimfs.vfs import Filesystem
+    from fim.fimfs.vfs import Filesystem
 
 #: FUSE options `fim mount -o` passes through to libfuse (bare names are flags).
 FUSE_OPTIONS = (
@@ -134,8 +134,8 @@ def _ids(text: str) -> tuple[int, int]:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from fimfs import fuse
-    from fimfs.errors import FimfsError
+    from fim.fimfs import fuse
+    from fim.fimfs.errors import FimfsError
 
     if args.cache_size is not None:
         args.image_options.append({"cachesize": args.cache_size})
@@ -184,7 +184,7 @@ def _image_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], s
 
 def _stack_source(args: argparse.Namespace) -> tuple[Callable[[], Filesystem], str]:
     """`fim mount --layer ... MOUNTPOINT`: the stack of app.stack."""
-    from app.stack import build_stack, check_sources
+    from fim.app.stack import build_stack, check_sources
 
     if args.mountpoint is not None:
         raise FimError("give either IMAGE or --layer, not both", 2)
@@ -218,7 +218,7 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def _umount(args: argparse.Namespace) -> int:
-    from fimfs import fuse
+    from fim.fimfs import fuse
 
     fuse.umount(args.mountpoint, lazy=args.lazy)
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from osutil import files
+from fim.osutil import files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def data_dir(url: str) -> str:
 
 
 def _build_info() -> dict[str, object]:
-    from app import runtime
+    from fim.app import runtime
 
     try:
         return runtime.build_info()
@@ -61,9 +61,9 @@ def host_app() -> str:
     import shutil
     import sys
 
-    from app import rundir
-    from app.errors import FimError
-    from app.runtime import find_bash
+    from fim.app import rundir
+    from fim.app.errors import FimError
+    from fim.app.runtime import find_bash
 
     bash = find_bash()
     st = os.stat(bash)
@@ -82,9 +82,9 @@ def host_app() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from app.image import is_url
-    from app.session import Host
-    from cli import boot
+    from fim.app.image import is_url
+    from fim.app.session import Host
+    from fim.cli import boot
 
     data = data_dir(args.image) if is_url(args.image) else ""
     return boot.main(args.image, args.args, Host(host_app(), _build_info(), data))

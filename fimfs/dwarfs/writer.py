@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as _pkg
 
-from osutil import files
+from fim.osutil import files
 
 from ..errors import FimfsError
 from . import filedata, idl, metabuild

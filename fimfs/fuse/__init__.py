@@ -20,10 +20,10 @@ The rooms, in the order a request meets them (docs/architecture.md, "The data pa
 * :mod:`.lifecycle` - mount (foreground or daemon), umount, termination signals.
 """
 
-from fimfs.fuse.adapter import FuseOperations, attr_to_stat
-from fimfs.fuse.lifecycle import READY_TIMEOUT, FilesystemSource, mount, umount
-from fimfs.fuse.mounttable import check_mountpoint, is_mounted
-from fimfs.fuse.options import (
+from fim.fimfs.fuse.adapter import FuseOperations, attr_to_stat
+from fim.fimfs.fuse.lifecycle import READY_TIMEOUT, FilesystemSource, mount, umount
+from fim.fimfs.fuse.mounttable import check_mountpoint, is_mounted
+from fim.fimfs.fuse.options import (
     MAX_THREADS,
     READ_AHEAD_KB,
     RO_CACHE_TIMEOUT,

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fimfs.fuse.aliases import Aliases
-from fimfs.fuse.binding import direct_write, path_invalidator
-from fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans
+from fim.fimfs.fuse.aliases import Aliases
+from fim.fimfs.fuse.binding import direct_write, path_invalidator
+from fim.fimfs.vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans
 
-log = logging.getLogger("fimfs.fuse")
+log = logging.getLogger("fim.fimfs.fuse")
 
 _UNKNOWN_INO = {"st_ino": 0xFFFFFFFF}  # libfuse's FUSE_UNKNOWN_INO
 

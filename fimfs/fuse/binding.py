@@ -28,10 +28,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from fimfs.errors import FimfsError
-from fimfs.vfs import Attr
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.vfs import Attr
 
-log = logging.getLogger("fimfs.fuse")
+log = logging.getLogger("fim.fimfs.fuse")
 
 #: How paths cross between libfuse and Python (mfusepy is given the same): names
 #: that are not UTF-8 round-trip.

@@ -20,20 +20,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from fimfs.errors import FimfsError
-from fimfs.fuse.adapter import operations_for
-from fimfs.fuse.binding import ENCODING, ERRORS, fuse_class, libfuse_version
-from fimfs.fuse.mounttable import (
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.fuse.adapter import operations_for
+from fim.fimfs.fuse.binding import ENCODING, ERRORS, fuse_class, libfuse_version
+from fim.fimfs.fuse.mounttable import (
     canonical,
     check_fuse_available,
     check_mountpoint,
     is_mounted,
 )
-from fimfs.fuse.options import READ_AHEAD_KB, mount_options
-from fimfs.vfs import Filesystem
-from osutil import mounts
+from fim.fimfs.fuse.options import READ_AHEAD_KB, mount_options
+from fim.fimfs.vfs import Filesystem
+from fim.osutil import mounts
 
-log = logging.getLogger("fimfs.fuse")
+log = logging.getLogger("fim.fimfs.fuse")
 
 #: How long a background mount may take to come up before the caller gives up.
 READY_TIMEOUT = 30.0

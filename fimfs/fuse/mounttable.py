@@ -7,9 +7,9 @@ import errno
 import os
 import stat
 
-from fimfs.errors import FimfsError
-from fimfs.fuse.binding import libfuse_version
-from osutil import mounts
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.fuse.binding import libfuse_version
+from fim.osutil import mounts
 
 
 def canonical(path: str) -> str:

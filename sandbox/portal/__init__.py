@@ -35,8 +35,8 @@ Modules: :mod:`.protocol` (names, limits, frames), :mod:`.server` (the daemons),
 
 from __future__ import annotations
 
-from sandbox.portal.client import call, forwarded_env, main_dispatcher
-from sandbox.portal.protocol import (
+from fim.sandbox.portal.client import call, forwarded_env, main_dispatcher
+from fim.sandbox.portal.protocol import (
     DAEMON,
     DISPATCHER,
     ENV_DIR,
@@ -56,8 +56,8 @@ from sandbox.portal.protocol import (
     recv_frame,
     send_frame,
 )
-from sandbox.portal.server import main_daemon, serve, start_host
-from sandbox.portal.wiring import GLIBC, MODE_VAR, elf_interpreter, prepare
+from fim.sandbox.portal.server import main_daemon, serve, start_host
+from fim.sandbox.portal.wiring import GLIBC, MODE_VAR, elf_interpreter, prepare
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:

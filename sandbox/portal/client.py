@@ -13,8 +13,8 @@ import signal
 import socket
 import time
 
-from sandbox.portal import ptyrelay
-from sandbox.portal.protocol import (
+from fim.sandbox.portal import ptyrelay
+from fim.sandbox.portal.protocol import (
     ENV_DIR,
     EXIT_FAILURE,
     FORWARDED,

@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 
-from sandbox.portal.protocol import (
+from fim.sandbox.portal.protocol import (
     EXIT_FAILURE,
     FORWARDED,
     HOST_SOCKET,

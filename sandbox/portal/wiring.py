@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import struct
 
-from sandbox.bwrap import Bind
-from sandbox.portal.protocol import (
+from fim.sandbox.bwrap import Bind
+from fim.sandbox.portal.protocol import (
     DAEMON,
     DISPATCHER,
     ENV_DIR,
@@ -23,11 +23,11 @@ from sandbox.portal.protocol import (
     UNAVAILABLE,
     PortalError,
 )
-from sandbox.portal.server import Log, start_host
+from fim.sandbox.portal.server import Log, start_host
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from sandbox.bwrap import Sandbox
+    from fim.sandbox.bwrap import Sandbox
 
 #: glibc's libraries the frozen fim loads from the host (everything else it bundles)
 GLIBC = ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
