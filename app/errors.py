@@ -1,4 +1,4 @@
-"""The error type of the cli library.
+"""The error type of the application (app and cli).
 
 Anything the application refuses on purpose is a :class:`FimError`: ``main``
 prints its one-line message as ``fim: <message>`` and exits with its code,
