@@ -36,7 +36,9 @@ if ! dpkg-query -W -f='${Status}' nginx-light nginx 2>/dev/null | grep -q "ok in
   if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
 fi
 [ -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libc.a" ] || missing+=(libc6-dev)
-ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
+# grep reads all of it: with pipefail, -q would stop early and ldconfig's SIGPIPE reads as
+# "missing" (apt-get then ran on every make)
+ldconfig -p 2>/dev/null | grep 'libfuse3\.so\.3' >/dev/null || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then
