@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fim.fimfs.dwarfs import DwarfsImage, codecs, reader, sections, zstdstream
+from fim.fimfs.dwarfs import DwarfsImage, blockcache, codecs, sections, zstdstream
 
 from .manifest import image_path, load
 
@@ -29,12 +29,12 @@ pytestmark = pytest.mark.skipif(not zstdstream.available(),
 def fine_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Progress published every 4 KiB of output, input handed over 512 bytes at a time:
     many waits and hand-overs even on a small block."""
-    monkeypatch.setattr(reader, "PROGRESS_STEP", 4096)
+    monkeypatch.setattr(blockcache, "PROGRESS_STEP", 4096)
     monkeypatch.setattr(zstdstream, "STEP", 512)
 
 
 def _whole(img: DwarfsImage, n: int) -> bytes:
-    s = sections.resolve(img._f, img._blocks[n])
+    s = sections.resolve(img._f, img.cache.sections[n])
     return codecs.decompress(s.compression, sections.read_payload(img._f, s),
                              img.meta.block_size)
 
@@ -55,7 +55,7 @@ def _files(img: DwarfsImage) -> dict[str, bytes]:
 def test_stream_decoder_gives_the_whole_decompression(name: str) -> None:
     rnd = random.Random(name)
     with DwarfsImage.from_path(image_path(name)) as img:
-        for n, s in enumerate(img._blocks):
+        for n, s in enumerate(img.cache.sections):
             s = sections.resolve(img._f, s)
             if s.compression != codecs.ZSTD:
                 continue
@@ -79,7 +79,7 @@ def test_a_read_decodes_its_block_only_as_far_as_it_needs() -> None:
                     next(m.file_chunks(m.chunk_index(m.ent_inode[e])))[1] < 4096)
         fh = img.open(path, 0)
         img.read(path, 100, 0, fh)
-        b = img._cache[0]
+        b = img.cache.lru[0]
         assert 100 <= b.done < b.size, "the whole block was decoded for its first bytes"
         assert b.decoder is not None
         whole = _whole(img, 0)
@@ -142,7 +142,7 @@ def test_blocks_evicted_while_being_decoded(fine_steps: None) -> None:
         for t in threads:
             t.join(60)
         assert not any(t.is_alive() for t in threads), "a reader hung"
-        assert len(img._cache) <= 1
+        assert len(img.cache.lru) <= 1
     assert not errors, errors[:5]
 
 
@@ -152,7 +152,7 @@ def _corrupt_block_tail(src: Path, dst: Path) -> tuple[int, int]:
     Returns (decompressed size, offset in the payload where the damage starts)."""
     shutil.copyfile(src, dst)
     with DwarfsImage.from_path(dst) as img:
-        s = sections.resolve(img._f, img._blocks[0])
+        s = sections.resolve(img._f, img.cache.sections[0])
         payload = bytearray(sections.read_payload(img._f, s))
         size = codecs.announced(codecs.ZSTD, bytes(payload), img.meta.block_size)
     bad = len(payload) * 3 // 4
@@ -173,14 +173,14 @@ def test_a_corrupt_stream_fails_where_it_is_corrupt(tmp_path: Path,
     with DwarfsImage.from_path(image_path("default")) as good:
         whole = _whole(good, 0)
     with DwarfsImage.from_path(image) as img, caplog.at_level(logging.ERROR):
-        head = img._data(0, 4096, "")
+        head = img.cache.data(0, 4096, "")
         assert bytes(head[:4096]) == whole[:4096]
         for _ in range(2):
             with pytest.raises(OSError) as exc:
-                img._data(0, size, "/some/file")
+                img.cache.data(0, size, "/some/file")
             assert exc.value.errno == errno.EIO
         assert "block 0 unreadable" in caplog.text and "zstd" in caplog.text
-        assert 0 not in img._cache
+        assert 0 not in img.cache.lru
 
 
 def test_waiters_on_a_block_that_turns_out_corrupt_get_eio(tmp_path: Path,
@@ -191,7 +191,7 @@ def test_waiters_on_a_block_that_turns_out_corrupt_get_eio(tmp_path: Path,
     with DwarfsImage.from_path(image) as img:
         def worker() -> None:
             try:
-                img._data(0, size, "")
+                img.cache.data(0, size, "")
                 results.append("read")
             except OSError as e:
                 results.append(e.errno)
@@ -209,7 +209,7 @@ def test_without_libzstd_blocks_are_decoded_whole(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(zstdstream, "available", lambda: False)
     with DwarfsImage.from_path(image_path("default")) as img:
         _files(img)
-        b = img._cache[0]
+        b = img.cache.lru[0]
         assert isinstance(b.data, bytes) and b.done == b.size and b.decoder is None
 
 

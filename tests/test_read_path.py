@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fim.fimfs.dwarfs import DwarfsImage, reader
+from fim.fimfs.dwarfs import DwarfsImage, blockcache, inodes
 from fim.fimfs.errors import FimfsError
 from fim.fimfs.fuse import adapter, lifecycle, umount
 from fim.fimfs.hostdir import HostDir
@@ -42,13 +42,14 @@ def _contents(path: Path) -> dict[str, bytes]:
 
 
 def test_handles_are_inode_numbers_and_need_no_release(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "CHUNK_LISTS", 3)  # every few opens evict a chunk list
+    monkeypatch.setattr(inodes, "CHUNK_LISTS", 3)  # every few opens evict a chunk list
     path = image_path("small-blocks")
     want = _contents(path)
     with DwarfsImage.from_path(path) as img:
         assert img.handles_need_release is False
         handles = {p: img.open(p, os.O_RDONLY) for p in want}
-        assert len(set(handles.values())) == len({img.attr_of(img._entry(p)).ino for p in want})
+        inos = {img.attr_of(img.inodes.entry(p)).ino for p in want}
+        assert len(set(handles.values())) == len(inos)
         for p, fh in handles.items():  # read after every other open: lists were evicted
             assert img.read(p, len(want[p]) + 1, 0, fh) == want[p]
         with pytest.raises(OSError) as exc:  # no handle: the path says what it is
@@ -60,21 +61,21 @@ def test_handles_are_inode_numbers_and_need_no_release(monkeypatch: pytest.Monke
 
 
 def test_path_cache_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "PATHS", 8)
+    monkeypatch.setattr(inodes, "PATHS", 8)
     path = image_path("default")
     with DwarfsImage.from_path(path) as img:
         walked = list(img.walk())
         for _ in range(2):
             for p, e in walked:
-                assert img._entry(p) == e
-                assert len(img._paths) <= 8
+                assert img.inodes.entry(p) == e
+                assert len(img.inodes.paths) <= 8
         with pytest.raises(FileNotFoundError):
             img.getattr(walked[-1][0] + "-missing")
 
 
 def _wait_idle(img: DwarfsImage) -> None:
     deadline = time.monotonic() + 10
-    while img._queued or (img._order_started and img._order is None):
+    while img.cache.queued or (img.inodes.order_started and img.inodes.order is None):
         assert time.monotonic() < deadline, "prefetch did not finish"
         time.sleep(0.01)
 
@@ -97,24 +98,25 @@ def test_reading_a_file_prefetches_what_the_next_files_in_tree_order_need() -> N
         for p, _ in files[:5]:  # nothing read yet: only opens
             img.open(p, os.O_RDONLY)
         _wait_idle(img)
-        assert block not in img._cache and img._order is None
+        assert block not in img.cache.lru and img.inodes.order is None
         img.read(first, 1, 1, img.open(first, os.O_RDONLY))  # not its start
         _wait_idle(img)
-        assert img._order is None
+        assert img.inodes.order is None
         img.read(first, 1, 0, NO_HANDLE)  # the first read of a start: the order is built
         _wait_idle(img)
-        assert img._order is not None and block not in img._cache
+        assert img.inodes.order is not None and block not in img.cache.lru
         for p, _ in files[:files.index((fpath, ino)) + 1]:  # tar's way up to fpath
             img.read(p, 1, 0, NO_HANDLE)
         _wait_idle(img)
-        assert img._covered(block, offset + size)
+        assert img.cache.covered(block, offset + size)
 
 
 def test_prefetch_after_close_is_refused_quietly() -> None:
     img = DwarfsImage.from_path(image_path("small-blocks"))
     img.close()
-    img._prefetch({0: reader.WHOLE})  # a read racing the unmount: nothing started or raised
-    assert img._prefetcher is None
+    # a read racing the unmount: nothing started or raised
+    img.cache.prefetch({0: blockcache.WHOLE})
+    assert img.cache.workers is None
 
 
 def test_read_only_mounts_register_no_write_release_or_directory_handle_callbacks(
@@ -287,7 +289,7 @@ def test_read_spans_are_slices_of_the_cached_blocks(name: str) -> None:
                 assert joined == data[offset:offset + size] == img.read(p, size, offset, fh)
                 for buf, start, stop in spans:
                     assert 0 <= start <= stop <= len(buf)
-                    cached += any(buf is block.data for block in img._cache.values())
+                    cached += any(buf is block.data for block in img.cache.lru.values())
         assert cached
 
 
@@ -366,14 +368,14 @@ def test_lookups_from_a_cached_parent_agree_with_lookups_from_the_root() -> None
     with DwarfsImage.from_path(path) as ref, DwarfsImage.from_path(path) as img:
         walked = list(ref.walk())
         for p, e in walked:  # parents first: every lookup after the root's is a child's
-            assert img._entry(p) == e
+            assert img.inodes.entry(p) == e
         d = next(p for p, e in walked if p != "/" and ref.attr_of(e).is_dir)
         f = next(p for p, e in walked if ref.attr_of(e).is_reg)
         name = f.rsplit("/", 1)[1]
-        assert img._entry(d + "/") == ref._entry(d)
+        assert img.inodes.entry(d + "/") == ref.inodes.entry(d)
         for odd, code in ((d + "//" + name, errno.ENOENT), (d + "/.", errno.ENOENT),
                           (d + "/..", errno.ENOENT), (name, errno.EINVAL),
                           (f + "/x", errno.ENOTDIR), (d + "/missing", errno.ENOENT)):
             with pytest.raises(OSError) as exc:
-                img._entry(odd)
+                img.inodes.entry(odd)
             assert exc.value.errno == code, odd

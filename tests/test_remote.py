@@ -96,7 +96,7 @@ def test_dwarfs_image_from_a_url_reads_what_it_needs(served: tuple[Nginx, Path],
 
 def test_a_small_read_fetches_part_of_a_large_block(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A zstd block is fetched only as far as decoding goes (reader._start_partial)."""
+    """A zstd block is fetched only as far as decoding goes (BlockCache._start_partial)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     data = random.Random(3).randbytes(3 << 20).hex().encode()  # compresses about 2:1
     (tmp_path / "tree").mkdir()

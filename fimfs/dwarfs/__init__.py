@@ -7,8 +7,10 @@ Everything else is internal. The modules, by side (docs/architecture.md has the 
 path of one read through them):
 
 Read side
-    ``reader``         DwarfsImage: opening, lookups, file handles, the block cache and
-                       prefetching
+    ``reader``         DwarfsImage: opening, and the Filesystem over the parts below
+    ``inodes``         the inode reader: path lookups (cached), chunk mapping, read-ahead
+    ``blockcache``     the block cache and its prefetch workers
+    ``inspect``        dwarfsck's part: the tree walk, ``fim info``, integrity check
     ``metadata``       the decoded metadata as inodes, directories, names and chunks
     ``frozen_decode``  Frozen2: the bit-packed metadata, decoded under its schema
     ``fsst``           FSST-compressed string tables (names, symlink targets)

@@ -16,6 +16,7 @@ doc gives, before anything large is built, so a hostile image fails with an
 from __future__ import annotations
 
 import stat
+import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -30,6 +31,12 @@ LARGE_HOLE = 0xFFFFFFFF
 MAX_NAME, MAX_SYMLINK = 512, 4096
 # inode ranks (doc 6.1)
 R_DIR, R_LINK, R_REG, R_DEV, R_OTHER = range(5)
+
+
+#: Python-level failures that a malformed image could still provoke deep inside a
+#: decoder; they are reported as ImageError, never leaked to the caller.
+CORRUPTION = (IndexError, KeyError, ValueError, struct.error, OverflowError, TypeError,
+              MemoryError, RecursionError, ZeroDivisionError)
 
 
 class MetadataError(ImageError):
@@ -555,13 +562,6 @@ class Metadata:
         u, g = ino.owner_index[rec], ino.group_index[rec]
         return (self.uids[u] if len(self.uids) else u, self.gids[g] if len(self.gids) else g)
 
-    def counts_by_type(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i in range(self.num_inodes):
-            mode = self.modes[self.inodes.mode_index[self.inode_record(i)]]
-            kind = type_name(mode)
-            out[kind] = out.get(kind, 0) + 1
-        return out
 
 
-__all__ = ["Metadata", "MetadataError", "StringTable", "Zeros", "type_name"]
+__all__ = ["CORRUPTION", "Metadata", "MetadataError", "StringTable", "Zeros", "type_name"]
