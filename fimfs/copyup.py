@@ -1,8 +1,8 @@
-"""Copy-up: making the upper's copy of one lower entry, as the union does before a change.
+"""Copy-up: making the upper's copy of lower entries, as the union does before a change.
 
-:func:`copy_entry` builds the copy under a temporary name; the union then renames it
-into place (so readers see either the lower entry or the complete copy), keeps its
-inode number and handles the parents (see :meth:`fimfs.union.Union._copy_up`).
+:func:`copy_entry` builds the copy of one entry under a temporary name; :class:`CopyUp`,
+the union's part, renames it into place (so readers see either the lower entry or the
+complete copy), keeps its inode number, and copies the parents first, or a whole tree.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import os
 import stat
 
 from . import whiteout as wh
-from .paths import read_chunks
-from .vfs import Attr, Filesystem
+from .paths import join, read_chunks, split_parent
+from .unionresolve import UPPER, Node, UnionResolver
+from .vfs import Attr, Filesystem, fs_error, split_path
 
 log = logging.getLogger("fim.fimfs.union")
 
@@ -79,3 +80,72 @@ def copy_meta(src: Filesystem, upper: Filesystem, path: str, tmp: str, a: Attr) 
     if not a.is_lnk:
         upper.chmod(tmp, stat.S_IMODE(a.mode))
     upper.utimens(tmp, a.atime_ns, a.mtime_ns)
+
+
+class CopyUp(UnionResolver):
+    """The copy-up of a union (fimfs.union.Union): lower entries made the upper's before
+    a change, parents first, each built under a temporary name and renamed into place."""
+
+    def _writable(self) -> Filesystem:
+        if self.upper is None:
+            raise fs_error(errno.EROFS)
+        return self.upper
+
+    def _copy_up(self, path: str, node: Node, limit: int | None = None) -> None:
+        """Make sure the upper has ``path`` (and its parents); ``limit``: bytes of content."""
+        if node.layer < self._first_lower:
+            return
+        cur = "/"
+        for name in split_path(path)[:-1]:
+            cur = join(cur, name)
+            parent, _ = self._lookup(cur)
+            if parent is not None and parent.layer >= self._first_lower:
+                self._copy_up_one(cur, parent, None)
+        self._copy_up_one(path, node, limit)
+
+    def _ensure_upper_dir(self, path: str) -> None:
+        node, path = self._existing(path)
+        self._copy_up(path, node)
+
+    def _copy_up_one(self, path: str, node: Node, limit: int | None) -> None:
+        upper = self._upper
+        src = self._layers[node.layer]
+        a = node.attr
+        assert a is not None
+        parent = split_parent(path)[0]
+        parent_attr = upper.getattr(parent)
+        tmp = wh.temp_name(parent)
+        key = None
+        try:
+            copy_entry(src, upper, path, tmp, a, a.size if limit is None else min(limit, a.size))
+            key = (UPPER, upper.getattr(tmp).ino)
+            with self._ino_lock:
+                self._inos[key] = node.ino  # before it shows: the path keeps its number
+            upper.rename(tmp, path)
+        except BaseException:
+            if key is not None:
+                with self._ino_lock:
+                    self._inos.pop(key, None)
+            wh.discard(upper, tmp)
+            raise
+        # Overlayfs too leaves the parent's times as they were: a copy-up is no change.
+        upper.utimens(parent, parent_attr.atime_ns, parent_attr.mtime_ns)
+        self._forget(path)
+
+    def _copy_up_tree(self, path: str) -> None:
+        """Copy a directory and everything the lowers show under it into the upper."""
+        stack = [path]
+        while stack:
+            cur = stack.pop()
+            node, _ = self._existing(cur)
+            self._copy_up(cur, node)
+            node, _ = self._existing(cur)
+            if len(node.dirs) < 2:
+                continue  # nothing below the upper
+            for name in self.readdir(cur):  # the union's merged listing
+                child = join(cur, name)
+                cnode, _ = self._existing(child)
+                if cnode.dirs:
+                    stack.append(child)
+                else:
+                    self._copy_up(child, cnode)

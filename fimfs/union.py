@@ -1,7 +1,8 @@
 """Union: a copy-on-write union of one writable upper and N read-only lower layers.
 
 Semantics follow overlayfs (on-disk formats, and their writers, in :mod:`fimfs.whiteout`;
-the copying of one entry in :mod:`fimfs.copyup`): the topmost
+which layers provide a path, and the caches, in :mod:`fimfs.unionresolve`; copy-up in
+:mod:`fimfs.copyup`): the topmost
 layer wins; a directory present in several layers is merged until a layer where it
 is opaque; a non-directory or a whiteout hides everything below it. Changes go to
 the upper: a lower entry is copied up on its first write or metadata change (content,
@@ -46,249 +47,24 @@ The union owns its layers: :meth:`close` closes them.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 from . import whiteout as wh
-from .copyup import copy_entry
+from .copyup import CopyUp
 from .paths import empty_dir, join, split_parent
-from .vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error, split_path
+from .unionresolve import UPPER, Node, shown_attr
+from .vfs import RENAME_NOREPLACE, Attr, Filesystem, Spans, StatFs, fs_error
 
-log = logging.getLogger(__name__)
-
-#: Bounds of the caches (entries); a full cache is simply emptied.
-_NODES_MAX = 1 << 17
-_LOWER_DIRS_MAX = 1 << 14
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
-#: Index of the upper layer in Union._layers (when the union has one).
-UPPER = 0
 
 
-class _Node(NamedTuple):
-    """How a path resolves: which layers provide it."""
+class Union(CopyUp):
+    """``lowers[0]`` is the topmost lower layer (overlayfs' lowerdir order); no upper: read-only.
 
-    layer: int  # the topmost layer that has it
-    dirs: tuple[int, ...]  # a directory: the layers merged, top first; () for others
-    attr: Attr | None  # a lower entry's attributes as shown (they never change); None: upper
-    ino: int  # the union inode number of a lower entry; -1 for the upper
-
-
-#: Sentinels: what _probe returns for a whiteout; a path not in the resolution cache.
-_WHITEOUT = Attr(stat.S_IFCHR, 0, 0, 0, 0, 0, 0, 0)
-_MISS = _Node(-2, (), None, -2)
-
-
-def _shown(a: Attr, dirs: tuple[int, ...], ino: int) -> Attr:
-    """A layer's attributes as the union shows them: its inode number, and nlink 1 for
-    a directory merged from several layers (``dirs``), as overlayfs."""
-    nlink = 1 if len(dirs) > 1 else a.nlink
-    return Attr(a.mode, nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
-                a.rdev, ino, a.blocks)
-
-
-class _LowerDir:
-    """What a lower layer's directory holds (cached: lower layers never change): its
-    names as a set, and in the layer's order (a union lists them in that order, so a
-    program going through the tree reads each layer's files in the order its own
-    read-ahead expects)."""
-
-    __slots__ = ("names", "order", "opaque", "listing")
-
-    def __init__(self, order: tuple[str, ...], opaque: bool) -> None:
-        self.order = order
-        self.names = frozenset(order)
-        self.opaque = opaque
-        # (names shown, names whited out), computed on the first readdir
-        self.listing: tuple[tuple[str, ...], frozenset[str]] | None = None
-
-
-class Union(Filesystem):
-    """``lowers[0]`` is the topmost lower layer (overlayfs' lowerdir order); no upper: read-only."""
-
-    def __init__(self, upper: Filesystem | None, lowers: Sequence[Filesystem]) -> None:
-        if upper is None and not lowers:
-            raise ValueError("a union needs at least one layer")
-        if upper is not None and not upper.writable:
-            raise ValueError("the upper layer of a union must be writable")
-        self.upper = upper
-        self.lowers = tuple(lowers)
-        self._layers: list[Filesystem] = ([upper] if upper is not None else []) + list(lowers)
-        self._n = len(self._layers)
-        # The upper, if any, is _layers[UPPER]; the lowers follow from _first_lower on.
-        # Without one, _upper is the base Filesystem, whose every call fails.
-        self._upper: Filesystem = upper if upper is not None else Filesystem()
-        self._first_lower = 0 if upper is None else 1
-        self._lock = threading.RLock()
-        self._cache_lock = threading.Lock()
-        self._nodes: dict[str, _Node | None] = {}
-        self._gen = 0  # bumped by every invalidation; a resolution racing one is not cached
-        self._lower_dirs: dict[tuple[int, str], _LowerDir] = {}
-        self._ino_lock = threading.Lock()
-        self._inos: dict[tuple[int, int], int] = {(0, self._layers[0].getattr("/").ino): 0}
-        self._next_ino = 1
-
-    # -- resolution ------------------------------------------------------------------
-    def _ino_for(self, layer: int, ino: int) -> int:
-        key = (layer, ino)
-        n = self._inos.get(key)
-        if n is None:
-            with self._ino_lock:
-                n = self._inos.get(key)
-                if n is None:
-                    n = self._inos[key] = self._next_ino
-                    self._next_ino += 1
-        return n
-
-    def _lower_dir(self, i: int, path: str) -> _LowerDir:
-        d = self._lower_dirs.get((i, path))
-        if d is None:
-            layer = self._layers[i]
-            names = tuple(layer.readdir(path))
-            d = _LowerDir(names, wh.OPAQUE_MARKER in names or wh.xattr_opaque(layer, path))
-            if len(self._lower_dirs) >= _LOWER_DIRS_MAX:
-                self._lower_dirs.clear()
-            self._lower_dirs[(i, path)] = d
-        return d
-
-    def _upper_attr(self, path: str) -> Attr | None:
-        """The upper's entry at ``path`` (whiteouts included), None if there is none."""
-        try:
-            return self._upper.getattr(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def _opaque(self, i: int, path: str) -> bool:
-        if i >= self._first_lower:
-            return self._lower_dir(i, path).opaque
-        return (self._upper_attr(join(path, wh.OPAQUE_MARKER)) is not None
-                or wh.xattr_opaque(self._layers[i], path))
-
-    def _probe(self, i: int, path: str, parent: str, name: str) -> Attr | None:
-        """Layer ``i``'s entry at ``path``: its Attr, _WHITEOUT, or None."""
-        if i < self._first_lower:
-            a = self._upper_attr(path)
-            if a is None:
-                marker = self._upper_attr(join(parent, wh.PREFIX + name))
-                return None if marker is None else _WHITEOUT
-        else:
-            d = self._lower_dir(i, parent)
-            if name not in d.names:
-                return _WHITEOUT if wh.PREFIX + name in d.names else None
-            a = self._layers[i].getattr(path)
-        return _WHITEOUT if wh.is_whiteout(a) else a
-
-    def _node_from(self, hits: list[tuple[int, Attr]]) -> _Node | None:
-        if not hits:
-            return None
-        top, attr = hits[0]
-        dirs = tuple(i for i, _ in hits) if attr.is_dir else ()
-        if top < self._first_lower:
-            return _Node(top, dirs, None, -1)
-        ino = self._ino_for(top, attr.ino)
-        return _Node(top, dirs, _shown(attr, dirs, ino), ino)
-
-    def _resolve_root(self) -> _Node:
-        hits = []
-        for i, layer in enumerate(self._layers):
-            hits.append((i, layer.getattr("/")))
-            if self._opaque(i, "/"):
-                break
-        node = self._node_from(hits)
-        assert node is not None
-        return node
-
-    def _resolve(self, parent: _Node, path: str, parent_path: str, name: str) -> _Node | None:
-        if name.startswith(wh.PREFIX):
-            return None
-        hits: list[tuple[int, Attr]] = []
-        for i in parent.dirs:
-            r = self._probe(i, path, parent_path, name)
-            if r is None:
-                continue
-            if r is _WHITEOUT or (hits and not r.is_dir):
-                break  # a lower non-directory ends the merge of a directory
-            hits.append((i, r))
-            if not r.is_dir or self._opaque(i, path):
-                break
-        return self._node_from(hits)
-
-    def _store(self, nodes: dict[str, _Node | None], gen: int) -> None:
-        """Cache resolutions made since ``gen`` (unless something changed meanwhile)."""
-        with self._cache_lock:
-            if self._gen == gen:
-                if len(self._nodes) + len(nodes) > _NODES_MAX:
-                    self._nodes.clear()
-                self._nodes.update(nodes)
-
-    def _forget(self, *paths: str) -> None:
-        """Invalidate the resolution of ``paths``; call after changing what they resolve to."""
-        with self._cache_lock:
-            self._gen += 1
-            for p in paths:
-                self._nodes.pop(p, None)
-
-    def _forget_all(self) -> None:
-        with self._cache_lock:
-            self._gen += 1
-            self._nodes.clear()
-
-    def _lookup(self, path: str) -> tuple[_Node | None, str]:
-        """The resolution of ``path`` (None: no such entry) and its canonical form.
-
-        Raises ENOENT or ENOTDIR when a parent is missing or not a directory.
-        """
-        node = self._nodes.get(path, _MISS)
-        if node is not _MISS:
-            return node, path
-        parts = split_path(path)
-        gen = self._gen
-        cur = "/"
-        node = self._nodes.get(cur, _MISS)
-        if node is _MISS:
-            node = self._resolve_root()
-            self._store({cur: node}, gen)
-        for name in parts:
-            if node is None:
-                raise fs_error(errno.ENOENT, path)
-            if not node.dirs:
-                raise fs_error(errno.ENOTDIR, path)
-            child = join(cur, name)
-            found = self._nodes.get(child, _MISS)
-            if found is _MISS:
-                found = self._resolve(node, child, cur, name)
-                self._store({child: found}, gen)
-            cur, node = child, found
-        return node, cur
-
-    def _existing(self, path: str) -> tuple[_Node, str]:
-        node, path = self._lookup(path)
-        if node is None:
-            raise fs_error(errno.ENOENT, path)
-        return node, path
-
-    def _free_name(self, path: str) -> str:
-        """Check that a new entry may be made at ``path``; its canonical form."""
-        node, path = self._lookup(path)
-        if node is not None:
-            raise fs_error(errno.EEXIST, path)
-        if split_parent(path)[1].startswith(wh.PREFIX):
-            raise fs_error(errno.EPERM, path)
-        return path
-
-    def _lower_has(self, path: str) -> bool:
-        """Whether the lowers show an entry at ``path`` (which then needs hiding)."""
-        parent_path, name = split_parent(path)
-        parent, _ = self._lookup(parent_path)
-        for i in parent.dirs if parent is not None else ():
-            if i >= self._first_lower:
-                r = self._probe(i, path, parent_path, name)
-                if r is not None:
-                    return r is not _WHITEOUT
-        return False
+    Built on UnionResolver (fimfs.unionresolve: resolution and caches) and CopyUp
+    (fimfs.copyup); this class is the Filesystem: the read side, and the changes."""
 
     # -- read side -------------------------------------------------------------------
     def getattr(self, path: str) -> Attr:
@@ -298,7 +74,7 @@ class Union(Filesystem):
         a = self._upper.getattr(path)
         if wh.is_whiteout(a):  # deleted a moment ago
             raise fs_error(errno.ENOENT, path)
-        return _shown(a, node.dirs, self._ino_for(UPPER, a.ino))
+        return shown_attr(a, node.dirs, self._ino_for(UPPER, a.ino))
 
     def readdir_attrs(self, path: str) -> list[tuple[str, Attr]]:
         """A directory that one lower layer alone provides (most of a container's tree)
@@ -310,46 +86,16 @@ class Union(Filesystem):
             return super().readdir_attrs(path)
         i, gen, base = node.dirs[0], self._gen, path.rstrip("/")
         out: list[tuple[str, Attr]] = []
-        found: dict[str, _Node | None] = {}
+        found: dict[str, Node | None] = {}
         for name, a in self._layers[i].readdir_attrs(path):
             if name.startswith(wh.PREFIX) or wh.is_whiteout(a):
                 continue  # hides nothing: no layer below takes part in this directory
             dirs, ino = (i,) if a.is_dir else (), self._ino_for(i, a.ino)
-            shown = _shown(a, dirs, ino)
-            found[f"{base}/{name}"] = _Node(i, dirs, shown, ino)
+            shown = shown_attr(a, dirs, ino)
+            found[f"{base}/{name}"] = Node(i, dirs, shown, ino)
             out.append((name, shown))
         self._store(found, gen)
         return out
-
-    def _listing(self, i: int, path: str) -> tuple[tuple[str, ...], frozenset[str]]:
-        """Layer ``i``'s directory at ``path``: (names shown, names it whites out)."""
-        if i >= self._first_lower:
-            d = self._lower_dir(i, path)
-            if d.listing is None:
-                d.listing = self._classify(self._layers[i], path, d.order)
-            return d.listing
-        upper = self._layers[i]
-        return self._classify(upper, path, upper.readdir(path))
-
-    @staticmethod
-    def _classify(layer: Filesystem, path: str,
-                  names: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str]]:
-        shown: list[str] = []
-        hidden: set[str] = set()
-        for name in names:
-            if name.startswith(wh.PREFIX):
-                if name != wh.OPAQUE_MARKER:
-                    hidden.add(name[len(wh.PREFIX):])
-                continue
-            try:
-                a = layer.getattr(join(path, name))
-            except FileNotFoundError:
-                continue  # removed while listing
-            if wh.is_whiteout(a):
-                hidden.add(name)
-            else:
-                shown.append(name)
-        return tuple(shown), frozenset(hidden)
 
     def readdir(self, path: str) -> list[str]:
         node, path = self._existing(path)
@@ -432,70 +178,6 @@ class Union(Filesystem):
         names = self._layers[node.layer].listxattr(path)
         return [n for n in names if not wh.is_private_xattr(n)]
 
-    # -- copy-up ---------------------------------------------------------------------
-    def _writable(self) -> Filesystem:
-        if self.upper is None:
-            raise fs_error(errno.EROFS)
-        return self.upper
-
-    def _copy_up(self, path: str, node: _Node, limit: int | None = None) -> None:
-        """Make sure the upper has ``path`` (and its parents); ``limit``: bytes of content."""
-        if node.layer < self._first_lower:
-            return
-        cur = "/"
-        for name in split_path(path)[:-1]:
-            cur = join(cur, name)
-            parent, _ = self._lookup(cur)
-            if parent is not None and parent.layer >= self._first_lower:
-                self._copy_up_one(cur, parent, None)
-        self._copy_up_one(path, node, limit)
-
-    def _ensure_upper_dir(self, path: str) -> None:
-        node, path = self._existing(path)
-        self._copy_up(path, node)
-
-    def _copy_up_one(self, path: str, node: _Node, limit: int | None) -> None:
-        upper = self._upper
-        src = self._layers[node.layer]
-        a = node.attr
-        assert a is not None
-        parent = split_parent(path)[0]
-        parent_attr = upper.getattr(parent)
-        tmp = wh.temp_name(parent)
-        key = None
-        try:
-            copy_entry(src, upper, path, tmp, a, a.size if limit is None else min(limit, a.size))
-            key = (UPPER, upper.getattr(tmp).ino)
-            with self._ino_lock:
-                self._inos[key] = node.ino  # before it shows: the path keeps its number
-            upper.rename(tmp, path)
-        except BaseException:
-            if key is not None:
-                with self._ino_lock:
-                    self._inos.pop(key, None)
-            wh.discard(upper, tmp)
-            raise
-        # Overlayfs too leaves the parent's times as they were: a copy-up is no change.
-        upper.utimens(parent, parent_attr.atime_ns, parent_attr.mtime_ns)
-        self._forget(path)
-
-    def _copy_up_tree(self, path: str) -> None:
-        """Copy a directory and everything the lowers show under it into the upper."""
-        stack = [path]
-        while stack:
-            cur = stack.pop()
-            node, _ = self._existing(cur)
-            self._copy_up(cur, node)
-            node, _ = self._existing(cur)
-            if len(node.dirs) < 2:
-                continue  # nothing below the upper
-            for name in self.readdir(cur):
-                child = join(cur, name)
-                cnode, _ = self._existing(child)
-                if cnode.dirs:
-                    stack.append(child)
-                else:
-                    self._copy_up(child, cnode)
 
     # -- upper helpers (with the whiteout writers of fimfs.whiteout) -------------------
     def _place(self, path: str, make: Callable[[str], None], is_dir: bool = False) -> None:
@@ -680,7 +362,7 @@ class Union(Filesystem):
             else:
                 self._forget(old, new)
 
-    def _rename_allowed(self, onode: _Node, old: str, nnode: _Node | None, new: str) -> bool:
+    def _rename_allowed(self, onode: Node, old: str, nnode: Node | None, new: str) -> bool:
         """The checks of rename(2): an OSError, or False when there is nothing to do."""
         if old == new:
             return False
@@ -701,7 +383,7 @@ class Union(Filesystem):
                 raise fs_error(errno.ENOTEMPTY, new)
         return True
 
-    def _rename_copy_up(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+    def _rename_copy_up(self, upper: Filesystem, onode: Node, old: str, new: str) -> None:
         """1. all of old in the upper (opaque if the lowers have something under the new
         name, so nothing of that shows through at any moment); the parent of new too."""
         if onode.dirs:
@@ -712,7 +394,7 @@ class Union(Filesystem):
             self._copy_up(old, onode)
         self._ensure_upper_dir(split_parent(new)[0])
 
-    def _rename_move(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+    def _rename_move(self, upper: Filesystem, onode: Node, old: str, new: str) -> None:
         """2. free the name new in the upper, and move old there."""
         replaced = self._upper_attr(new)
         if replaced is not None and replaced.is_dir:
@@ -724,7 +406,7 @@ class Union(Filesystem):
         if replaced is not None and not wh.is_whiteout(replaced):
             self._drop_ino(replaced)
 
-    def _rename_hide_old(self, upper: Filesystem, onode: _Node, old: str, new: str) -> None:
+    def _rename_hide_old(self, upper: Filesystem, onode: Node, old: str, new: str) -> None:
         """3. hide what the lowers have under the old name; drop whiteouts made stale."""
         if self._lower_has(old):
             wh.write_whiteout(upper, old)
@@ -732,7 +414,7 @@ class Union(Filesystem):
         if onode.dirs:
             wh.drop_stale_whiteouts(upper, new)
 
-    def _same_inode(self, a: _Node, a_path: str, b: _Node, b_path: str) -> bool:
+    def _same_inode(self, a: Node, a_path: str, b: Node, b_path: str) -> bool:
         if a.layer != b.layer:
             return False
         if a.attr is not None and b.attr is not None:
