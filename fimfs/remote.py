@@ -4,8 +4,8 @@
 (``size``, ``pread``, ``read_upto``, ``will_need``, ``close``), so the DwarFS reader
 reads a layer given as a URL block by block, as it needs it. The file is cut into
 chunks of :data:`CHUNK` bytes; a read fetches the chunks it lacks (one request per
-contiguous run) and keeps them in a :class:`Cache` on disk, shared by every image
-and process of the user, bounded, least recently used out first.
+contiguous run) and keeps them in a :class:`Cache` on disk (fimfs.remotecache), shared
+by every image and process of the user, bounded, least recently used out first.
 
 Identity: the first request (``Range: bytes=0-0``) gives the size and the validator
 (ETag, else Last-Modified). Cached chunks are filed under URL + validator + size, and
@@ -23,18 +23,15 @@ seconds fail at once). Timeouts bound every request: never a hang.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from fim.osutil import files
-
 from .errors import FimfsError
+from .remotecache import Cache, key_of
 
 TYPE_CHECKING = False  # not typing's: `fim` and the boot import this module for is_url
 if TYPE_CHECKING:
@@ -44,8 +41,6 @@ if TYPE_CHECKING:
 
 #: Bytes per cached chunk: what one read of a few bytes costs at most over the network.
 CHUNK = 64 << 10
-#: Default bound of the on-disk cache (``FIM_REMOTE_CACHE_SIZE`` overrides it).
-DEFAULT_CACHE_BYTES = 4 << 30
 #: Attempts per range request (a lost connection, a truncated body, a 5xx answer).
 ATTEMPTS = 4
 #: Seconds before the second attempt; doubled for each next one.
@@ -57,8 +52,6 @@ READ_TIMEOUT = 15.0
 DOWN_PAUSE = 5.0
 #: A fetch at least this long shows a progress bar when stderr is a terminal.
 PROGRESS_BYTES = 8 << 20
-#: How stale a chunk's time may be before a read refreshes it (LRU order).
-_TOUCH_AFTER = 60.0
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
 
 
@@ -77,150 +70,6 @@ def is_url(path: object) -> bool:
     """Is ``path`` an ``http://`` or ``https://`` URL (rather than a file path)?"""
     return isinstance(path, str) and path.startswith(("http://", "https://"))
 
-
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/fim/remote`` (``~/.cache/fim/remote``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fim", "remote")
-
-
-def default_cache_bytes() -> int:
-    value = os.environ.get("FIM_REMOTE_CACHE_SIZE", "")
-    return int(value) if value.isdigit() else DEFAULT_CACHE_BYTES
-
-
-class Cache:
-    """Chunks of remote files on disk: ``files/<key>/<index>``, written atomically
-    (temporary name, then rename), so two processes can share it; and ``urls/<hash>``,
-    the identity of each URL as last seen (what an offline run reads)."""
-
-    def __init__(self, directory: str | None = None, limit: int | None = None) -> None:
-        self.directory = directory or default_cache_dir()
-        self.limit = default_cache_bytes() if limit is None else limit
-        self._added = 0
-        self._lock = threading.Lock()
-        try:
-            os.makedirs(os.path.join(self.directory, "files"), 0o700, exist_ok=True)
-            os.makedirs(os.path.join(self.directory, "urls"), 0o700, exist_ok=True)
-        except OSError as exc:  # reads still work, from the network every time
-            _log().warning("no block cache in %s: %s", self.directory, exc.strerror or exc)
-
-    def _chunk(self, key: str, index: int) -> str:
-        return os.path.join(self.directory, "files", key, f"{index:x}")
-
-    def get(self, key: str, index: int) -> bytes | None:
-        path = self._chunk(key, index)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            data = os.pread(fd, st.st_size, 0)
-            if time.time() - st.st_mtime > _TOUCH_AFTER:
-                os.utime(fd)
-            return data
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-
-    def holds(self, key: str, count: int) -> bool:
-        """Are chunks ``0..count-1`` of ``key`` all cached?"""
-        return all(os.path.exists(self._chunk(key, i)) for i in range(count))
-
-    def put(self, key: str, index: int, data: bytes) -> None:
-        """Store one chunk; a full disk or a read-only cache only costs the caching."""
-        path = self._chunk(key, index)
-        try:
-            os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-            files.write_atomic(path, data)
-        except OSError as exc:
-            _log().debug("cannot cache %s: %s", path, exc)
-            return
-        with self._lock:
-            self._added += len(data)
-            due = self._added > self.limit // 16
-            if due:
-                self._added = 0
-        if due:
-            self.trim()
-
-    def trim(self) -> None:
-        """Remove the least recently used chunks until the cache is within 90% of its
-        bound. One process trims at a time; the others skip it."""
-        try:
-            lock = os.open(os.path.join(self.directory, "lock"),
-                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(lock)
-            return
-        try:
-            chunks = list(self._chunks())
-            total = sum(size for _, size, _ in chunks)
-            if total <= self.limit:
-                return
-            chunks.sort(key=lambda c: c[2])
-            for path, size, _ in chunks:
-                if total <= self.limit * 9 // 10:
-                    break
-                try:
-                    os.unlink(path)
-                    total -= size
-                except OSError:
-                    pass
-        finally:
-            os.close(lock)
-
-    def _chunks(self) -> Iterator[tuple[str, int, float]]:
-        files = os.path.join(self.directory, "files")
-        try:
-            entries = list(os.scandir(files))
-        except OSError:
-            return
-        for entry in entries:
-            try:
-                inner = list(os.scandir(entry.path))
-            except OSError:
-                continue
-            if not inner:
-                try:
-                    os.rmdir(entry.path)
-                except OSError:
-                    pass
-            for chunk in inner:
-                try:
-                    st = chunk.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                yield chunk.path, st.st_size, st.st_mtime
-
-    def remember(self, url: str, identity: dict[str, object]) -> None:
-        path = os.path.join(self.directory, "urls", _sha(url))
-        import json
-
-        with contextlib.suppress(OSError):
-            files.write_atomic(path, json.dumps({"url": url, **identity}).encode())
-
-    def recall(self, url: str) -> dict[str, object] | None:
-        import json
-
-        try:
-            with open(os.path.join(self.directory, "urls", _sha(url)), encoding="utf-8") as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) and doc.get("url") == url else None
 
 
 _pool_lock = threading.Lock()
@@ -318,7 +167,7 @@ class RemoteFile:
         ident = self._probe()
         self.size = int(ident["size"])  # type: ignore[call-overload]
         self.validator = str(ident.get("validator") or "")
-        self._key = _sha(f"{url}\n{self.validator}\n{self.size}") if self.validator else ""
+        self._key = key_of(f"{url}\n{self.validator}\n{self.size}") if self.validator else ""
 
     # -- opening --------------------------------------------------------------------
     def _probe(self) -> dict[str, object]:
@@ -375,7 +224,7 @@ class RemoteFile:
             raise RemoteError("the server does not support range requests and "
                               f"the file ({size} bytes) is larger than half the cache "
                               f"({self.cache.limit} bytes, FIM_REMOTE_CACHE_SIZE)")
-        key = _sha(f"{self.url}\n{validator}\n{size}")
+        key = key_of(f"{self.url}\n{validator}\n{size}")
         self.ranges = False
         if self.cache.holds(key, -(-size // CHUNK)):  # downloaded before (another run)
             resp.close()
