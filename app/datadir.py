@@ -128,26 +128,11 @@ def _close_to_others(data_dir: str) -> None:
 
 
 def remove_work(path: str) -> None:
-    """Remove a run's work directory ``DATA/work/<pid>``. The kernel's overlay leaves
-    ``work/work`` mode 000 and not empty, which ``rm -rf`` cannot remove: every
-    directory is made ``u+rwx`` first."""
-    import shutil
-    import stat
+    """Remove a run's work directory ``DATA/work/<pid>`` (the kernel's overlay leaves
+    ``work/work`` mode 000 and not empty: remove_tree makes directories ``u+rwx``)."""
+    from fim.osutil.files import remove_tree
 
-    try:
-        os.chmod(path, 0o700)
-    except OSError:
-        return  # gone already
-    for top, dirs, _files in os.walk(path):
-        for name in dirs:
-            sub = os.path.join(top, name)
-            try:
-                st = os.lstat(sub)
-                if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
-                    os.chmod(sub, stat.S_IMODE(st.st_mode) | 0o700)
-            except OSError:
-                continue
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
 
 
 def prune_work(data_dir: str) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import sys
+
+from fim.osutil.files import remove_tree  # extracted directories may deny their owner
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def _extract(path: str, offset: int, size: int, tree: str) -> None:
     cache, key = os.path.split(tree)
     for name in os.listdir(cache):  # of killed runs: the caller holds the key's lock
         if name.startswith(f"{key}.partial."):
-            _remove(os.path.join(cache, name))
+            remove_tree(os.path.join(cache, name))
     partial = f"{tree}.partial.{os.getpid()}"
     try:
         with closing(DwarfsImage.from_path(path, offset=offset, size=size)) as fs:
@@ -142,25 +143,12 @@ def _extract(path: str, offset: int, size: int, tree: str) -> None:
         os.rename(f"{partial}.size", f"{tree}.size")
         os.rename(partial, tree)
     except BaseException:
-        _remove(partial)
+        remove_tree(partial)
         raise
 
 
 def _ignore(_message: str) -> None:
     """Entries a normal user cannot create (devices) are left out of the tree."""
-
-
-def _remove(tree: str) -> None:
-    """Remove a tree whose directories may deny their owner (extracted modes)."""
-    if not os.path.lexists(tree):
-        return
-    for top, dirs, _files in os.walk(tree):
-        for name in dirs:
-            try:
-                os.chmod(os.path.join(top, name), 0o700)
-            except OSError:
-                pass
-    shutil.rmtree(tree, ignore_errors=True)
 
 
 def _prune(cache: str, room: int, keep: str) -> None:
@@ -187,7 +175,7 @@ def _prune(cache: str, room: int, keep: str) -> None:
             os.close(fd)
             continue  # in use by a run
         try:
-            _remove(os.path.join(cache, key))
+            remove_tree(os.path.join(cache, key))
             os.unlink(os.path.join(cache, f"{key}.size"))
             total -= used
         finally:

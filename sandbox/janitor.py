@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 from collections.abc import Sequence
 
 from fim.osutil import mounts, procs
+from fim.osutil.files import remove_tree
 from fim.sandbox.instance import alive
 
 
@@ -38,7 +38,7 @@ def _watch(pidfd: int, mountpoints: Sequence[str], directory: str | None) -> Non
         for mp in mountpoints:  # top first: a mount may sit inside another's tree
             detach(mp)
         if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory)
     except BaseException:
         code = 1
     finally:
@@ -104,7 +104,7 @@ def prune(instances: str) -> None:
             continue
         for mp in _mounts_under(path):
             detach(mp)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
 
 
 def _mounts_under(directory: str) -> list[str]:

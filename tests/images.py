@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fim.app import config, image, runtime
+from fim.osutil.files import remove_tree
 
 IMAGE_NAME = "app.flatimage"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -80,7 +81,8 @@ def unpacked(path: Path) -> Path:
 def remove_runtime(path: Path) -> None:
     """The extraction directories of an image's runtime (shared by its copies)."""
     for directory in runtime_dirs(path):
-        shutil.rmtree(directory, ignore_errors=True)
+        # never into a mount: another run of the same runtime may be up (same build id)
+        remove_tree(str(directory))
 
 
 def stored(app: Path) -> config.Config:

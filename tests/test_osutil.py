@@ -51,3 +51,38 @@ def test_wait_gone() -> None:
     assert time.monotonic() - start >= 0.15
     child.wait()
     procs.wait_gone(child.pid)  # not visible any more: at once
+
+
+def test_remove_tree_removes_everything_on_its_filesystem(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    (top / "a" / "locked").mkdir(parents=True)
+    (top / "a" / "locked" / "f").write_text("x")
+    (top / "a" / "locked").chmod(0o500)  # as a container may leave it
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("k")
+    (top / "link").symlink_to(outside)  # removed, never followed
+    files.remove_tree(str(top))
+    assert not top.exists() and (outside / "kept").read_text() == "k"
+    files.remove_tree(str(top))  # gone already: nothing to do
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_remove_tree_never_enters_a_mount(tmp_path: Path) -> None:
+    """An instance directory removed while its mount is up (an unmount that failed, a
+    killed run): the files behind the mount survive, the rest goes."""
+    inst = tmp_path / "instance"
+    mount = inst / "mount"
+    mount.mkdir(parents=True)
+    (inst / "passwd").write_text("p")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "usr").mkdir()
+        (mount / "usr" / "file").write_text("container data")
+        files.remove_tree(str(inst))
+        assert (mount / "usr" / "file").read_text() == "container data"
+        assert sorted(os.listdir(inst)) == ["mount"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    files.remove_tree(str(inst))
+    assert not inst.exists()
