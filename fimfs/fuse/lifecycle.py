@@ -152,6 +152,7 @@ def mount(
     options: Mapping[str, Any] | None = None,
     log_file: str | None = None,
     wait: bool = True,
+    on_ready: Callable[[], None] | None = None,
 ) -> PendingMount | None:
     """Serve ``fs`` on ``mountpoint``, read-only unless ``fs.writable``.
 
@@ -171,13 +172,15 @@ def mount(
     after unmounting; one passed in is not.
 
     ``options`` override :func:`mount_options` (e.g. ``{"debug": True}``).
+    ``on_ready`` runs in the serving process once the mount answers, before a background
+    mount reports ready (a :class:`fimfs.linger.Keeper`'s ``start``).
 
     The daemon is a fork: it also holds every file descriptor the caller had open, so
     a caller whose pipes must see EOF later should mount from a clean process (such
     as ``fim mount``).
     """
     path = check_mountpoint(mountpoint)
-    setup = _Setup(fs, path, fsname, options)
+    setup = _Setup(fs, path, fsname, options, on_ready)
     if foreground:
         setup.run(None)
         return None
@@ -197,9 +200,10 @@ class _Setup:
         path: str,
         fsname: str,
         options: Mapping[str, Any] | None,
+        hook: Callable[[], None] | None = None,
     ) -> None:
         self.fs, self.path, self.fsname = fs, path, fsname
-        self.options = options
+        self.options, self.hook = options, hook
 
     def run(self, on_ready: Callable[[], None] | None) -> None:
         # Here, not in the caller: a background mount loads libfuse in its daemon only,
@@ -216,10 +220,28 @@ class _Setup:
                 libfuse_version=version,
                 case_insensitive=filesystem.case_insensitive,
             )
-            _serve(filesystem, self.path, opts, on_ready)
+            _serve(filesystem, self.path, opts, self._ready_hooks(on_ready))
         finally:
             if owned:
                 filesystem.close()
+
+
+    def _ready_hooks(self, on_ready: Callable[[], None] | None) -> Callable[[], None] | None:
+        """The caller's hook first, then the daemon's report (the caller's hook failing
+        is logged: the mount is up, and the caller sees what the hook did not do)."""
+        hook = self.hook
+        if hook is None:
+            return on_ready
+
+        def ready() -> None:
+            try:
+                hook()
+            except Exception:
+                log.exception("the ready hook of %s failed", self.path)
+            if on_ready is not None:
+                on_ready()
+
+        return ready
 
 
 class PendingMount:

@@ -1,0 +1,241 @@
+"""A mount shared by its users and kept :data:`LINGER` seconds after the last one left.
+
+A *slot* is a directory private to the user that holds one such mount: ``lock`` (a
+flock that orders everything below), ``socket`` (where the serving daemon counts its
+users), ``mnt`` (the mount point) and ``log`` (the daemon's messages). Whoever wants
+the mount calls :func:`acquire` and gets either a :class:`Lease` on the live mount or,
+when there is none, a :class:`Claim`: the lock stays held while the claimant mounts
+(with :meth:`Claim.keeper`'s ``start`` as the daemon's ready hook) and ends with
+:meth:`Claim.attach`, its own lease.
+
+A lease is one connection to the daemon, acknowledged by it; the kernel closes it when
+its holder exits, SIGKILL included, so the count never outlives a user. With no user
+left for LINGER seconds the daemon's :class:`Keeper` takes the lock, closes and removes
+the socket, unmounts, and only then lets the lock go. So an attach either happens
+before the keeper took the lock (and the mount stays) or finds no socket after it (and
+mounts anew, never over a mount going down). A slot whose daemon died (its socket
+refuses) is cleared by the next claimant: a dead mount is detached lazily.
+
+Which mounts may be shared, and so what names a slot, is the caller's decision: this
+module knows nothing of images or sandboxes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import socket
+import struct
+import time
+
+from osutil import mounts
+
+log = logging.getLogger(__name__)
+
+#: Seconds a mount stays after its last user left (a run started within them reuses it).
+LINGER = 2.0
+#: How long an attach waits for the daemon's acknowledgement.
+ATTACH_TIMEOUT = 5.0
+#: How soon an expiry that found the lock taken (someone attaching) is tried again.
+_RETRY = 0.05
+_ACK = b"+"
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Slot:
+    """The paths of one slot directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.lock = os.path.join(directory, "lock")
+        self.socket = os.path.join(directory, "socket")
+        self.mountpoint = os.path.join(directory, "mnt")
+        self.log = os.path.join(directory, "log")
+
+
+class Lease:
+    """A use of the slot's mount; the mount stays while the lease is open."""
+
+    def __init__(self, sock: socket.socket, mountpoint: str, pid: int) -> None:
+        self._sock = sock
+        self.mountpoint = mountpoint
+        self.pid = pid  #: the serving daemon's
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _open_lock(slot: Slot) -> int:
+    return os.open(slot.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+def _connect(slot: Slot) -> Lease | None:
+    """A lease from the daemon listening in ``slot``; None when none answers for this user."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(ATTACH_TIMEOUT)
+        sock.connect(slot.socket)
+        pid, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                   _CRED.size))
+        if uid != os.geteuid() or sock.recv(1) != _ACK:
+            raise ConnectionError("not this user's daemon, or no acknowledgement")
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        return None
+    return Lease(sock, slot.mountpoint, pid)
+
+
+def acquire(directory: str) -> Lease | Claim:
+    """A lease on the mount in slot ``directory`` (made 0700 when missing), else the
+    claim to mount it there (the slot's lock held, what a dead daemon left cleared)."""
+    os.makedirs(directory, 0o700, exist_ok=True)
+    slot = Slot(directory)
+    fd = _open_lock(slot)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lease = _connect(slot)
+        if lease is not None and mounts.is_mounted(slot.mountpoint):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            return lease
+        if lease is not None:
+            lease.close()
+        _clear(slot)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Claim(slot, fd)
+
+
+def _clear(slot: Slot) -> None:
+    """What a daemon that died left in ``slot``: its socket, its dead mount."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(slot.socket)
+    if mounts.is_mounted(slot.mountpoint):
+        mounts.unmount(slot.mountpoint, lazy=True, timeout=10)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(slot.mountpoint, 0o700)
+
+
+class Claim:
+    """The right to mount in a slot, the slot's lock held until :meth:`attach` or
+    :meth:`release`."""
+
+    def __init__(self, slot: Slot, lock_fd: int) -> None:
+        self.slot = slot
+        self._fd: int | None = lock_fd
+
+    @property
+    def mountpoint(self) -> str:
+        return self.slot.mountpoint
+
+    def keeper(self, linger: float = LINGER) -> Keeper:
+        """What the mount daemon runs once its mount answers (a forked daemon inherits
+        the lock's descriptor: the keeper closes its copy)."""
+        return Keeper(self.slot, linger, self._fd)
+
+    def attach(self) -> Lease | None:
+        """Once the mount is up: the claimant's lease, and the lock let go."""
+        try:
+            return _connect(self.slot)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let the lock go (a failed mount: the next claimant clears the slot)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Keeper:
+    """In the mount daemon: counts the leases and ends the mount ``linger`` seconds
+    after the last one closed (see the module's docstring for the order)."""
+
+    def __init__(self, slot: Slot, linger: float, inherited_fd: int | None) -> None:
+        self.slot, self.linger, self._inherited = slot, linger, inherited_fd
+
+    def start(self) -> None:
+        """Listen on the slot's socket and count leases in a thread of this process."""
+        import threading
+
+        if self._inherited is not None:
+            os.close(self._inherited)  # the claimant's lock is the claimant's to let go
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.slot.socket)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(self.slot.socket)
+        listener.listen(16)
+        threading.Thread(target=self._serve, args=(listener,), name="fim-linger",
+                         daemon=True).start()
+
+    def _serve(self, listener: socket.socket) -> None:
+        users: set[socket.socket] = set()
+        deadline = time.monotonic() + self.linger
+        try:
+            while True:
+                timeout = None if users else max(0.0, deadline - time.monotonic())
+                readable, _, _ = select.select([listener, *users], [], [], timeout)
+                for sock in readable:
+                    if sock is listener:
+                        _accept(listener, users)
+                    elif not _still_open(sock):
+                        users.discard(sock)
+                        sock.close()
+                        deadline = time.monotonic() + self.linger
+                if users or time.monotonic() < deadline:
+                    continue
+                if self._expire(listener):
+                    return
+                deadline = time.monotonic() + _RETRY
+        except Exception:  # a bug here must not leave a mount that nobody ends
+            log.exception("lease keeper failed: detaching %s", self.slot.mountpoint)
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.slot.socket)
+            mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)
+
+    def _expire(self, listener: socket.socket) -> bool:
+        """End the mount when no one is attaching; False: try again soon."""
+        fd = _open_lock(self.slot)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if select.select([listener], [], [], 0)[0]:
+                return False  # a connection came first: it is served in the next round
+            listener.close()
+            os.unlink(self.slot.socket)
+            if mounts.unmount(self.slot.mountpoint, timeout=10) is not None:
+                mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)
+            return True
+        finally:
+            os.close(fd)  # the lock goes with it: the slot is free for a new mount
+
+
+def _accept(listener: socket.socket, users: set[socket.socket]) -> None:
+    sock, _ = listener.accept()
+    try:
+        _, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 _CRED.size))
+        if uid != os.geteuid():
+            raise PermissionError("another user's connection")
+        sock.sendall(_ACK)
+    except OSError:
+        sock.close()
+        return
+    users.add(sock)
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the user at the other end is still there (a lease sends nothing)."""
+    try:
+        return sock.recv(64) != b""
+    except OSError:
+        return False

@@ -1,0 +1,128 @@
+"""fimfs.linger: a mount shared by leases and kept a moment after the last one, through
+real FUSE mounts of a small in-memory filesystem (tests.test_fuse.TreeFS)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fimfs import fuse, linger
+from tests.test_fuse import REPO, TreeFS, needs_fuse, wait_for
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+SHORT = 0.4  # the keepers' linger here
+
+
+def _mount(directory: Path, keep: float = SHORT) -> linger.Lease:
+    """Claim the slot, mount TreeFS there with a keeper, attach: the claimant's lease."""
+    got = linger.acquire(str(directory))
+    assert isinstance(got, linger.Claim)
+    fuse.mount(TreeFS(), got.mountpoint, foreground=False, log_file=got.slot.log,
+               on_ready=got.keeper(keep).start)
+    lease = got.attach()
+    assert lease is not None
+    return lease
+
+
+def _gone(slot: linger.Slot) -> bool:
+    return not fuse.is_mounted(slot.mountpoint) and not os.path.exists(slot.socket)
+
+
+@pytest.fixture
+def slot(tmp_path: Path):  # noqa: ANN201
+    s = linger.Slot(str(tmp_path / "slot"))
+    yield s
+    if fuse.is_mounted(s.mountpoint):
+        fuse.umount(s.mountpoint, lazy=True)
+
+
+def test_users_share_one_mount_that_ends_after_the_linger(slot: linger.Slot) -> None:
+    first = _mount(Path(slot.directory))
+    second = linger.acquire(slot.directory)
+    assert isinstance(second, linger.Lease)
+    assert second.pid == first.pid != os.getpid()
+    assert os.listdir(second.mountpoint)  # the tree is served
+    first.close()
+    time.sleep(SHORT * 2)
+    assert fuse.is_mounted(slot.mountpoint), "a user is still attached"
+    second.close()
+    assert wait_for(lambda: _gone(slot), SHORT + 5)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{first.pid}"), 5)
+    third = linger.acquire(slot.directory)  # a new claim, nothing stale to clear
+    assert isinstance(third, linger.Claim)
+    third.release()
+
+
+def test_a_user_within_the_linger_reuses_the_mount(slot: linger.Slot) -> None:
+    first = _mount(Path(slot.directory), keep=2.0)
+    first.close()
+    time.sleep(0.3)
+    again = linger.acquire(slot.directory)
+    assert isinstance(again, linger.Lease) and again.pid == first.pid
+    again.close()
+    assert wait_for(lambda: _gone(slot), 2.0 + 5)
+
+
+def test_no_expiry_while_someone_holds_the_lock(slot: linger.Slot) -> None:
+    """An attacher holds the slot's lock: the keeper waits for it, whatever the linger."""
+    _mount(Path(slot.directory)).close()
+    fd = os.open(slot.lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        time.sleep(SHORT * 3)
+        assert fuse.is_mounted(slot.mountpoint) and os.path.exists(slot.socket)
+    finally:
+        os.close(fd)
+    assert wait_for(lambda: _gone(slot), 5)
+
+
+HOLDER = """
+import sys, time
+from fimfs import linger
+lease = linger.acquire(sys.argv[1])
+assert isinstance(lease, linger.Lease)
+print(lease.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_user_releases_its_lease(slot: linger.Slot) -> None:
+    """kill -9 of one user: the other keeps the mount; it ends after both."""
+    mine = _mount(Path(slot.directory))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, slot.directory], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert int(holder.stdout.readline()) == mine.pid
+        mine.close()
+        time.sleep(SHORT * 2)
+        assert fuse.is_mounted(slot.mountpoint)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert wait_for(lambda: _gone(slot), SHORT + 5)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_dead_daemon_leaves_nothing_to_attach_to(slot: linger.Slot) -> None:
+    lease = _mount(Path(slot.directory), keep=30)
+    os.kill(lease.pid, signal.SIGKILL)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{lease.pid}/status")
+                    or "zombie" in Path(f"/proc/{lease.pid}/status").read_text(), 5)
+    got = linger.acquire(slot.directory)
+    assert isinstance(got, linger.Claim), "a dead daemon's socket must not give a lease"
+    assert not fuse.is_mounted(slot.mountpoint) and not os.path.exists(slot.socket)
+    got.release()
+    lease.close()
+    again = _mount(Path(slot.directory))  # the slot works again
+    assert os.listdir(again.mountpoint)
+    again.close()
+    assert wait_for(lambda: _gone(slot), SHORT + 5)
