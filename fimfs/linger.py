@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import select
 import socket
@@ -32,8 +31,6 @@ import struct
 import time
 
 from osutil import mounts
-
-log = logging.getLogger(__name__)
 
 #: Seconds a mount stays after its last user left (a run started within them reuses it).
 LINGER = 2.0
@@ -194,7 +191,10 @@ class Keeper:
                     return
                 deadline = time.monotonic() + _RETRY
         except Exception:  # a bug here must not leave a mount that nobody ends
-            log.exception("lease keeper failed: detaching %s", self.slot.mountpoint)
+            import logging  # here: a run that only attaches does not load it
+
+            logging.getLogger(__name__).exception("lease keeper failed: detaching %s",
+                                                  self.slot.mountpoint)
             listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.slot.socket)
