@@ -37,6 +37,7 @@ import time
 
 from fim.app import log
 from fim.app.log import CommandError
+from fim.fimfs.linger import LINGER
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ if TYPE_CHECKING:
 LEVEL_VARIABLE = "FIM_COMPRESSION_LEVEL"
 DEFAULT_LEVEL = 7
 LOCK_NAME = "instances.lock"
-#: How long a commit waits for runs that are just ending (their mount daemon) to let go.
-LOCK_GRACE = 3.0
+#: How long a commit waits for runs that are just ending to let go: their mount daemon,
+#: which stays up to fimfs.linger.LINGER s after the last run for the next one.
+LOCK_GRACE = LINGER + 3.0
 TEMP_NAME = "layer.tmp"
 MAX_LAYER = 999
 _LAYER_NAME = re.compile(r"layer-(\d+)\.layer")

@@ -184,12 +184,15 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
-                 layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
+                 layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+                 shared: bool = False) -> _Root:
     """The in-process stack (app.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself while the run goes on preparing the
-    sandbox (:meth:`_Root.wait` before bwrap starts)."""
+    sandbox (:meth:`_Root.wait` before bwrap starts); ``shared``: the user's mount of
+    the same stack when one is up (app.sharing), else one the next runs may share."""
     import functools
 
+    from fim.app import sharing
     from fim.app.layers import log_overlay
     from fim.app.stack import build_stack
     from fim.fimfs.errors import FimfsError
@@ -198,6 +201,12 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     owner, inside = _owners(ident)
     log_overlay((path, offset) for path, offset, _ in layers)
     source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
+    slot = shared and sharing.slot_directory(os.environ["FIM_DIR_APP"], layers, upper,
+                                             casefold, owner, inside, ctx.image)
+    if slot:
+        start = functools.partial(mount, source, foreground=False, fsname=ctx.image, wait=False)
+        mountpoint, ready, close = sharing.open_root(slot, start)
+        return _Root(["--bind", mountpoint, "/"], [], close, ready)
     pending = mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log,
                     wait=False)
     assert pending is not None
@@ -325,7 +334,8 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
                                        native=how == hostmount.FUSE)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
-        root = _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
+        root = _mount_fimfs(ctx, inst, ident, layers, upper, casefold,
+                            shared=how == hostmount.FUSE)
     except (FimfsError, FimError, OSError) as exc:
         raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
     if how == hostmount.FUSE and os.getuid() != 0:

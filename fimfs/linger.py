@@ -30,7 +30,7 @@ import socket
 import struct
 import time
 
-from osutil import mounts
+from fim.osutil import mounts
 
 #: Seconds a mount stays after its last user left (a run started within them reuses it).
 LINGER = 2.0

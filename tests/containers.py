@@ -180,6 +180,19 @@ def fim_mounts() -> list[str]:
     return [p for p in points if re.match(r"/tmp/fim-[0-9]+/", p)]
 
 
+def image_mounts(image: Path) -> dict[int, str]:
+    """fim's mounts of ``image`` (the mount's source is the image's path): mount id ->
+    mount point. A new mount has a new id."""
+    found = {}
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            after = fields[fields.index(b"-") + 1:]
+            if after[0].startswith(b"fuse") and os.fsdecode(after[1]) == str(image):
+                found[int(fields[0])] = os.fsdecode(fields[4])
+    return found
+
+
 def workspace_runner(who: str, source: Path) -> Runner:
     """A fresh copy of the image ``source`` in a workspace of its own, for ``who``
     (root, or the unprivileged user: made here when the tests run as root)."""

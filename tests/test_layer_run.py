@@ -13,7 +13,7 @@ import pytest
 
 from fim.app import image
 from fim.fimfs.dwarfs import DwarfsImage
-from tests.containers import Runner, fim_mounts, image_pid, kill_group, wait_for
+from tests.containers import Runner, fim_mounts, image_mounts, image_pid, kill_group, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -113,9 +113,8 @@ def test_commit_is_refused_while_an_instance_runs(runner: Runner) -> None:
     hello(runner, "busy")
     proc = runner.start("fim-exec", "sleep", "30")
     try:
-        pid = image_pid(proc)  # its own mount (other sessions may be running images)
-        assert wait_for(lambda: any(f"/instance/{pid}/" in m for m in fim_mounts()),
-                        timeout=30), (pid, fim_mounts())
+        image_pid(proc)
+        assert wait_for(lambda: image_mounts(runner.app), timeout=30), fim_mounts()
         res = runner.run("fim-layer", "commit", "binary")
         assert res.returncode == 125 and "Another instance of this image" in res.stderr
     finally:

@@ -1,4 +1,4 @@
-"""fimfs.linger: a mount shared by leases and kept a moment after the last one, through
+"""fim.fimfs.linger: a mount shared by leases and kept a moment after the last one, through
 real FUSE mounts of a small in-memory filesystem (tests.test_fuse.TreeFS)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fimfs import fuse, linger
+from fim.fimfs import fuse, linger
 from tests.test_fuse import REPO, TreeFS, needs_fuse, wait_for
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -85,7 +85,7 @@ def test_no_expiry_while_someone_holds_the_lock(slot: linger.Slot) -> None:
 
 HOLDER = """
 import sys, time
-from fimfs import linger
+from fim.fimfs import linger
 lease = linger.acquire(sys.argv[1])
 assert isinstance(lease, linger.Lease)
 print(lease.pid, flush=True)

@@ -1,0 +1,122 @@
+"""Which mount of an image a run shares with the user's other runs (issue 24).
+
+A run of fim's own stack mounted in the host's mount namespace does not mount again
+when a mount made of the same things is up, or went unused less than
+:data:`fimfs.linger.LINGER` seconds ago: it takes a lease on it (:mod:`fimfs.linger`
+keeps it up while leased, then unmounts it). A mount made in a run's own user
+namespace is that run's alone, and the external backends are not shared.
+
+Equal means, for the mount: the layers (each file's identity, size and modification
+time, the layer's offset and size: any write to the image file makes a new mount), the
+upper directory (path and identity), casefold, the owner mapping (the caller's ids and
+the identity new files are stored as: a normal user's fim-root mount is never their
+fim-exec one) and the mount's name. Everything else of a run (permissions, binds,
+environment, identity files) is the sandbox's, made per run.
+
+The slots are ``APP/mounts/<key>``. APP is private to the user (cli.rundir); mounts/ is
+checked again (the user's own directory, not a link, 0700) before use. Root's runs and a
+user's never meet: another APP, and the daemon's uid is checked on every attach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from fim.fimfs import linger
+from fim.fimfs.errors import FimfsError
+from fim.fimfs.remote import is_url
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from fim.fimfs.fuse.lifecycle import PendingMount
+
+try:  # CPython's built-in: hashlib would load OpenSSL on every start (~5 ms)
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - another Python
+    from hashlib import sha256
+
+SLOTS = "mounts"
+
+
+def _identity(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def slot_directory(app_dir: str, layers: Sequence[tuple[str, int, int]], upper: str,
+                   casefold: bool, owner: tuple[int, int] | None,
+                   inside: tuple[int, int] | None, fsname: str) -> str | None:
+    """The slot of the mount these make, under ``app_dir``; None when the slots'
+    directory is not private to the user, or a layer is read from a URL (whose file
+    this run cannot tell unchanged): nothing is shared then."""
+    if any(is_url(path) for path, _, _ in layers):
+        return None
+    description = [
+        1, os.geteuid(), fsname, casefold, owner, inside,
+        [os.path.realpath(upper), *_identity(upper)[:2]],
+        [[os.path.realpath(path), offset, size, *_identity(path)]
+         for path, offset, size in layers],
+    ]
+    key = sha256(json.dumps(description).encode()).hexdigest()[:32]
+    base = os.path.join(app_dir, SLOTS)
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None
+    return os.path.join(base, key)
+
+
+def open_root(directory: str, start: Callable[..., PendingMount | None]
+              ) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """The shared mount of slot ``directory``: ``(mount point, ready, close)``. Attached
+    to a live one, ready does nothing; else ``start(mountpoint, log_file=, on_ready=)``
+    (:func:`fimfs.fuse.mount` without waiting) mounts it, and ready waits for it and
+    takes this run's lease. close lets the lease go (the mount lingers)."""
+    got = linger.acquire(directory)
+    if isinstance(got, linger.Lease):
+        return got.mountpoint, lambda: None, got.close
+    claim = got
+    try:
+        with open(claim.slot.log, "wb"):  # the new daemon's messages only
+            pass
+        pending = start(claim.mountpoint, log_file=claim.slot.log,
+                        on_ready=claim.keeper().start)
+        assert pending is not None
+    except BaseException:
+        claim.release()
+        raise
+    held: list[linger.Lease] = []
+
+    def ready() -> None:
+        if held:
+            return
+        try:
+            pending.wait()
+        except BaseException:
+            claim.release()  # the next run clears what the failed daemon left
+            raise
+        lease = claim.attach()
+        if lease is None:  # no keeper in the daemon: this run unmounts it
+            from fim.osutil import mounts
+
+            mounts.unmount(claim.mountpoint, lazy=True)
+            raise FimfsError(f"the mount on {claim.mountpoint} took no lease")
+        held.append(lease)
+
+    def close() -> None:
+        try:
+            ready()  # a run that failed before bwrap: the daemon may still be mounting
+        except FimfsError:
+            return
+        held[0].close()
+
+    return claim.mountpoint, ready, close
