@@ -87,9 +87,10 @@ def _phase_table(runs: list[dict[str, int]]) -> list[tuple[str, float]]:
 
 
 def test_startup(app: Path, record) -> None:  # noqa: ANN001
-    """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm,
-    against `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`,
-    and where the time of a run goes (cold and warm, from the run's own marks)."""
+    """`fim-exec true`, cold (first run after the build: unpacking the runtime) and warm
+    (with no mount of the image up: see test_startup_shared for the others), against
+    `bwrap --ro-bind / / --dev /dev --proc /proc true` and `python3 -c pass`, and where
+    the time of a run goes (cold and warm, from the run's own marks)."""
     from fim.app import image, runtime
 
     for unpacked in runtime.app_dirs(image.read_layout(str(app)).build_id, os.getuid(),
@@ -99,9 +100,14 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     trace = app.parent / "startup.trace"
     cold_marks = _traced(app, env, trace)
     cold = (cold_marks["exit"] - cold_marks["spawn"]) / 1e9
-    warm = _median([_timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent)
-                    for _ in range(ROUNDS * 2)])
-    warm_marks = [_traced(app, env, trace) for _ in range(ROUNDS * 2)]
+    warm, warm_marks = [], []
+    for _ in range(ROUNDS * 2):  # each mounting its stack: the last run's mount has ended
+        _after_linger(app)
+        warm.append(_timed([str(app), "fim-exec", "true"], env=env, cwd=app.parent))
+    for _ in range(ROUNDS * 2):
+        _after_linger(app)
+        warm_marks.append(_traced(app, env, trace))
+    warm = _median(warm)
     bwrap = find_bwrap(None)
     floor = _median([_timed([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                              "true"]) for _ in range(ROUNDS * 2)])
@@ -116,6 +122,86 @@ def test_startup(app: Path, record) -> None:  # noqa: ANN001
     for (label, c), (_, w) in zip(_phase_table([cold_marks]), _phase_table(warm_marks)):
         print(f"| {label} | {c:.1f} | {w:.1f} |")
         record(f"startup phase ms: {label}", "fim", w)
+
+
+def _image_mounted(app: Path) -> bool:
+    """Whether a mount of ``app`` (fim's stack: the mount's source is the image) is up."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(f" - fuse.fim {app} ".encode() in line for line in f)
+
+
+def _after_linger(app: Path) -> None:
+    """Until the previous run's mount has ended (fimfs.linger), so the next one mounts."""
+    deadline = time.monotonic() + 30
+    while _image_mounted(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _flatimage_stack(app: Path) -> list[str]:
+    """What FlatImage runs for the same image: native dwarfs at each layer's offset,
+    fuse-overlayfs over them, bwrap, then the unmounts (a shell script, one process)."""
+    from fim.cli import image
+
+    d = app.parent / "flatimage-stack"
+    layers = [(app, layer.offset, layer.size) for layer in
+              image.list_layers(image.read_layout(str(app)))]
+    layers.append((app.parent / "corpus.dwarfs", 0, (app.parent / "corpus.dwarfs").stat().st_size))
+    script = ["set -e", f"cd {d}", "rm -rf upper work; mkdir -p upper work root"]
+    for i, (path, offset, size) in enumerate(layers):
+        script += [f"mkdir -p l{i}", f"dwarfs {path} l{i} -o offset={offset},imagesize={size}"]
+    lower = ":".join(f"l{i}" for i in reversed(range(len(layers))))
+    script += [f"fuse-overlayfs -o lowerdir={lower},upperdir=upper,workdir=work root",
+               f"{find_bwrap(None)} --bind root / --dev /dev --proc /proc true",
+               "fusermount3 -u root", *(f"fusermount3 -u l{i}" for i in range(len(layers)))]
+    d.mkdir(exist_ok=True)
+    return ["sh", "-c", "\n".join(script)]
+
+
+def test_startup_shared(app: Path, record) -> None:  # noqa: ANN001
+    """`fim-exec true` mounting its own stack (each run after the last one's mount ended),
+    right after another run (within the linger: the mount is reused), and while another
+    run of the image is up; bare bwrap and FlatImage's own stack in the same run."""
+    env = _env(app)
+    run = [str(app), "fim-exec", "true"]
+    _timed(run, env=env, cwd=app.parent)  # unpacked, bytecode warm
+    fresh = []
+    for _ in range(ROUNDS * 2):
+        _after_linger(app)
+        fresh.append(_timed(run, env=env, cwd=app.parent))
+    after = []
+    for _ in range(ROUNDS * 2):
+        _timed(run, env=env, cwd=app.parent)
+        after.append(_timed(run, env=env, cwd=app.parent))
+    holder = subprocess.Popen([str(app), "fim-exec", "sleep", "600"], env=env, cwd=app.parent)
+    try:
+        deadline = time.monotonic() + 30
+        while not _image_mounted(app) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        up = [_timed(run, env=env, cwd=app.parent) for _ in range(ROUNDS * 2)]
+        trace = app.parent / "startup.trace"
+        marks = [_traced(app, env, trace) for _ in range(ROUNDS * 2)]
+    finally:
+        holder.terminate()
+        holder.wait()
+    bwrap = find_bwrap(None)
+    floor = _median([_timed([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                             "true"]) for _ in range(ROUNDS * 2)])
+    flatimage = None
+    if all(shutil.which(tool) for tool in ("dwarfs", "fuse-overlayfs", "fusermount3")):
+        stack = _flatimage_stack(app)
+        flatimage = _median([_timed(stack) for _ in range(ROUNDS * 2)])
+        record("startup shared s", "flatimage-stack", flatimage)
+    figures = {"fim": _median(fresh), "fim-after": _median(after), "fim-while-up": _median(up),
+               "bare-bwrap": floor}
+    for name, value in figures.items():
+        record("startup shared s", name, value)
+    print("\n" + ", ".join(f"{name} {value * 1000:.0f} ms" for name, value in figures.items())
+          + (f", FlatImage's stack {flatimage * 1000:.0f} ms" if flatimage else ""))
+    print(f"while up - bare bwrap = {(figures['fim-while-up'] - floor) * 1000:.0f} ms; "
+          f"right after - bare bwrap = {(figures['fim-after'] - floor) * 1000:.0f} ms")
+    print("| phase (a run while another is up) | ms (median) |\n|---|---:|")
+    for label, w in _phase_table(marks):
+        print(f"| {label} | {w:.1f} |")
 
 
 WORKLOADS = {
