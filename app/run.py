@@ -185,11 +185,12 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
                  layers: list[tuple[str, int, int]], upper: str, casefold: bool,
-                 shared: bool = False) -> _Root:
+                 shared: bool = False, mountpoint: str | None = None) -> _Root:
     """The in-process stack (app.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself while the run goes on preparing the
     sandbox (:meth:`_Root.wait` before bwrap starts); ``shared``: the user's mount of
-    the same stack when one is up (app.sharing), else one the next runs may share."""
+    the same stack when one is up (app.sharing), else one the next runs may share;
+    ``mountpoint``: another than the instance's."""
     import functools
 
     from fim.app import sharing
@@ -205,9 +206,11 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
                                              casefold, owner, inside, ctx.image)
     if slot:
         start = functools.partial(mount, source, foreground=False, fsname=ctx.image, wait=False)
-        mountpoint, ready, close = sharing.open_root(slot, start)
-        return _Root(["--bind", mountpoint, "/"], [], close, ready)
-    pending = mount(source, inst.mount, foreground=False, fsname=ctx.image, log_file=inst.log,
+        shared_root = sharing.open_root(slot, start)
+        return _Root(["--bind", shared_root.mountpoint, "/"], [], shared_root.close,
+                     shared_root.ready)
+    target = mountpoint or inst.mount
+    pending = mount(source, target, foreground=False, fsname=ctx.image, log_file=inst.log,
                     wait=False)
     assert pending is not None
 
@@ -217,13 +220,13 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
         except FimfsError:
             return
         try:
-            umount(inst.mount)
+            umount(target)
         except Exception:  # busy (a process of the sandbox lingers) or already gone
             from fim.sandbox import janitor
 
-            janitor.detach(inst.mount)
+            janitor.detach(target)
 
-    return _Root(["--bind", inst.mount, "/"], [inst.mount], close, pending.wait)
+    return _Root(["--bind", target, "/"], [target], close, pending.wait)
 
 
 def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
@@ -339,19 +342,23 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     except (FimfsError, FimError, OSError) as exc:
         raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
     if how == hostmount.FUSE and os.getuid() != 0:
-        root.retry = lambda: _remount_in_userns(ctx, inst, ident, layers, upper, casefold)
+        where = root.root_args[1]  # the sandbox is described with this root's arguments
+        root.retry = lambda: _remount_in_userns(ctx, inst, ident, layers, upper, casefold,
+                                                where)
     return root
 
 
 def _remount_in_userns(ctx: Context, inst: Instance, ident: Identity,
-                       layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
+                       layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+                       mountpoint: str) -> _Root:
     """fusermount3 failed (a setuid helper the host does not honour): the same mount
-    again, in a user namespace of the run's own (app.hostmount)."""
+    again, on the same mount point, in a user namespace of the run's own (app.hostmount;
+    seen by this run only, so not shared)."""
     from fim.fimfs.errors import FimfsError
 
     hostmount.enter_userns()
     try:
-        return _mount_fimfs(ctx, inst, ident, layers, upper, casefold)
+        return _mount_fimfs(ctx, inst, ident, layers, upper, casefold, mountpoint=mountpoint)
     except (FimfsError, OSError) as exc:
         raise Fatal(f"Could not mount the filesystem of the image: {exc}") from None
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fim.fimfs.fuse.lifecycle import PendingMount
 
 try:  # CPython's built-in: hashlib would load OpenSSL on every start (~5 ms)
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - another Python
     from hashlib import sha256
 
@@ -75,48 +75,56 @@ def slot_directory(app_dir: str, layers: Sequence[tuple[str, int, int]], upper: 
     return os.path.join(base, key)
 
 
-def open_root(directory: str, start: Callable[..., PendingMount | None]
-              ) -> tuple[str, Callable[[], None], Callable[[], None]]:
-    """The shared mount of slot ``directory``: ``(mount point, ready, close)``. Attached
-    to a live one, ready does nothing; else ``start(mountpoint, log_file=, on_ready=)``
-    (:func:`fimfs.fuse.mount` without waiting) mounts it, and ready waits for it and
-    takes this run's lease. close lets the lease go (the mount lingers)."""
+def open_root(directory: str, start: Callable[..., PendingMount | None]) -> SharedRoot:
+    """The shared mount of slot ``directory``: a lease on the live one, else mounted by
+    ``start(mountpoint, log_file=, on_ready=)`` (:func:`fimfs.fuse.mount` without waiting)."""
     got = linger.acquire(directory)
     if isinstance(got, linger.Lease):
-        return got.mountpoint, lambda: None, got.close
-    claim = got
+        return SharedRoot(got.mountpoint, got)
     try:
-        with open(claim.slot.log, "wb"):  # the new daemon's messages only
+        with open(got.slot.log, "wb"):  # the new daemon's messages only
             pass
-        pending = start(claim.mountpoint, log_file=claim.slot.log,
-                        on_ready=claim.keeper().start)
+        pending = start(got.mountpoint, log_file=got.slot.log, on_ready=got.keeper().start)
         assert pending is not None
     except BaseException:
-        claim.release()
+        got.release()
         raise
-    held: list[linger.Lease] = []
+    return SharedRoot(got.mountpoint, got, pending)
 
-    def ready() -> None:
-        if held:
+
+class SharedRoot:
+    """A run's use of a shared mount: :meth:`ready` once it must be up, :meth:`close`
+    at the end (the mount lingers for the next run)."""
+
+    def __init__(self, mountpoint: str, got: linger.Lease | linger.Claim,
+                 pending: PendingMount | None = None) -> None:
+        self.mountpoint = mountpoint
+        self._lease = got if isinstance(got, linger.Lease) else None
+        self._claim = got if isinstance(got, linger.Claim) else None
+        self._pending = pending
+
+    def ready(self) -> None:
+        """Attached, nothing to wait for; mounting, wait for the daemon and take this
+        run's lease (a failure lets the slot go: the next run clears it)."""
+        if self._lease is not None or self._claim is None or self._pending is None:
             return
+        claim = self._claim
         try:
-            pending.wait()
+            self._pending.wait()
         except BaseException:
-            claim.release()  # the next run clears what the failed daemon left
+            claim.release()
             raise
-        lease = claim.attach()
-        if lease is None:  # no keeper in the daemon: this run unmounts it
+        self._lease = claim.attach()
+        if self._lease is None:  # no keeper in the daemon: this run unmounts it
             from fim.osutil import mounts
 
             mounts.unmount(claim.mountpoint, lazy=True)
             raise FimfsError(f"the mount on {claim.mountpoint} took no lease")
-        held.append(lease)
 
-    def close() -> None:
+    def close(self) -> None:
         try:
-            ready()  # a run that failed before bwrap: the daemon may still be mounting
+            self.ready()  # a run that failed before bwrap: the daemon may still be mounting
         except FimfsError:
             return
-        held[0].close()
-
-    return claim.mountpoint, ready, close
+        if self._lease is not None:
+            self._lease.close()

@@ -140,7 +140,7 @@ def _after_linger(app: Path) -> None:
 def _flatimage_stack(app: Path) -> list[str]:
     """What FlatImage runs for the same image: native dwarfs at each layer's offset,
     fuse-overlayfs over them, bwrap, then the unmounts (a shell script, one process)."""
-    from fim.cli import image
+    from fim.app import image
 
     d = app.parent / "flatimage-stack"
     layers = [(app, layer.offset, layer.size) for layer in
