@@ -204,9 +204,9 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
     slot = shared and sharing.slot_directory(os.environ["FIM_DIR_APP"], layers, upper,
                                              casefold, owner, inside, ctx.image)
-    if slot:
-        start = functools.partial(mount, source, foreground=False, fsname=ctx.image, wait=False)
-        shared_root = sharing.open_root(slot, start)
+    start = functools.partial(mount, source, foreground=False, fsname=ctx.image, wait=False)
+    shared_root = sharing.open_root(slot, start) if slot else None
+    if shared_root is not None:
         return _Root(["--bind", shared_root.mountpoint, "/"], [], shared_root.close,
                      shared_root.ready)
     target = mountpoint or inst.mount

@@ -75,10 +75,15 @@ def slot_directory(app_dir: str, layers: Sequence[tuple[str, int, int]], upper: 
     return os.path.join(base, key)
 
 
-def open_root(directory: str, start: Callable[..., PendingMount | None]) -> SharedRoot:
+def open_root(directory: str, start: Callable[..., PendingMount | None]
+              ) -> SharedRoot | None:
     """The shared mount of slot ``directory``: a lease on the live one, else mounted by
-    ``start(mountpoint, log_file=, on_ready=)`` (:func:`fimfs.fuse.mount` without waiting)."""
+    ``start(mountpoint, log_file=, on_ready=)`` (:func:`fimfs.fuse.mount` without
+    waiting); None when the slot's mount is another mount namespace's (the caller
+    mounts one of its own)."""
     got = linger.acquire(directory)
+    if got is None:
+        return None
     if isinstance(got, linger.Lease):
         return SharedRoot(got.mountpoint, got)
     try:

@@ -16,6 +16,12 @@ before the keeper took the lock (and the mount stays) or finds no socket after i
 mounts anew, never over a mount going down). A slot whose daemon died (its socket
 refuses) is cleared by the next claimant: a dead mount is detached lazily.
 
+The acknowledgement carries the mount's device number: an attach checks that the mount
+point it sees is that mount. A daemon serving another mount namespace (the slot's
+directory is reachable from several) is not this caller's to use: :func:`acquire` then
+gives None and leaves the slot alone. A keeper removes only its own socket and
+unmounts only its own mount.
+
 Which mounts may be shared, and so what names a slot, is the caller's decision: this
 module knows nothing of images or sandboxes.
 """
@@ -38,7 +44,7 @@ LINGER = 2.0
 ATTACH_TIMEOUT = 5.0
 #: How soon an expiry that found the lock taken (someone attaching) is tried again.
 _RETRY = 0.05
-_ACK = b"+"
+_ACK = struct.Struct("=cQ")  # b"+", the mount's st_dev
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -56,10 +62,11 @@ class Slot:
 class Lease:
     """A use of the slot's mount; the mount stays while the lease is open."""
 
-    def __init__(self, sock: socket.socket, mountpoint: str, pid: int) -> None:
+    def __init__(self, sock: socket.socket, mountpoint: str, pid: int, dev: int) -> None:
         self._sock = sock
         self.mountpoint = mountpoint
         self.pid = pid  #: the serving daemon's
+        self.dev = dev  #: the mount's device number
 
     def close(self) -> None:
         self._sock.close()
@@ -77,35 +84,48 @@ def _connect(slot: Slot) -> Lease | None:
         sock.connect(slot.socket)
         pid, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                    _CRED.size))
-        if uid != os.geteuid() or sock.recv(1) != _ACK:
-            raise ConnectionError("not this user's daemon, or no acknowledgement")
+        if uid != os.geteuid():
+            raise ConnectionError("not this user's daemon")
+        ack = b""
+        while len(ack) < _ACK.size and (chunk := sock.recv(_ACK.size - len(ack))):
+            ack += chunk
+        if len(ack) != _ACK.size or ack[:1] != b"+":
+            raise ConnectionError("no acknowledgement")
         sock.settimeout(None)
     except OSError:
         sock.close()
         return None
-    return Lease(sock, slot.mountpoint, pid)
+    return Lease(sock, slot.mountpoint, pid, _ACK.unpack(ack)[1])
 
 
-def acquire(directory: str) -> Lease | Claim:
+def _device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
+def acquire(directory: str) -> Lease | Claim | None:
     """A lease on the mount in slot ``directory`` (made 0700 when missing), else the
-    claim to mount it there (the slot's lock held, what a dead daemon left cleared)."""
+    claim to mount it there (the slot's lock held, what a dead daemon left cleared);
+    None when the slot's daemon serves a mount this caller does not see."""
     os.makedirs(directory, 0o700, exist_ok=True)
     slot = Slot(directory)
     fd = _open_lock(slot)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lease = _connect(slot)
-        if lease is not None and mounts.is_mounted(slot.mountpoint):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-            return lease
-        if lease is not None:
-            lease.close()
-        _clear(slot)
+        if lease is None:
+            _clear(slot)
+            return Claim(slot, fd)
     except BaseException:
         os.close(fd)
         raise
-    return Claim(slot, fd)
+    os.close(fd)  # the lock goes with it
+    if _device(slot.mountpoint) == lease.dev:
+        return lease
+    lease.close()
+    return None
 
 
 def _clear(slot: Slot) -> None:
@@ -168,19 +188,25 @@ class Keeper:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(self.slot.socket)
         listener.listen(16)
+        st = os.stat(self.slot.socket)
+        self._socket_id = (st.st_dev, st.st_ino)
         threading.Thread(target=self._serve, args=(listener,), name="fim-linger",
                          daemon=True).start()
 
     def _serve(self, listener: socket.socket) -> None:
         users: set[socket.socket] = set()
-        deadline = time.monotonic() + self.linger
         try:
+            # here, not in start (the mount's INIT callback): a stat of the mount waits
+            # for the kernel to have the INIT reply
+            self._dev = os.stat(self.slot.mountpoint).st_dev
+            ack = _ACK.pack(b"+", self._dev)
+            deadline = time.monotonic() + self.linger
             while True:
                 timeout = None if users else max(0.0, deadline - time.monotonic())
                 readable, _, _ = select.select([listener, *users], [], [], timeout)
                 for sock in readable:
                     if sock is listener:
-                        _accept(listener, users)
+                        _accept(listener, users, ack)
                     elif not _still_open(sock):
                         users.discard(sock)
                         sock.close()
@@ -196,8 +222,18 @@ class Keeper:
             logging.getLogger(__name__).exception("lease keeper failed: detaching %s",
                                                   self.slot.mountpoint)
             listener.close()
-            with contextlib.suppress(OSError):
+            self._take_down(lazy=True)
+
+    def _take_down(self, lazy: bool = False) -> None:
+        """Remove this keeper's socket and unmount its mount (neither, when a claimant
+        of another mount namespace has put its own there)."""
+        with contextlib.suppress(OSError):
+            st = os.stat(self.slot.socket)
+            if (st.st_dev, st.st_ino) == self._socket_id:
                 os.unlink(self.slot.socket)
+        if _device(self.slot.mountpoint) != getattr(self, "_dev", None):
+            return
+        if lazy or mounts.unmount(self.slot.mountpoint, timeout=10) is not None:
             mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)
 
     def _expire(self, listener: socket.socket) -> bool:
@@ -211,22 +247,20 @@ class Keeper:
             if select.select([listener], [], [], 0)[0]:
                 return False  # a connection came first: it is served in the next round
             listener.close()
-            os.unlink(self.slot.socket)
-            if mounts.unmount(self.slot.mountpoint, timeout=10) is not None:
-                mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)
+            self._take_down()
             return True
         finally:
             os.close(fd)  # the lock goes with it: the slot is free for a new mount
 
 
-def _accept(listener: socket.socket, users: set[socket.socket]) -> None:
+def _accept(listener: socket.socket, users: set[socket.socket], ack: bytes) -> None:
     sock, _ = listener.accept()
     try:
         _, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                  _CRED.size))
         if uid != os.geteuid():
             raise PermissionError("another user's connection")
-        sock.sendall(_ACK)
+        sock.sendall(ack)
     except OSError:
         sock.close()
         return

@@ -126,3 +126,38 @@ def test_a_dead_daemon_leaves_nothing_to_attach_to(slot: linger.Slot) -> None:
     assert os.listdir(again.mountpoint)
     again.close()
     assert wait_for(lambda: _gone(slot), SHORT + 5)
+
+
+MOUNTER = """
+import sys, time
+from fim.fimfs import fuse, linger
+from tests.test_fuse import TreeFS
+claim = linger.acquire(sys.argv[1])
+fuse.mount(TreeFS(), claim.mountpoint, foreground=False, on_ready=claim.keeper(0.4).start)
+lease = claim.attach()
+print(lease.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_mount_of_another_mount_namespace_is_left_alone(slot: linger.Slot) -> None:
+    """The slot's daemon serves a mount this process does not see (made in another
+    mount namespace): no lease, nothing cleared; its keeper ends it there."""
+    other = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                              sys.executable, "-c", MOUNTER, slot.directory], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None
+        daemon = int(other.stdout.readline())
+        assert not fuse.is_mounted(slot.mountpoint)
+        assert linger.acquire(slot.directory) is None
+        assert os.path.exists(slot.socket) and os.path.exists(f"/proc/{daemon}")
+    finally:
+        other.kill()
+        other.wait()
+    assert wait_for(lambda: not os.path.exists(slot.socket), SHORT + 5)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{daemon}/status")
+                    or "zombie" in Path(f"/proc/{daemon}/status").read_text(), 5)
+    claim = linger.acquire(slot.directory)
+    assert isinstance(claim, linger.Claim)
+    claim.release()
