@@ -21,9 +21,10 @@ from fim.app.log import Fatal
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
     from fim.app.session import Context
+    from fim.fimfs.fuse.lifecycle import PendingMount
     from fim.sandbox.bwrap import Identity, Sandbox
 
 #: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
@@ -195,24 +196,21 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
 
     from fim.app import sharing
     from fim.app.layers import log_overlay
-    from fim.app.stack import build_stack
-    from fim.fimfs.errors import FimfsError
-    from fim.fimfs.fuse import mount, umount
 
     owner, inside = _owners(ident)
     log_overlay((path, offset) for path, offset, _ in layers)
-    source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
+    start = functools.partial(_start_mount, ctx.image, layers, upper, casefold, owner, inside)
     slot = shared and sharing.slot_directory(os.environ["FIM_DIR_APP"], layers, upper,
                                              casefold, owner, inside, ctx.image)
-    start = functools.partial(mount, source, foreground=False, fsname=ctx.image, wait=False)
     shared_root = sharing.open_root(slot, start) if slot else None
     if shared_root is not None:
         return _Root(["--bind", shared_root.mountpoint, "/"], [], shared_root.close,
                      shared_root.ready)
+    from fim.fimfs.errors import FimfsError
+    from fim.fimfs.fuse import umount
+
     target = mountpoint or inst.mount
-    pending = mount(source, target, foreground=False, fsname=ctx.image, log_file=inst.log,
-                    wait=False)
-    assert pending is not None
+    pending = start(target, log_file=inst.log)
 
     def close() -> None:
         try:
@@ -227,6 +225,23 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
             janitor.detach(target)
 
     return _Root(["--bind", target, "/"], [target], close, pending.wait)
+
+
+def _start_mount(fsname: str, layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+                 owner: tuple[int, int] | None, inside: tuple[int, int] | None,
+                 mountpoint: str, **options: Any) -> PendingMount:
+    """Fork the daemon serving the stack on ``mountpoint`` (``options``: the rest of
+    fimfs.fuse.mount's); the FUSE modules are loaded here, not by a run that attaches
+    to a shared mount."""
+    import functools
+
+    from fim.app.stack import build_stack
+    from fim.fimfs.fuse import mount
+
+    source = functools.partial(build_stack, layers, upper, casefold, owner=owner, inside=inside)
+    pending = mount(source, mountpoint, foreground=False, fsname=fsname, wait=False, **options)
+    assert pending is not None
+    return pending
 
 
 def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | None) -> object:
