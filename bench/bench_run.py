@@ -146,7 +146,8 @@ def _flatimage_stack(app: Path) -> list[str]:
     layers = [(app, layer.offset, layer.size) for layer in
               image.list_layers(image.read_layout(str(app)))]
     layers.append((app.parent / "corpus.dwarfs", 0, (app.parent / "corpus.dwarfs").stat().st_size))
-    script = ["set -e", "exec 2>/dev/null", f"cd {d}", "rm -rf upper work; mkdir -p upper work root"]
+    script = ["set -e", "exec 2>/dev/null", f"cd {d}",
+              "rm -rf upper work; mkdir -p upper work root"]
     for i, (path, offset, size) in enumerate(layers):
         script += [f"mkdir -p l{i}", f"dwarfs {path} l{i} -o offset={offset},imagesize={size}"]
     lower = ":".join(f"l{i}" for i in reversed(range(len(layers))))
