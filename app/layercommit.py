@@ -364,14 +364,13 @@ def commit(ctx: Context, mode: str, path: str | None = None) -> None:
 def _commit(ctx: Context, mode: str, path: str | None) -> None:
     from fim.app import image
 
-    data = os.environ["FIM_DIR_DATA"]
-    root = os.path.join(data, "root")
-    tmp_dir = os.path.join(data, "tmp")
-    lock = _exclusive(data)
+    paths = ctx.paths
+    root, tmp_dir = paths.upper, paths.tmp
+    lock = _exclusive(paths.data)
     try:
         dest = None
         if mode == "LAYER":
-            number, dest = next_layer(os.environ["FIM_DIR_LAYERS"])
+            number, dest = next_layer(paths.layers)
             log.info(f"Layer number: {number}")
             log.info(f"Layer path: {dest}")
         elif mode == "FILE":

@@ -42,10 +42,10 @@ def root_mode(ctx: Context, wants_root: bool) -> bool:
 
 
 def _expanded_env(ctx: Context, warn: bool = False) -> dict[str, str]:
-    """fim-env, with ``$NAME`` expanded from the caller's environment (app.expand),
-    without the entries no environment can hold (:func:`settable`; ``warn``: one error
-    line for each)."""
-    env = dict(os.environ)
+    """fim-env, with ``$NAME`` expanded from the caller's environment and the FIM_*
+    variables (app.expand), without the entries no environment can hold
+    (:func:`settable`; ``warn``: one error line for each)."""
+    env = ctx.environ()
     out = {}
     for key, value in ctx.config.env.items():
         name, text = expand(key, env), expand(value, env)
@@ -99,7 +99,7 @@ def identity(ctx: Context, root: bool, shell_default: str,
 def boot_program(ctx: Context, argv: list[str]) -> list[str]:
     """The boot command (spec 8.3): the stored program (``$VAR`` expanded; empty means
     bash), the stored arguments as typed, then the command line."""
-    program = expand(ctx.config.boot.program, os.environ) or DEFAULT_PROGRAM
+    program = expand(ctx.config.boot.program, ctx.environ()) or DEFAULT_PROGRAM
     return [program, *ctx.config.boot.args, *argv]
 
 
@@ -200,7 +200,7 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     owner, inside = _owners(ident)
     log_overlay((path, offset) for path, offset, _ in layers)
     start = functools.partial(_start_mount, ctx.image, layers, upper, casefold, owner, inside)
-    slot = shared and sharing.slot_directory(os.environ["FIM_DIR_APP"], layers, upper,
+    slot = shared and sharing.slot_directory(ctx.paths.app, layers, upper,
                                              casefold, owner, inside, ctx.image)
     shared_root = sharing.open_root(slot, start) if slot else None
     if shared_root is not None:
@@ -251,14 +251,14 @@ def _open_owned_layer(uid: int, gid: int, path: str, offset: int, size: int | No
     return OwnerView(DwarfsImage.from_path(path, offset=offset, size=size), uid, gid)
 
 
-def _work_dir() -> str:
+def _work_dir(ctx: Context) -> str:
     """This run's ``DATA/work/<pid>`` (the kernel overlay's and fuse-overlayfs' work)."""
-    work = os.path.join(os.environ["FIM_DIR_DATA"], "work", str(os.getpid()))
-    os.makedirs(work, exist_ok=True)
-    return work
+    os.makedirs(ctx.paths.work, exist_ok=True)
+    return ctx.paths.work
 
 
-def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: bool) -> _Root:
+def _mount_extracted(ctx: Context, layers: list[tuple[str, int, int]], upper: str,
+                     casefold: bool) -> _Root:
     """Without FUSE: the layers extracted into the per-user cache (app.extractcache),
     stacked with the upper by bwrap's kernel overlay."""
     from fim.app import extractcache
@@ -269,7 +269,7 @@ def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: b
     if casefold:
         log.emit("W", "casefold needs FUSE: this run is case-sensitive", "run.py")
     held = extractcache.acquire(layers, os.environ)
-    work = _work_dir()
+    work = _work_dir(ctx)
 
     def close() -> None:
         held.close()
@@ -278,7 +278,7 @@ def _mount_extracted(layers: list[tuple[str, int, int]], upper: str, casefold: b
     return _Root(bwrap.overlay_args(held.dirs, upper, work), [], close)
 
 
-def _mount_external(backend: str, inst: Instance, ident: Identity,
+def _mount_external(ctx: Context, backend: str, inst: Instance, ident: Identity,
                     layers: list[tuple[str, int, int]], upper: str, casefold: bool, *,
                     native: bool) -> _Root:
     """An external backend (fimfs.external) over one mount per layer; ``native``: the
@@ -289,7 +289,7 @@ def _mount_external(backend: str, inst: Instance, ident: Identity,
     from fim.fimfs import external
 
     owner, _ = _owners(ident)
-    work = _work_dir()
+    work = _work_dir(ctx)
     opener = None if owner is None else functools.partial(_open_owned_layer, *owner)
     stack = external.start(backend, layers, upper, work, inst.path, casefold=casefold,
                            native=native and os.environ.get("FIM_DWARFS") == "native",
@@ -324,12 +324,12 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     from fim.app.session import casefold_active
     from fim.fimfs.errors import FimfsError
 
-    found = discover(ctx.layout, os.environ["FIM_DIR_LAYERS"], os.environ)
+    found = discover(ctx.layout, ctx.paths.layers, ctx.environ())
     if not found:
         raise Fatal("The image has no layer to run")
     log_mounting(found)
     layers = [(layer.path, layer.offset, layer.size) for layer in found]
-    upper = os.path.join(os.environ["FIM_DIR_DATA"], "root")
+    upper = ctx.paths.upper
     casefold = casefold_active(ctx.config, os.environ)
     backend = ctx.overlay
     log.emit("D", f"Overlay type: {_DEBUG_NAMES[backend]}", "run.py")
@@ -337,7 +337,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     how = hostmount.choose()
     try:
         if how == hostmount.EXTRACT:
-            return _mount_extracted(layers, upper, casefold)
+            return _mount_extracted(ctx, layers, upper, casefold)
         if how == hostmount.USERNS:
             hostmount.enter_userns()
             if backend in ("overlayfs", "unionfs"):  # exec'd, they could not mount there
@@ -348,7 +348,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
             from fim.fimfs.external import BackendMissing
 
             try:
-                return _mount_external(backend, inst, ident, layers, upper, casefold,
+                return _mount_external(ctx, backend, inst, ident, layers, upper, casefold,
                                        native=how == hostmount.FUSE)
             except BackendMissing as exc:
                 log.emit("W", f"{exc}: falling back to fimfs", "run.py")
@@ -533,9 +533,10 @@ def _runtime_base_tmpfs(app_bin: str) -> list[str]:
 
 def _container_env(ctx: Context, app_bin: str) -> dict[str, str]:
     """The program's environment (spec 3.4, docs/security.md): the caller's
-    (with the FIM_* of spec 7.2; the frozen runtime's own variables were undone by
-    cli.frozen_main), then fim-env, TERM and the PATH of spec 7.2."""
-    caller = dict(os.environ)
+    (with the FIM_* of spec 7.2, :meth:`app.session.Context.environ`; the frozen
+    runtime's own variables were undone by cli.frozen_main), then fim-env, TERM and the
+    PATH of spec 7.2."""
+    caller = ctx.environ()
     stored = _expanded_env(ctx, warn=True)
     path = f"{app_bin}:{os.environ.get('PATH', '')}:{SYSTEM_PATH}"
     return {**caller, **stored, "TERM": stored.get("TERM", "xterm"), "PATH": path}
@@ -558,7 +559,7 @@ def _sandbox(ctx: Context, inst: Instance, ident: Identity, root: bool, shell: s
     unshared = (permissions.always_unshared(ctx.config.permissions)
                 | set(ctx.config.unshare)) - {"user"}
     unshare = permissions.unshare_args(unshared, network_isolated=isolated)
-    caller = dict(os.environ)
+    caller = ctx.environ()
     binds = [Bind(b.type, expand(b.src, caller), expand(b.dst, caller))
              for b in ctx.config.binds]
     runtime = [app_bin]
@@ -598,14 +599,14 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
     sandbox needs (its modules included) is prepared while the daemon opens the layers."""
     from fim.app.layercommit import hold_run_lock
 
-    app_bin = os.environ["FIM_DIR_APP_BIN"]
+    app_bin = ctx.paths.app_bin
     shell = os.path.join(app_bin, "bash")
     if not os.access(shell, os.X_OK):
         raise Fatal(f"The runtime of this image has no bash at '{shell}'")
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
-    hold_run_lock(os.environ["FIM_DIR_DATA"])  # fim-layer commit refuses while runs hold it
-    inst = Instance(os.environ["FIM_DIR_INSTANCE"])
+    hold_run_lock(ctx.paths.data)  # fim-layer commit refuses while runs hold it
+    inst = Instance(ctx.paths.instance)
     inst.create()
     watcher = root_fs = None
     try:
@@ -616,8 +617,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         from fim.app.desktop import integrate
         from fim.sandbox import bwrap, janitor, portal
 
-        janitor.prune(os.path.dirname(inst.path))  # the instances of killed runs
-        prune_work(os.environ["FIM_DIR_DATA"])  # and their work directories
+        janitor.prune(ctx.paths.instances)  # the instances of killed runs
+        prune_work(ctx.paths.data)  # and their work directories
 
         try:
             bwrap_path = hostmount.host_bwrap(os.getuid(), hostmount.read_sysctl) or (
@@ -631,7 +632,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
             program = [shell, "--rcfile", inst.bashrc, *program[1:]]
         sb = _sandbox(ctx, inst, ident, root, shell, app_bin,
                       root_fs.root_args + _runtime_base_tmpfs(app_bin))
-        portal.prepare(sb, inst.path, app_bin, os.getpid())
+        portal.prepare(sb, inst.path, app_bin, os.getpid(), ctx.environ())
         pipes = _Pipes(ident.uid == 0)
         cmd = bwrap.command(sb, bwrap_path, program, args_fd=pipes.args,
                             seccomp_fd=pipes.seccomp, userns_fd=pipes.userns,

@@ -1,7 +1,11 @@
 """A started image: what every command gets (spec 8.1 steps 1-3).
 
-Start-up exports the FIM_* variables, creates the data directory beside the image,
-reads the configuration and picks the overlay backend.
+Start-up locates the image, creates the data directory beside it, reads the
+configuration and picks the overlay backend: one :class:`Context` built once and passed
+to every command as a value, with its directories (:class:`Paths`) computed once. The
+FIM_* variables of spec 7.2 are not exported: :meth:`Context.environ` adds them to the
+caller's environment where a child gets one (the container's, expansions of stored
+values, a program run in an instance).
 """
 
 from __future__ import annotations
@@ -25,21 +29,78 @@ DIR_GLOBAL = "/tmp/fim"
 CASEFOLD_FALLBACK = "casefold cannot be used with bwrap overlayfs, falling back to unionfs"
 
 
+class Paths:
+    """The directories of one start (spec 7.1), computed once: the image's data
+    directory (FIM_DIR_DATA) and what is in it, the runtime's (FIM_DIR_APP) and this
+    run's instance directory in it, and FIM_DIR_SELF."""
+
+    __slots__ = ("self_dir", "data", "layers", "upper", "tmp", "work", "app", "app_bin",
+                 "app_sbin", "instances", "instance")
+
+    def __init__(self, self_dir: str, data: str, app: str, pid: int) -> None:
+        self.self_dir = self_dir
+        self.data = data
+        self.layers = os.path.join(data, "layers")
+        self.upper = os.path.join(data, "root")  # the writable layer, committed by fim-layer
+        self.tmp = os.path.join(data, "tmp")
+        self.work = os.path.join(data, "work", str(pid))  # this run's overlay work directory
+        self.app = app
+        self.app_bin = f"{app}/bin"
+        self.app_sbin = f"{app}/sbin"
+        self.instances = f"{app}/instance"
+        self.instance = f"{app}/instance/{pid}"
+
+
 class Context:
     """What a command gets: the image, its layout and configuration (as read at
-    start-up; edits re-read it under the lock), the build constants and the
-    overlay backend in effect."""
+    start-up; edits re-read it under the lock), the build constants, the overlay
+    backend in effect, the directories and the pid of this start (FIM_PID)."""
 
-    __slots__ = ("command", "image", "layout", "config", "build", "overlay")
+    __slots__ = ("command", "image", "layout", "config", "build", "overlay", "paths", "pid")
 
     def __init__(self, command: str, image: str, layout: Layout, config: Config,
-                 build: dict[str, object], overlay: str) -> None:
+                 build: dict[str, object], overlay: str, paths: Paths, pid: int) -> None:
         self.command = command
         self.image = image
         self.layout = layout
         self.config = config
         self.build = build
         self.overlay = overlay
+        self.paths = paths
+        self.pid = pid
+
+    def with_config(self, config: Config) -> Context:
+        """This context with ``config`` in place of its configuration (one run's changes)."""
+        return Context(self.command, self.image, self.layout, config, self.build,
+                       self.overlay, self.paths, self.pid)
+
+    def variables(self) -> dict[str, str]:
+        """The FIM_* variables of spec 7.2 that exist before a sandbox is started."""
+        paths = self.paths
+        return {
+            "FIM_VERSION": str(self.build["version"]),
+            "FIM_COMMIT": str(self.build["commit"]),
+            "FIM_TIMESTAMP": str(self.build["timestamp"]),
+            "FIM_DIST": self.layout.dist,
+            "FIM_BIN_SELF": self.image,
+            "FIM_OFFSET": str(self.layout.reserved_offset),
+            "FIM_DIR_SELF": paths.self_dir,
+            "FIM_DIR_GLOBAL": DIR_GLOBAL,
+            "FIM_DIR_APP": paths.app,
+            "FIM_DIR_APP_BIN": paths.app_bin,
+            "FIM_DIR_APP_SBIN": paths.app_sbin,
+            "FIM_DIR_INSTANCE": paths.instance,
+            "FIM_PID": str(self.pid),
+            "FIM_DIR_RUNTIME": f"{DIR_GLOBAL}/run",
+            "FIM_DIR_RUNTIME_HOST": f"{DIR_GLOBAL}/run/host",
+            "FIM_DIR_DATA": paths.data,
+            "FIM_DIR_LAYERS": paths.layers,
+        }
+
+    def environ(self) -> dict[str, str]:
+        """The caller's environment (read now) with :meth:`variables` over it: what a
+        child of this start sees, and what stored values are expanded from."""
+        return {**os.environ, **self.variables()}
 
 
 def casefold_active(cfg: Config, environ: Mapping[str, str]) -> bool:
@@ -60,52 +121,22 @@ def overlay_backend(cfg: Config, environ: Mapping[str, str]) -> str:
     return backend
 
 
-def _export(image: str, data_dir: str, app: str | None) -> None:
-    """The FIM_* variables of spec 7.2 that exist before a sandbox is started."""
-    from fim.app.image import is_url
-    from fim.app.runtime import app_dir
-
-    app = app or app_dir()
-    pid = str(os.getpid())
-    os.environ.update({
-        "FIM_DIR_SELF": data_dir if is_url(image) else os.path.dirname(image),
-        "FIM_DIR_GLOBAL": DIR_GLOBAL,
-        "FIM_DIR_APP": app,
-        "FIM_DIR_APP_BIN": f"{app}/bin",
-        "FIM_DIR_APP_SBIN": f"{app}/sbin",
-        "FIM_DIR_INSTANCE": f"{app}/instance/{pid}",
-        "FIM_PID": pid,
-        "FIM_DIR_RUNTIME": f"{DIR_GLOBAL}/run",
-        "FIM_DIR_RUNTIME_HOST": f"{DIR_GLOBAL}/run/host",
-        "FIM_DIR_DATA": data_dir,
-        "FIM_DIR_LAYERS": os.path.join(data_dir, "layers"),
-    })
-
-
 def locate(image: str, build: dict[str, object] | None) -> tuple[str, Layout, dict[str, object]]:
-    """The image's real path (or URL), layout and build constants, exported (spec 8.1
-    steps 1-2)."""
+    """The image's real path (or URL), layout and build constants (spec 8.1 steps 1-2)."""
     from fim.app import runtime
     from fim.app.image import is_url, read_layout
 
     path = image if is_url(image) else os.path.realpath(image)
     build = build or runtime.build_info()
-    layout = read_layout(path)
-    os.environ.update({
-        "FIM_VERSION": str(build["version"]),
-        "FIM_COMMIT": str(build["commit"]),
-        "FIM_TIMESTAMP": str(build["timestamp"]),
-        "FIM_DIST": layout.dist,
-        "FIM_BIN_SELF": path,
-        "FIM_OFFSET": str(layout.reserved_offset),
-    })
-    return path, layout, build
+    return path, read_layout(path), build
 
 
 def prepare(command: str, path: str, layout: Layout, build: dict[str, object],
              host: Host | None) -> Context:
-    """The data directory, the other FIM_* variables, the configuration (spec 8.1 step 3)."""
+    """The data directory, the configuration, the session's directories (spec 8.1 step 3)."""
     from fim.app import config, datadir
+    from fim.app.image import is_url
+    from fim.app.runtime import app_dir
 
     if host is not None and host.data and not os.environ.get("FIM_DIR_DATA"):
         data_dir, fallback = host.data, False
@@ -118,9 +149,12 @@ def prepare(command: str, path: str, layout: Layout, build: dict[str, object],
     if fallback and new:
         log.notice(f"'{os.path.dirname(path)}' is not writable, or another user's: the data "
                    f"of this image is kept in '{data_dir}'")
-    _export(path, data_dir, host.app if host else None)
+    pid = os.getpid()
+    paths = Paths(data_dir if is_url(path) else os.path.dirname(path), data_dir,
+                  (host.app if host else None) or app_dir(), pid)
     cfg = config.load(layout)
-    return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ))
+    return Context(command, path, layout, cfg, build, overlay_backend(cfg, os.environ),
+                   paths, pid)
 
 
 class Host:

@@ -9,8 +9,6 @@ empty key is invalid, and values with spaces are listed whole.
 
 from __future__ import annotations
 
-import os
-
 from fim.app import log
 from fim.app.expand import expand
 from fim.app.log import UsageError, trailing
@@ -43,7 +41,7 @@ def run(ctx: Context, args: list[str]) -> int:
         if args[1:]:
             raise trailing("fim-env", args[1:])
         if op == "LIST":
-            env = dict(os.environ)
+            env = ctx.environ()
             shown = sorted((expand(k, env), expand(v, env)) for k, v in ctx.config.env.items())
             print_lines(f"{key}={value}" for key, value in shown)
         else:

@@ -20,11 +20,10 @@ def run(ctx: Context, args: list[str]) -> int:
     if not args:
         raise UsageError("Missing op for 'fim-instance' (<exec|list>)")
     op = keyword(args[0])
-    directory = os.path.join(os.environ["FIM_DIR_APP"], "instance")
     if op == "LIST":
         if args[1:]:
             raise trailing("fim-instance", args[1:])
-        found = instance.running(directory, exclude=os.getpid())
+        found = instance.running(ctx.paths.instances, exclude=os.getpid())
         print_lines(f"{i}:{inst.pid}" for i, inst in enumerate(found))
         return 0
     if op != "EXEC":
@@ -35,7 +34,7 @@ def run(ctx: Context, args: list[str]) -> int:
         raise UsageError("Id argument must be a digit")
     if len(args) < 3:
         raise UsageError("Missing 'cmd' argument for 'fim-instance'")
-    found = instance.running(directory, exclude=os.getpid())
+    found = instance.running(ctx.paths.instances, exclude=os.getpid())
     if not found:
         raise CommandError("No instances are running")
     index = int(args[1])

@@ -17,9 +17,8 @@ if TYPE_CHECKING:
 def _list(ctx: Context) -> None:
     from fim.app.layers import discover
 
-    layers_dir = os.path.join(os.environ["FIM_DIR_DATA"], "layers")
     print_lines(f"{i}:{la.offset}:{la.size}:{la.path}"
-                for i, la in enumerate(discover(ctx.layout, layers_dir, os.environ)))
+                for i, la in enumerate(discover(ctx.layout, ctx.paths.layers, ctx.environ())))
 
 
 def _add(ctx: Context, source: str) -> None:
@@ -42,7 +41,7 @@ def _add_url(ctx: Context, url: str) -> None:
     from fim.app import image
 
     layer = image.remote(url)
-    tmp = os.path.join(os.environ["FIM_DIR_DATA"], "tmp", f"layer-{os.getpid()}.download")
+    tmp = os.path.join(ctx.paths.tmp, f"layer-{os.getpid()}.download")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

@@ -165,7 +165,7 @@ class Source:
     def __init__(self, ctx: Context, remote: str | None) -> None:
         self.dist = ctx.layout.dist.lower()
         self.remote = None if remote is None else remote.rstrip("/")
-        self.cache = os.path.join(os.environ["FIM_DIR_DATA"], "recipes", self.dist, "latest")
+        self.cache = os.path.join(ctx.paths.data, "recipes", self.dist, "latest")
 
     def path(self, name: str) -> str:
         return os.path.join(self.cache, f"{name}.json")
@@ -290,11 +290,11 @@ def _managers_in(ctx: Context) -> set[str]:
     from fim.app.layers import discover
     from fim.app.stack import build_stack
 
-    layers = [(f.path, f.offset) for f in discover(ctx.layout, os.environ["FIM_DIR_LAYERS"],
-                                                   os.environ)]
+    layers = [(f.path, f.offset) for f in discover(ctx.layout, ctx.paths.layers,
+                                                   ctx.environ())]
     if not layers:
         return set()
-    upper = os.path.join(os.environ["FIM_DIR_DATA"], "root")
+    upper = ctx.paths.upper
     try:
         stack = build_stack(layers, upper if os.path.isdir(upper) else None)
     except FimError as exc:
@@ -341,11 +341,9 @@ def with_network(ctx: Context) -> Context:
     """``ctx`` with the ``network`` permission added for one run (nothing stored)."""
     import copy
 
-    from fim.app.session import Context
-
     cfg = copy.copy(ctx.config)
     cfg.permissions = {*ctx.config.permissions, "network"}
-    return Context(ctx.command, ctx.image, ctx.layout, cfg, ctx.build, ctx.overlay)
+    return ctx.with_config(cfg)
 
 
 def _install(ctx: Context, names: list[str]) -> int:

@@ -34,7 +34,7 @@ from fim.sandbox.portal.protocol import (
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 
 class Log:
@@ -276,15 +276,21 @@ def _detach() -> None:
     os.chdir("/")
 
 
-def start_host(portal_dir: str, ref_pid: int) -> None:
+def start_host(portal_dir: str, ref_pid: int,
+               environ: Mapping[str, str] | None = None) -> None:
     """Start the host daemon of an instance (double fork, detached) and wait until it
-    listens on ``portal_dir/host.sock`` (at most :data:`TIMEOUT`)."""
+    listens on ``portal_dir/host.sock`` (at most :data:`TIMEOUT`). ``environ``: the
+    daemon's environment, which its programs get under the caller's (default: this
+    process's)."""
     rfd, wfd = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the daemon
         code = 1
         try:
             os.close(rfd)
+            if environ is not None:
+                os.environ.clear()
+                os.environ.update(environ)
             _detach()
             if os.fork() == 0:
                 os.closerange(3, wfd)

@@ -27,6 +27,8 @@ from fim.sandbox.portal.server import Log, start_host
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fim.sandbox.bwrap import Sandbox
 
 #: glibc's libraries the frozen fim loads from the host (everything else it bundles)
@@ -89,9 +91,11 @@ def _frozen_inside(sb: Sandbox, app_bin: str, bindir: str) -> bool:
     return True
 
 
-def prepare(sb: Sandbox, instance_dir: str, app_bin: str, ref_pid: int) -> None:
-    """Make the portal part of a sandbox and start the host daemon: ``INST/portal``
-    (0700) bound at its own path (the sandbox's /tmp is private), FIM_PORTAL_DIR set,
+def prepare(sb: Sandbox, instance_dir: str, app_bin: str, ref_pid: int,
+            environ: Mapping[str, str]) -> None:
+    """Make the portal part of a sandbox and start the host daemon (with ``environ``,
+    the run's environment: the host side of ``fim_portal``): ``INST/portal`` (0700)
+    bound at its own path (the sandbox's /tmp is private), FIM_PORTAL_DIR set,
     ``fim_portal`` on the sandbox's PATH (``INST/bin``, after APP/bin), the guest daemon
     in the launch line."""
     directory = os.path.join(instance_dir, PORTAL_DIR)
@@ -110,6 +114,6 @@ def prepare(sb: Sandbox, instance_dir: str, app_bin: str, ref_pid: int) -> None:
         with open(os.path.join(directory, UNAVAILABLE), "w", encoding="utf-8") as f:
             f.write("this image's runtime cannot run the portal inside (--runtime python)\n")
     try:
-        start_host(directory, ref_pid)
+        start_host(directory, ref_pid, environ)
     except PortalError as exc:  # the program still runs; fim_portal will say so
         Log(os.path.join(directory, "host.log"))(str(exc))
