@@ -25,6 +25,8 @@ TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
+    from fim.app.image import Layer
+
 #: Default bound of the cache, in bytes of extracted files.
 LIMIT = 8 << 30
 _HASH_CHUNK = 4 << 20
@@ -85,15 +87,16 @@ class Held:
         self._fds = []
 
 
-def acquire(layers: Sequence[tuple[str, int, int]], environ: Mapping[str, str]) -> Held:
-    """The extracted tree of each layer ``(path, offset, size)``, extracting what the
-    cache lacks; the trees stay locked (shared) until the returned value is closed."""
+def acquire(layers: Sequence[Layer], environ: Mapping[str, str]) -> Held:
+    """The extracted tree of each layer, extracting what the cache lacks; the trees stay
+    locked (shared) until the returned value is closed."""
     cache = directory(environ)
     os.makedirs(cache, mode=0o700, exist_ok=True)
     dirs: list[str] = []
     fds: list[int] = []
     try:
-        for path, offset, size in layers:
+        for layer in layers:
+            path, offset, size = layer.path, layer.offset, layer.size
             key = digest(path, offset, size)
             fd = os.open(os.path.join(cache, f"{key}.lock"),
                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

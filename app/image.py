@@ -97,21 +97,25 @@ class Layout:
 
 
 class Layer:
-    """One embedded layer: ``offset`` is where its DwarFS data starts (after the size)."""
+    """A layer, wherever it is: the DwarFS image of ``size`` bytes at ``offset`` in the
+    file or URL ``path`` (an image's embedded layer: after its size field; a layer
+    file: at 0). The one layer reference of the application (app.layers discovers them,
+    app.stack and app.extractcache open them; fimfs.external takes its own
+    ``(path, offset, size)``, converted where it is called)."""
 
-    __slots__ = ("index", "offset", "size")
+    __slots__ = ("path", "offset", "size")
 
-    def __init__(self, index: int, offset: int, size: int) -> None:
-        self.index = index
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self.path = path
         self.offset = offset
         self.size = size
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layer) and (self.index, self.offset, self.size) == (
-            other.index, other.offset, other.size)
+        return isinstance(other, Layer) and (self.path, self.offset, self.size) == (
+            other.path, other.offset, other.size)
 
     def __repr__(self) -> str:
-        return f"Layer(index={self.index}, offset={self.offset}, size={self.size})"
+        return f"Layer(path={self.path!r}, offset={self.offset}, size={self.size})"
 
 
 def _header_line(fields: Sequence[object]) -> bytes:
@@ -268,7 +272,7 @@ def _scan(read: Callable[[int, int], bytes], end: int,
         data = pos + _SIZE.size
         if size == 0 or head[_SIZE.size:] != LAYER_MAGIC or data + size > end:
             break
-        found.append(Layer(len(found), data, size))
+        found.append(Layer(layout.path, data, size))
         pos = data + size
     return found, pos
 
@@ -327,7 +331,7 @@ def append_layer(layout: Layout, source: str) -> Layer:
     fd = open_image_fd(layout.path)
     try:
         with locked(fd, exclusive=True):
-            layers, end = _scan_layers(fd, layout)
+            _, end = _scan_layers(fd, layout)
             try:
                 wfd = open_for_writing(layout.path)
                 try:
@@ -344,7 +348,7 @@ def append_layer(layout: Layout, source: str) -> Layer:
                 raise
             write_at(layout.path, _SIZE.pack(size), end)
             os.fsync(fd)
-            return Layer(len(layers), end + _SIZE.size, size)
+            return Layer(layout.path, end + _SIZE.size, size)
     except OSError as exc:
         raise FimImageError(f"Could not append layer to '{layout.path}': {exc.strerror}") from None
     finally:

@@ -19,25 +19,20 @@ holds a subset of the new layer's entries that hides nothing of it: the view is 
 same, nothing is lost. A failure before the placement leaves image and upper as they
 were (a full disk included).
 
-Instances: every run holds a shared flock on ``DATA/instances.lock`` (taken by
-:func:`hold_run_lock`, kept by the run and its mount daemon, released by the kernel
-when they die); a commit takes it exclusively or refuses, and runs started during a
-commit wait for it.
+Instances: a commit takes the run lock of the data directory exclusively or refuses
+(:mod:`app.runlock`).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import stat
 import sys
-import time
 
 from fim.app import log
 from fim.app.log import CommandError
-from fim.fimfs.linger import LINGER
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
@@ -47,15 +42,10 @@ if TYPE_CHECKING:
 
 LEVEL_VARIABLE = "FIM_COMPRESSION_LEVEL"
 DEFAULT_LEVEL = 7
-LOCK_NAME = "instances.lock"
-#: How long a commit waits for runs that are just ending to let go: their mount daemon,
-#: which stays up to fimfs.linger.LINGER s after the last run for the next one.
-LOCK_GRACE = LINGER + 3.0
 TEMP_NAME = "layer.tmp"
 MAX_LAYER = 999
 _LAYER_NAME = re.compile(r"layer-(\d+)\.layer")
 _COPY_CHUNK = 1 << 20
-_held: list[int] = []  # the run's lock descriptor, open until the process ends
 
 
 def compression_level(environ: Mapping[str, str]) -> int:
@@ -65,47 +55,6 @@ def compression_level(environ: Mapping[str, str]) -> int:
     except ValueError:
         return DEFAULT_LEVEL
     return min(9, max(0, level))
-
-
-# -- instances ---------------------------------------------------------------------------
-def hold_run_lock(data: str) -> None:
-    """Mark this run as an instance using ``data`` until the process (and the mount
-    daemon it forks, which inherits the descriptor) ends; waits for a running commit."""
-    try:
-        fd = os.open(os.path.join(data, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
-    except OSError:
-        return  # a read-only data directory: nothing can commit into it either
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info("Waiting for a layer commit to finish")
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    _held.append(fd)
-
-
-def _exclusive(data: str) -> int:
-    """The lock of ``data`` held exclusively (the descriptor), or a refusal."""
-    path = os.path.join(data, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise CommandError(f"Could not open '{path}': {exc.strerror}") from None
-    # A run that just ended may still have its mount daemon (which inherits the lock)
-    # finishing for a few milliseconds: wait a moment before calling it a running instance.
-    deadline = time.monotonic() + LOCK_GRACE
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-    os.close(fd)
-    raise CommandError("Another instance of this image is running with the data "
-                       f"directory '{data}' (or another commit): stop it, then "
-                       "commit")
 
 
 # -- building a layer --------------------------------------------------------------------
@@ -362,11 +311,11 @@ def commit(ctx: Context, mode: str, path: str | None = None) -> None:
 
 
 def _commit(ctx: Context, mode: str, path: str | None) -> None:
-    from fim.app import image
+    from fim.app import image, runlock
 
     paths = ctx.paths
     root, tmp_dir = paths.upper, paths.tmp
-    lock = _exclusive(paths.data)
+    lock = runlock.exclusive(paths.data)
     try:
         dest = None
         if mode == "LAYER":

@@ -13,18 +13,7 @@ TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from fim.app.image import Layout
-
-
-class Found:
-    """One discovered layer: ``offset`` is 0 for an external file."""
-
-    __slots__ = ("path", "offset", "size")
-
-    def __init__(self, path: str, offset: int, size: int) -> None:
-        self.path = path
-        self.offset = offset
-        self.size = size
+    from fim.app.image import Layer, Layout
 
 
 def _dwarfs_size(path: str) -> int | None:
@@ -55,11 +44,11 @@ def _files_of(directory: str) -> list[str]:
     return sorted(p for p in (os.path.join(directory, n) for n in names) if os.path.isfile(p))
 
 
-def _external(paths: Iterator[str]) -> Iterator[Found]:
+def _external(paths: Iterator[str]) -> Iterator[Layer]:
     for path in paths:
         size = _dwarfs_size(path)
         if size is not None:
-            yield Found(path, 0, size)
+            yield image.Layer(path, 0, size)
 
 
 def split_list(value: str) -> list[str]:
@@ -92,19 +81,17 @@ def _from_variable(value: str, environ: Mapping[str, str]) -> Iterator[str]:
             yield from _files_of(element)
 
 
-def discover(layout: Layout, layers_dir: str, environ: Mapping[str, str]) -> list[Found]:
+def discover(layout: Layout, layers_dir: str, environ: Mapping[str, str]) -> list[Layer]:
     """Every layer of the image at ``layout``, in discovery order."""
     embedded, tail = image.scan_layers(layout)
     if tail:
         log.warning(f"Ignoring {tail} bytes after the last valid layer of '{layout.path}' "
                     "(an interrupted or invalid append; the next commit overwrites them)")
-    found = [Found(layout.path, la.offset, la.size) for la in embedded]
-    found += _external(_from_variable(environ.get("FIM_LAYERS", ""), environ))
-    found += _external(iter(_files_of(layers_dir)))
-    return found
+    return [*embedded, *_external(_from_variable(environ.get("FIM_LAYERS", ""), environ)),
+            *_external(iter(_files_of(layers_dir)))]
 
 
-def log_mounting(found: Iterable[Found]) -> None:
+def log_mounting(found: Iterable[Layer]) -> None:
     """``FIM_DEBUG``'s line per layer a run mounts, in upstream's words (spec 16): its
     offsets are those of `fim-layer list`, which upstream's tests compare."""
     for layer in found:

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any, BinaryIO
 
+    from fim.app.image import Layer
     from fim.app.session import Context
     from fim.fimfs.fuse.lifecycle import PendingMount
     from fim.sandbox.bwrap import Identity, Sandbox
+    from fim.sandbox.instance import Instance
 
 #: Signals a run passes on to the program (SIGINT and SIGQUIT come from the terminal
 #: to the program's process group directly; the run itself ignores them).
@@ -103,34 +105,18 @@ def boot_program(ctx: Context, argv: list[str]) -> list[str]:
     return [program, *ctx.config.boot.args, *argv]
 
 
-class Instance:
-    """The per-run directory ``FIM_DIR_INSTANCE`` (spec 7.1): passwd, bashrc, the mount
-    point, logs. Private to the user (0700); removed at the end of the run, and by
-    the janitor or the next run's prune when the run was killed."""
+def _new_instance(ctx: Context) -> Instance:
+    """This run's instance directory, made (run_program prunes those of killed runs once
+    the mount daemon has started)."""
+    from fim.sandbox.instance import Instance
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.mount = os.path.join(path, "mount")
-        self.passwd = os.path.join(path, "passwd")
-        self.bashrc = os.path.join(path, "bashrc")
-        self.log = os.path.join(path, "fuse.log")
-
-    def create(self) -> None:
-        """Make the directory (run_program prunes the instances of killed runs once the
-        mount daemon has started)."""
-        try:
-            # APP is in a directory private to the user (app.rundir): so is instance/
-            os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
-            os.mkdir(self.path, 0o700)
-            os.mkdir(self.mount, 0o700)
-        except OSError as exc:
-            raise Fatal(f"Could not create the instance directory '{self.path}': "
-                        f"{exc.strerror}") from None
-
-    def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.path, ignore_errors=True)
+    inst = Instance(ctx.pid, ctx.paths.instance)
+    try:
+        inst.create()
+    except OSError as exc:
+        raise Fatal(f"Could not create the instance directory '{inst.path}': "
+                    f"{exc.strerror}") from None
+    return inst
 
 
 def _write_identity(inst: Instance, ident: Identity, ps1: str | None) -> None:
@@ -185,7 +171,7 @@ def _owners(ident: Identity) -> tuple[tuple[int, int] | None, tuple[int, int] | 
 
 
 def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
-                 layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+                 layers: list[Layer], upper: str, casefold: bool,
                  shared: bool = False, mountpoint: str | None = None) -> _Root:
     """The in-process stack (app.stack) on the instance's mount point, served by a
     forked daemon that opens the layers itself while the run goes on preparing the
@@ -198,7 +184,7 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     from fim.app.layers import log_overlay
 
     owner, inside = _owners(ident)
-    log_overlay((path, offset) for path, offset, _ in layers)
+    log_overlay((layer.path, layer.offset) for layer in layers)
     start = functools.partial(_start_mount, ctx.image, layers, upper, casefold, owner, inside)
     slot = shared and sharing.slot_directory(ctx.paths.app, layers, upper,
                                              casefold, owner, inside, ctx.image)
@@ -227,7 +213,7 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
     return _Root(["--bind", target, "/"], [target], close, pending.wait)
 
 
-def _start_mount(fsname: str, layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+def _start_mount(fsname: str, layers: list[Layer], upper: str, casefold: bool,
                  owner: tuple[int, int] | None, inside: tuple[int, int] | None,
                  mountpoint: str, **options: Any) -> PendingMount:
     """Fork the daemon serving the stack on ``mountpoint`` (``options``: the rest of
@@ -257,7 +243,7 @@ def _work_dir(ctx: Context) -> str:
     return ctx.paths.work
 
 
-def _mount_extracted(ctx: Context, layers: list[tuple[str, int, int]], upper: str,
+def _mount_extracted(ctx: Context, layers: list[Layer], upper: str,
                      casefold: bool) -> _Root:
     """Without FUSE: the layers extracted into the per-user cache (app.extractcache),
     stacked with the upper by bwrap's kernel overlay."""
@@ -279,7 +265,7 @@ def _mount_extracted(ctx: Context, layers: list[tuple[str, int, int]], upper: st
 
 
 def _mount_external(ctx: Context, backend: str, inst: Instance, ident: Identity,
-                    layers: list[tuple[str, int, int]], upper: str, casefold: bool, *,
+                    layers: list[Layer], upper: str, casefold: bool, *,
                     native: bool) -> _Root:
     """An external backend (fimfs.external) over one mount per layer; ``native``: the
     native dwarfs may serve them (FIM_DWARFS=native)."""
@@ -291,7 +277,8 @@ def _mount_external(ctx: Context, backend: str, inst: Instance, ident: Identity,
     owner, _ = _owners(ident)
     work = _work_dir(ctx)
     opener = None if owner is None else functools.partial(_open_owned_layer, *owner)
-    stack = external.start(backend, layers, upper, work, inst.path, casefold=casefold,
+    specs = [(layer.path, layer.offset, layer.size) for layer in layers]  # fimfs's own type
+    stack = external.start(backend, specs, upper, work, inst.path, casefold=casefold,
                            native=native and os.environ.get("FIM_DWARFS") == "native",
                            open_layer=opener,  # type: ignore[arg-type]
                            uid=None if owner is None else owner[0],
@@ -324,11 +311,10 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
     from fim.app.session import casefold_active
     from fim.fimfs.errors import FimfsError
 
-    found = discover(ctx.layout, ctx.paths.layers, ctx.environ())
-    if not found:
+    layers = discover(ctx.layout, ctx.paths.layers, ctx.environ())
+    if not layers:
         raise Fatal("The image has no layer to run")
-    log_mounting(found)
-    layers = [(layer.path, layer.offset, layer.size) for layer in found]
+    log_mounting(layers)
     upper = ctx.paths.upper
     casefold = casefold_active(ctx.config, os.environ)
     backend = ctx.overlay
@@ -364,7 +350,7 @@ def _mount_root(ctx: Context, inst: Instance, ident: Identity) -> _Root:
 
 
 def _remount_in_userns(ctx: Context, inst: Instance, ident: Identity,
-                       layers: list[tuple[str, int, int]], upper: str, casefold: bool,
+                       layers: list[Layer], upper: str, casefold: bool,
                        mountpoint: str) -> _Root:
     """fusermount3 failed (a setuid helper the host does not honour): the same mount
     again, on the same mount point, in a user namespace of the run's own (app.hostmount;
@@ -597,7 +583,7 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
 
     The mount daemon is started as early as the stack can be described; what only the
     sandbox needs (its modules included) is prepared while the daemon opens the layers."""
-    from fim.app.layercommit import hold_run_lock
+    from fim.app import runlock
 
     app_bin = ctx.paths.app_bin
     shell = os.path.join(app_bin, "bash")
@@ -605,9 +591,8 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         raise Fatal(f"The runtime of this image has no bash at '{shell}'")
     root = root_mode(ctx, wants_root)
     ident = identity(ctx, root, shell, os.environ)
-    hold_run_lock(ctx.paths.data)  # fim-layer commit refuses while runs hold it
-    inst = Instance(ctx.paths.instance)
-    inst.create()
+    runlock.hold(ctx.paths.data)  # fim-layer commit refuses while runs hold it
+    inst = _new_instance(ctx)
     watcher = root_fs = None
     try:
         timing.mark("mount")

@@ -32,6 +32,7 @@ TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from fim.app.image import Layer
     from fim.fimfs.fuse.lifecycle import PendingMount
 
 try:  # CPython's built-in: hashlib would load OpenSSL on every start (~5 ms)
@@ -47,19 +48,19 @@ def _identity(path: str) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def slot_directory(app_dir: str, layers: Sequence[tuple[str, int, int]], upper: str,
+def slot_directory(app_dir: str, layers: Sequence[Layer], upper: str,
                    casefold: bool, owner: tuple[int, int] | None,
                    inside: tuple[int, int] | None, fsname: str) -> str | None:
     """The slot of the mount these make, under ``app_dir``; None when the slots'
     directory is not private to the user, or a layer is read from a URL (whose file
     this run cannot tell unchanged): nothing is shared then."""
-    if any(is_url(path) for path, _, _ in layers):
+    if any(is_url(layer.path) for layer in layers):
         return None
     description = [
         1, os.geteuid(), fsname, casefold, owner, inside,
         [os.path.realpath(upper), *_identity(upper)[:2]],
-        [[os.path.realpath(path), offset, size, *_identity(path)]
-         for path, offset, size in layers],
+        [[os.path.realpath(la.path), la.offset, la.size, *_identity(la.path)]
+         for la in layers],
     ]
     key = sha256(json.dumps(description).encode()).hexdigest()[:32]
     base = os.path.join(app_dir, SLOTS)

@@ -16,21 +16,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fim.app.errors import FimError
+from fim.app.image import Layer
 from fim.fimfs.remote import is_url
 
 if TYPE_CHECKING:
     from fim.fimfs.vfs import Filesystem
 
 StrPath = str | os.PathLike
-#: A layer: a DwarFS file, or ``(file, offset)`` / ``(file, offset, size)`` for one
-#: inside a larger file (an image: a layer followed by others needs its size).
-LayerSource = StrPath | tuple[StrPath, int] | tuple[StrPath, int, int]
+#: A layer: a DwarFS file (`fim mount --layer`), or an :class:`app.image.Layer` (one
+#: inside a larger file: an image's).
+LayerSource = StrPath | Layer
 
 
 def _split(layer: LayerSource, offset: int | None) -> tuple[StrPath, int | None, int | None]:
-    if not isinstance(layer, tuple):
-        return layer, offset, None
-    return (layer[0], layer[1], layer[2] if len(layer) > 2 else None)
+    if isinstance(layer, Layer):
+        return layer.path, layer.offset, layer.size
+    return layer, offset, None
 
 
 def check_sources(layers: Sequence[LayerSource], upper: StrPath | None) -> None:

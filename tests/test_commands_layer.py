@@ -19,8 +19,8 @@ def dwarfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def embedded(app: Path) -> list[str]:
-    return [f"{la.index}:{la.offset}:{la.size}:{app}"
-            for la in image.list_layers(image.read_layout(str(app)))]
+    return [f"{i}:{la.offset}:{la.size}:{app}"
+            for i, la in enumerate(image.list_layers(image.read_layout(str(app))))]
 
 
 def test_list_embedded(app: Path) -> None:

@@ -66,7 +66,7 @@ def test_layout_is_exactly_as_documented(tmp_path: Path, layers: list[Path]) -> 
         content = layer.read_bytes()
         assert struct.unpack_from("<Q", data, pos)[0] == len(content)
         assert data[pos + 8:pos + 8 + len(content)] == content
-        found.append(image.Layer(len(found), pos + 8, len(content)))
+        found.append(image.Layer(path, pos + 8, len(content)))
         pos += 8 + len(content)
     assert pos == len(data)
     assert image.list_layers(layout) == found
@@ -110,7 +110,7 @@ def test_append_layer_is_recorded_only_when_complete(tmp_path: Path,
         f.write(struct.pack("<Q", 0) + layers[1].read_bytes()[:100])
     assert image.list_layers(layout) == before
     added = image.append_layer(layout, str(layers[1]))
-    assert added == image.Layer(1, end + 8, layers[1].stat().st_size)
+    assert added == image.Layer(path, end + 8, layers[1].stat().st_size)
     assert image.list_layers(layout) == [*before, added]
     assert os.path.getsize(path) == end + 8 + layers[1].stat().st_size
     again = image.append_layer(layout, str(layers[0]))

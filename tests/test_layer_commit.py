@@ -42,7 +42,7 @@ def write(path: Path, text: str, mode: int = 0o644) -> Path:
 def view(app: Path) -> dict[str, str]:
     """What a container sees (all layers and the upper), as ``{path: content}``: files
     by text, directories as ``"/"``, symlinks as ``"-> target"``."""
-    layers = [(p.path, p.offset, p.size) for p in _discover(app)]
+    layers = _discover(app)
     root = upper(app)
     fs = build_stack(layers, root)
     out: dict[str, str] = {}

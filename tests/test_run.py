@@ -295,7 +295,7 @@ def test_owners_set_inside_are_stored(runner: Runner) -> None:
     runner.ok("fim-root", "sh", "-c", "echo x > /etc/new && chown 0:0 /etc/new && "
               "chmod 600 /etc/hosts")
     layout = image.read_layout(str(runner.app))
-    layers = [(str(runner.app), la.offset) for la in image.list_layers(layout)]
+    layers = image.list_layers(layout)
     stack = build_stack(layers, runner.data / "root", inside=(0, 0))
     try:
         new, hosts = stack.getattr("/etc/new"), stack.getattr("/etc/hosts")

@@ -290,8 +290,7 @@ def _managers_in(ctx: Context) -> set[str]:
     from fim.app.layers import discover
     from fim.app.stack import build_stack
 
-    layers = [(f.path, f.offset) for f in discover(ctx.layout, ctx.paths.layers,
-                                                   ctx.environ())]
+    layers = discover(ctx.layout, ctx.paths.layers, ctx.environ())
     if not layers:
         return set()
     upper = ctx.paths.upper
