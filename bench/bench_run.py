@@ -153,7 +153,8 @@ def _flatimage_stack(app: Path) -> list[str]:
     lower = ":".join(f"l{i}" for i in reversed(range(len(layers))))
     script += [f"fuse-overlayfs -o lowerdir={lower},upperdir=upper,workdir=work root",
                f"{find_bwrap(None)} --bind root / --dev /dev --proc /proc true",
-               "fusermount3 -u root", *(f"fusermount3 -u l{i}" for i in range(len(layers)))]
+               # fuse-overlayfs may still hold the layers for a moment after its unmount
+               "fusermount3 -u root", *(f"fusermount3 -uz l{i}" for i in range(len(layers)))]
     d.mkdir(exist_ok=True)
     return ["sh", "-c", "\n".join(script)]
 
