@@ -242,7 +242,10 @@ def run_program(ctx: Context, program: list[str], *, wants_root: bool) -> int:
         log.emit("D", f"bwrap: {cmd.argv}", "run.py")
         timing.mark("prepared")
         root_fs = _root_up(root_fs, sb)
-        watcher = janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
+        # a shared root is not the run's to detach: a kill leaves the instance directory,
+        # which the next run prunes
+        watcher = (janitor.start(os.getpid(), root_fs.mountpoints, inst.path)
+                   if root_fs.mountpoints else None)
         timing.mark("bwrap")
         code = process.run_bwrap(cmd.argv, pipes)
         timing.mark("exited")

@@ -24,9 +24,9 @@ import json
 import os
 import stat
 
+from fim.app.image import is_url
 from fim.fimfs import linger
 from fim.fimfs.errors import FimfsError
-from fim.fimfs.remote import is_url
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every start-up
 if TYPE_CHECKING:
