@@ -85,13 +85,14 @@ def _mount_fimfs(ctx: Context, inst: Instance, ident: Identity,
 
     from fim.app import sharing
     from fim.app.layers import log_overlay
+    from fim.app.runlock import held_fds
 
     owner, inside = _owners(ident)
     log_overlay((layer.path, layer.offset) for layer in layers)
     start = functools.partial(_start_mount, ctx.image, layers, upper, casefold, owner, inside)
     slot = shared and sharing.slot_directory(ctx.paths.app, layers, upper,
                                              casefold, owner, inside, ctx.image)
-    shared_root = sharing.open_root(slot, start) if slot else None
+    shared_root = sharing.open_root(slot, start, held_fds()) if slot else None
     if shared_root is not None:
         return Root(["--bind", shared_root.mountpoint, "/"], [], shared_root.close,
                     shared_root.ready)

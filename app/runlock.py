@@ -40,6 +40,12 @@ def hold(data: str) -> None:
     _held.append(fd)
 
 
+def held_fds() -> tuple[int, ...]:
+    """The descriptors :func:`hold` keeps open (a mount daemon that outlives the run
+    keeps them: a commit waits for its mount)."""
+    return tuple(_held)
+
+
 def exclusive(data: str) -> int:
     """The lock of ``data`` held exclusively (the descriptor), or a refusal."""
     path = os.path.join(data, LOCK_NAME)

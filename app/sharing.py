@@ -6,8 +6,9 @@ when a mount made of the same things is up, or went unused less than
 keeps it up while leased, then unmounts it). A mount made in a run's own user
 namespace is that run's alone, and the external backends are not shared.
 
-Equal means, for the mount: the layers (each file's identity, size and modification
-time, the layer's offset and size: any write to the image file makes a new mount), the
+Equal means, for the mount: the layers (each file's identity, size, modification and
+change times, the layer's offset and size: any write to the image file makes a new
+mount, even one that puts the old size and mtime back), the
 upper directory (path and identity), casefold, the owner mapping (the caller's ids and
 the identity new files are stored as: a normal user's fim-root mount is never their
 fim-exec one) and the mount's name. Everything else of a run (permissions, binds,
@@ -44,8 +45,10 @@ SLOTS = "mounts"
 
 
 def _identity(path: str) -> list[int]:
+    # ctime too: a file rewritten in place keeps its size and can be given its old
+    # mtime back (touch -r, rsync --inplace -t), never its old ctime
     st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def slot_directory(app_dir: str, layers: Sequence[Layer], upper: str,
@@ -76,12 +79,13 @@ def slot_directory(app_dir: str, layers: Sequence[Layer], upper: str,
     return os.path.join(base, key)
 
 
-def open_root(directory: str, start: Callable[..., PendingMount | None]
-              ) -> SharedRoot | None:
+def open_root(directory: str, start: Callable[..., PendingMount | None],
+              keep_fds: Sequence[int] = ()) -> SharedRoot | None:
     """The shared mount of slot ``directory``: a lease on the live one, else mounted by
-    ``start(mountpoint, log_file=, on_ready=)`` (:func:`fimfs.fuse.mount` without
-    waiting); None when the slot's mount is another mount namespace's (the caller
-    mounts one of its own)."""
+    ``start(mountpoint, log_file=, on_ready=, keep_fds=)`` (:func:`fimfs.fuse.mount`
+    without waiting; its daemon keeps ``keep_fds`` of the run's descriptors and lets
+    the others go); None when the slot's mount is another mount namespace's (the
+    caller mounts one of its own)."""
     got = linger.acquire(directory)
     if got is None:
         return None
@@ -90,7 +94,10 @@ def open_root(directory: str, start: Callable[..., PendingMount | None]
     try:
         with open(got.slot.log, "wb"):  # the new daemon's messages only
             pass
-        pending = start(got.mountpoint, log_file=got.slot.log, on_ready=got.keeper().start)
+        # the daemon outlives this run: a pipe or a lock the caller gave the run would
+        # stay open as long as any run shares the mount
+        pending = start(got.mountpoint, log_file=got.slot.log, on_ready=got.keeper().start,
+                        keep_fds=(*got.daemon_fds, *keep_fds))
         assert pending is not None
     except BaseException:
         got.release()

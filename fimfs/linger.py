@@ -33,6 +33,7 @@ import fcntl
 import os
 import select
 import socket
+import stat
 import struct
 import time
 
@@ -108,8 +109,13 @@ def _device(path: str) -> int | None:
 def acquire(directory: str) -> Lease | Claim | None:
     """A lease on the mount in slot ``directory`` (made 0700 when missing), else the
     claim to mount it there (the slot's lock held, what a dead daemon left cleared);
-    None when the slot's daemon serves a mount this caller does not see."""
+    None when the slot's daemon serves a mount this caller does not see, or when
+    ``directory`` is not a directory private to the user (a symbolic link planted
+    there would put the socket and the mount in someone else's directory)."""
     os.makedirs(directory, 0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None
     slot = Slot(directory)
     fd = _open_lock(slot)
     try:
@@ -132,7 +138,9 @@ def _clear(slot: Slot) -> None:
     """What a daemon that died left in ``slot``: its socket, its dead mount."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(slot.socket)
-    if mounts.is_mounted(slot.mountpoint):
+    if os.path.islink(slot.mountpoint):  # never unmount or mount where a link leads
+        os.unlink(slot.mountpoint)
+    elif mounts.is_mounted(slot.mountpoint):
         mounts.unmount(slot.mountpoint, lazy=True, timeout=10)
     with contextlib.suppress(FileExistsError):
         os.mkdir(slot.mountpoint, 0o700)
@@ -149,6 +157,12 @@ class Claim:
     @property
     def mountpoint(self) -> str:
         return self.slot.mountpoint
+
+    @property
+    def daemon_fds(self) -> tuple[int, ...]:
+        """The descriptors the mount daemon forked by the claimant must keep: the
+        lock's, until its keeper starts (a claimant killed meanwhile lets no one in)."""
+        return () if self._fd is None else (self._fd,)
 
     def keeper(self, linger: float = LINGER) -> Keeper:
         """What the mount daemon runs once its mount answers (a forked daemon inherits

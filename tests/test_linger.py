@@ -161,3 +161,36 @@ def test_a_mount_of_another_mount_namespace_is_left_alone(slot: linger.Slot) -> 
     claim = linger.acquire(slot.directory)
     assert isinstance(claim, linger.Claim)
     claim.release()
+
+
+def test_a_slot_that_is_a_link_or_open_to_others_is_not_used(tmp_path: Path) -> None:
+    """A symbolic link planted as the slot (to another user's directory, say) would put
+    the socket and the mount there: no lease, no claim, nothing made at its target."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    assert linger.acquire(str(link)) is None
+    assert not any(elsewhere.iterdir())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    assert linger.acquire(str(shared)) is None
+    assert not any(shared.iterdir())
+
+
+def test_a_link_planted_as_the_mount_point_is_not_followed(tmp_path: Path) -> None:
+    """``mnt`` made a symbolic link: the claimant mounts on a directory of the slot, and
+    where the link led is neither mounted on nor touched."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    slot = linger.Slot(str(tmp_path / "slot"))
+    os.mkdir(slot.directory, 0o700)
+    os.symlink(elsewhere, slot.mountpoint)
+    got = linger.acquire(slot.directory)
+    assert isinstance(got, linger.Claim)
+    try:
+        assert not os.path.islink(slot.mountpoint) and os.path.isdir(slot.mountpoint)
+        assert elsewhere.is_dir() and not any(elsewhere.iterdir())
+    finally:
+        got.release()

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from fim.fimfs.errors import FimfsError
@@ -153,6 +153,7 @@ def mount(
     log_file: str | None = None,
     wait: bool = True,
     on_ready: Callable[[], None] | None = None,
+    keep_fds: Collection[int] | None = None,
 ) -> PendingMount | None:
     """Serve ``fs`` on ``mountpoint``, read-only unless ``fs.writable``.
 
@@ -177,10 +178,13 @@ def mount(
 
     The daemon is a fork: it also holds every file descriptor the caller had open, so
     a caller whose pipes must see EOF later should mount from a clean process (such
-    as ``fim mount``).
+    as ``fim mount``), or give ``keep_fds``: the daemon then lets every other one go
+    (points it at /dev/null; its stdio excepted) before it serves (``fs`` must then be
+    a callable: it opens its files in the daemon).
     """
     path = check_mountpoint(mountpoint)
     setup = _Setup(fs, path, fsname, options, on_ready)
+    setup.keep_fds = keep_fds
     if foreground:
         setup.run(None)
         return None
@@ -204,6 +208,8 @@ class _Setup:
     ) -> None:
         self.fs, self.path, self.fsname = fs, path, fsname
         self.options, self.hook = options, hook
+        #: in the daemon, the caller's descriptors to keep (None: all of them)
+        self.keep_fds: Collection[int] | None = None
 
     def run(self, on_ready: Callable[[], None] | None) -> None:
         # Here, not in the caller: a background mount loads libfuse in its daemon only,
@@ -352,6 +358,8 @@ def _daemon(setup: _Setup, log_file: str | None, status_fd: int) -> None:  # pra
         os.dup2(devnull, 1)
         # Until the mount is live, stderr (ours and libfuse's) goes to the caller.
         os.dup2(status_fd, 2)
+        if setup.keep_fds is not None:
+            _release_inherited({status_fd, final_err, devnull, *setup.keep_fds}, devnull)
         adopt_stdio("fim-mount")
         ready_lock = threading.Lock()
         announced: list[bool] = []
@@ -387,6 +395,18 @@ def _daemon(setup: _Setup, log_file: str | None, status_fd: int) -> None:  # pra
 
 
 _inherited_streams: list[Any] = []
+
+
+def _release_inherited(keep: set[int], devnull: int) -> None:  # pragma: no cover - daemon
+    """Point every descriptor above stderr but ``keep`` at /dev/null: what it held (a
+    pipe, a lock) is let go, while its number stays taken (closed, it could be reused
+    by the mount's own files, and then closed by an inherited file object collected
+    later: see adopt_stdio)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
 
 
 def _report(message: str) -> None:  # pragma: no cover - runs in the forked daemon
