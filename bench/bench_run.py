@@ -160,45 +160,45 @@ def _flatimage_stack(app: Path) -> list[str]:
 
 
 def test_startup_shared(app: Path, record) -> None:  # noqa: ANN001
-    """`fim-exec true` mounting its own stack (each run after the last one's mount ended),
-    right after another run (within the linger: the mount is reused), and while another
-    run of the image is up; bare bwrap and FlatImage's own stack in the same run."""
+    """`fim-exec true` mounting its own stack (after the last run's mount ended), right
+    after another run (within the linger: the mount is reused), and while another run
+    of the image is up; bare bwrap and FlatImage's own stack. Interleaved: each round
+    runs every case once, so a machine's changing load weighs on all of them alike."""
     env = _env(app)
     run = [str(app), "fim-exec", "true"]
     _timed(run, env=env, cwd=app.parent)  # unpacked, bytecode warm
-    fresh = []
+    bwrap = find_bwrap(None)
+    floor_argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"]
+    tools = all(shutil.which(tool) for tool in ("dwarfs", "fuse-overlayfs", "fusermount3"))
+    stack = _flatimage_stack(app) if tools else None
+    times: dict[str, list[float]] = {"fim": [], "fim-after": [], "fim-while-up": [],
+                                     "bare-bwrap": [], "flatimage-stack": []}
+    marks = []
+    trace = app.parent / "startup.trace"
     for _ in range(ROUNDS * 2):
         _after_linger(app)
-        fresh.append(_timed(run, env=env, cwd=app.parent))
-    after = []
-    for _ in range(ROUNDS * 2):
-        _timed(run, env=env, cwd=app.parent)
-        after.append(_timed(run, env=env, cwd=app.parent))
-    holder = subprocess.Popen([str(app), "fim-exec", "sleep", "600"], env=env, cwd=app.parent)
-    try:
-        deadline = time.monotonic() + 30
-        while not _image_mounted(app) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        up = [_timed(run, env=env, cwd=app.parent) for _ in range(ROUNDS * 2)]
-        trace = app.parent / "startup.trace"
-        marks = [_traced(app, env, trace) for _ in range(ROUNDS * 2)]
-    finally:
-        holder.terminate()
-        holder.wait()
-    bwrap = find_bwrap(None)
-    floor = _median([_timed([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                             "true"]) for _ in range(ROUNDS * 2)])
-    flatimage = None
-    if all(shutil.which(tool) for tool in ("dwarfs", "fuse-overlayfs", "fusermount3")):
-        stack = _flatimage_stack(app)
-        flatimage = _median([_timed(stack) for _ in range(ROUNDS * 2)])
-        record("startup shared s", "flatimage-stack", flatimage)
-    figures = {"fim": _median(fresh), "fim-after": _median(after), "fim-while-up": _median(up),
-               "bare-bwrap": floor}
+        times["fim"].append(_timed(run, env=env, cwd=app.parent))
+        times["fim-after"].append(_timed(run, env=env, cwd=app.parent))
+        holder = subprocess.Popen([str(app), "fim-exec", "sleep", "600"], env=env,
+                                  cwd=app.parent)
+        try:
+            deadline = time.monotonic() + 30
+            while not _image_mounted(app) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            traced = _traced(app, env, trace)
+        finally:
+            holder.terminate()
+            holder.wait()
+        marks.append(traced)
+        times["fim-while-up"].append((traced["exit"] - traced["spawn"]) / 1e9)
+        times["bare-bwrap"].append(_timed(floor_argv))
+        if stack is not None:
+            times["flatimage-stack"].append(_timed(stack))
+    figures = {name: _median(values) for name, values in times.items() if values}
     for name, value in figures.items():
         record("startup shared s", name, value)
-    print("\n" + ", ".join(f"{name} {value * 1000:.0f} ms" for name, value in figures.items())
-          + (f", FlatImage's stack {flatimage * 1000:.0f} ms" if flatimage else ""))
+    floor = figures["bare-bwrap"]
+    print("\n" + ", ".join(f"{name} {value * 1000:.0f} ms" for name, value in figures.items()))
     print(f"while up - bare bwrap = {(figures['fim-while-up'] - floor) * 1000:.0f} ms; "
           f"right after - bare bwrap = {(figures['fim-after'] - floor) * 1000:.0f} ms")
     print("| phase (a run while another is up) | ms (median) |\n|---|---:|")
