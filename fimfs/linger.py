@@ -100,10 +100,9 @@ def _connect(slot: Slot) -> Lease | None:
 
 
 def _device(path: str) -> int | None:
-    try:
-        return os.stat(path).st_dev
-    except OSError:
-        return None
+    """The device of the mount at ``path`` (from the mount table: a stat would ask the
+    filesystem, whose root may be gone, e.g. its upper directory removed)."""
+    return mounts.device_of(path)
 
 
 def acquire(directory: str) -> Lease | Claim | None:
@@ -116,7 +115,7 @@ def acquire(directory: str) -> Lease | Claim | None:
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         return None
-    slot = Slot(directory)
+    slot = Slot(os.path.realpath(directory))  # as the mount table writes it
     fd = _open_lock(slot)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -197,6 +196,10 @@ class Keeper:
 
         if self._inherited is not None:
             os.close(self._inherited)  # the claimant's lock is the claimant's to let go
+        dev = _device(self.slot.mountpoint)
+        if dev is None:
+            raise OSError(f"{self.slot.mountpoint} is not in the mount table")
+        self._dev = dev
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.slot.socket)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -210,9 +213,6 @@ class Keeper:
     def _serve(self, listener: socket.socket) -> None:
         users: set[socket.socket] = set()
         try:
-            # here, not in start (the mount's INIT callback): a stat of the mount waits
-            # for the kernel to have the INIT reply
-            self._dev = os.stat(self.slot.mountpoint).st_dev
             ack = _ACK.pack(b"+", self._dev)
             deadline = time.monotonic() + self.linger
             while True:
@@ -245,7 +245,7 @@ class Keeper:
             st = os.stat(self.slot.socket)
             if (st.st_dev, st.st_ino) == self._socket_id:
                 os.unlink(self.slot.socket)
-        if _device(self.slot.mountpoint) != getattr(self, "_dev", None):
+        if _device(self.slot.mountpoint) != self._dev:
             return
         if lazy or mounts.unmount(self.slot.mountpoint, timeout=10) is not None:
             mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)

@@ -32,6 +32,23 @@ def mount_points() -> list[str] | None:
         return None
 
 
+def device_of(path: str) -> int | None:
+    """The device number (st_dev) of the mount on top at ``path`` (exactly as written),
+    from /proc/self/mountinfo, without a stat that the mounted filesystem would answer;
+    None when nothing is mounted there."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and os.fsdecode(_unescape(fields[4])) == path:
+                    major, minor = fields[2].split(b":")
+                    found = os.makedev(int(major), int(minor))
+    except (OSError, ValueError):
+        return None
+    return found
+
+
 def is_mounted(path: str) -> bool:
     """Whether something is mounted on ``path`` exactly as written (also true for a
     disconnected FUSE mount; without a readable mount table, os.path.ismount)."""

@@ -86,3 +86,8 @@ def test_remove_tree_never_enters_a_mount(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)], check=True)
     files.remove_tree(str(inst))
     assert not inst.exists()
+
+
+def test_device_of_reads_the_mount_table() -> None:
+    assert mounts.device_of("/proc") == os.stat("/proc").st_dev
+    assert mounts.device_of("/proc/self") is None  # not a mount point

@@ -114,3 +114,12 @@ def test_a_changed_image_is_not_served_by_a_lingering_mount(runner: Runner) -> N
     runner.ok("fim-layer", "add", str(runner.workspace / "added.layer"))
     assert runner.ok("fim-exec", "cat", "/added") == "added\n"
     assert _daemons(runner) - old  # the old one may linger, unused
+
+
+def test_a_lingering_mount_whose_upper_is_removed_still_ends(runner: Runner) -> None:
+    """The data directory removed while the mount lingers (its root now answers ENOENT):
+    the keeper still finds and ends its mount."""
+    runner.ok("fim-exec", "true")
+    assert image_mounts(runner.app)
+    subprocess.run(["rm", "-rf", str(runner.data)], check=True)
+    assert wait_for(lambda: _gone(runner), timeout=LINGER + 3), image_mounts(runner.app)
