@@ -179,12 +179,10 @@ def test_startup_shared(app: Path, record) -> None:  # noqa: ANN001
         _after_linger(app)
         times["fim"].append(_timed(run, env=env, cwd=app.parent))
         times["fim-after"].append(_timed(run, env=env, cwd=app.parent))
-        holder = subprocess.Popen([str(app), "fim-exec", "sleep", "600"], env=env,
-                                  cwd=app.parent)
+        holder = subprocess.Popen([str(app), "fim-exec", "sh", "-c", "echo up; exec sleep 600"],
+                                  env=env, cwd=app.parent, stdout=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 30
-            while not _image_mounted(app) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert holder.stdout is not None and holder.stdout.readline() == "up\n"
             traced = _traced(app, env, trace)
         finally:
             holder.terminate()
