@@ -91,3 +91,11 @@ def test_remove_tree_never_enters_a_mount(tmp_path: Path) -> None:
 def test_device_of_reads_the_mount_table() -> None:
     assert mounts.device_of("/proc") == os.stat("/proc").st_dev
     assert mounts.device_of("/proc/self") is None  # not a mount point
+
+
+def test_unmount_helpers_are_found_without_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount daemon started with a PATH lacking fusermount3 must still unmount itself."""
+    if not os.path.exists("/usr/bin/fusermount3"):
+        pytest.skip("no /usr/bin/fusermount3")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert mounts.which("fusermount3") == "/usr/bin/fusermount3"
