@@ -123,3 +123,13 @@ def test_a_lingering_mount_whose_upper_is_removed_still_ends(runner: Runner) -> 
     assert image_mounts(runner.app)
     subprocess.run(["rm", "-rf", str(runner.data)], check=True)
     assert wait_for(lambda: _gone(runner), timeout=LINGER + 3), image_mounts(runner.app)
+
+
+def test_a_lingering_mount_whose_runtime_dir_is_removed_still_ends(runner: Runner) -> None:
+    """The runtime directory removed while the mount lingers (rm -rf --one-file-system
+    takes the slot's lock, socket and log, not the mount point): the mount still ends."""
+    runner.ok("fim-exec", "true")
+    (mountpoint,) = image_mounts(runner.app).values()
+    app_dir = os.path.dirname(os.path.dirname(os.path.dirname(mountpoint)))
+    subprocess.run(["rm", "-rf", "--one-file-system", app_dir], check=False)
+    assert wait_for(lambda: _gone(runner), timeout=LINGER + 3), image_mounts(runner.app)
