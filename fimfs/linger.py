@@ -137,10 +137,11 @@ def _clear(slot: Slot) -> None:
     """What a daemon that died left in ``slot``: its socket, its dead mount."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(slot.socket)
-    if os.path.islink(slot.mountpoint):  # never unmount or mount where a link leads
-        os.unlink(slot.mountpoint)
-    elif mounts.is_mounted(slot.mountpoint):
+    # the mount table first: an lstat of a mount point asks its daemon, which may hang
+    if mounts.is_mounted(slot.mountpoint):  # as written: not where a link leads
         mounts.unmount(slot.mountpoint, lazy=True, timeout=10)
+    elif os.path.islink(slot.mountpoint):  # never mount where a link leads
+        os.unlink(slot.mountpoint)
     with contextlib.suppress(FileExistsError):
         os.mkdir(slot.mountpoint, 0o700)
 
@@ -189,6 +190,7 @@ class Keeper:
 
     def __init__(self, slot: Slot, linger: float, inherited_fd: int | None) -> None:
         self.slot, self.linger, self._inherited = slot, linger, inherited_fd
+        self._root: int | None = None  # the mount's root, open while serving
 
     def start(self) -> None:
         """Listen on the slot's socket and count leases in a thread of this process."""
@@ -213,6 +215,13 @@ class Keeper:
     def _serve(self, listener: socket.socket) -> None:
         users: set[socket.socket] = set()
         try:
+            # The mount's root stays open until the take down: a device number is reused
+            # once its mount is gone, and this mount, detached by a claimant that took
+            # this daemon for dead (stopped, stuck), must not give its number to the
+            # claimant's new mount (this keeper would then unmount that one).
+            with contextlib.suppress(OSError):
+                self._root = os.open(self.slot.mountpoint,
+                                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             ack = _ACK.pack(b"+", self._dev)
             deadline = time.monotonic() + self.linger
             while True:
@@ -245,7 +254,11 @@ class Keeper:
             st = os.stat(self.slot.socket)
             if (st.st_dev, st.st_ino) == self._socket_id:
                 os.unlink(self.slot.socket)
-        if _device(self.slot.mountpoint) != self._dev:
+        ours = _device(self.slot.mountpoint) == self._dev
+        if self._root is not None:
+            os.close(self._root)  # or the mount would be busy (and, detached, never end)
+            self._root = None
+        if not ours:
             return
         if lazy or mounts.unmount(self.slot.mountpoint, timeout=10) is not None:
             mounts.unmount(self.slot.mountpoint, lazy=True, timeout=10)

@@ -179,6 +179,30 @@ def test_a_killed_mount_daemon_is_replaced(runner: Runner) -> None:
     assert wait_for(lambda: _gone(runner), timeout=LINGER + 3), image_mounts(runner.app)
 
 
+def test_a_stopped_daemon_is_replaced_and_leaves_its_successor_alone(runner: Runner
+                                                                      ) -> None:
+    """A daemon that does not answer (SIGSTOP) is replaced after the attach timeout;
+    resumed, its keeper removes neither the new socket nor the new mount."""
+    runner.ok("fim-exec", "sh", "-c", "echo kept > /mark")
+    (old,) = _daemons(runner)
+    os.kill(old, signal.SIGSTOP)
+    second = None
+    try:
+        second = _start(runner, "sleep 60")
+        new = _daemons(runner)
+        assert len(new) == 1 and old not in new
+    finally:
+        os.kill(old, signal.SIGCONT)
+    try:
+        assert wait_for(lambda: not os.path.exists(f"/proc/{old}"), timeout=LINGER + 10)
+        assert _daemons(runner) == new
+        assert runner.ok("fim-exec", "cat", "/mark") == "kept\n"
+        assert _daemons(runner) == new
+    finally:
+        if second is not None:
+            kill_group(second)
+
+
 def test_runs_at_the_edge_of_the_linger_never_fail(runner: Runner) -> None:
     """A run starting while the keeper's linger expires either attaches before the
     keeper takes the slot's lock or mounts anew after the unmount: never in between."""
